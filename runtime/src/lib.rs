@@ -1,0 +1,6 @@
+//! crust's domain: pod sandboxes, containers and images, with no knowledge of protobuf.
+
+pub mod error;
+pub mod fsutil;
+
+pub use error::{Error, Result};
