@@ -2,5 +2,6 @@
 
 pub mod error;
 pub mod fsutil;
+pub mod image;
 
 pub use error::{Error, Result};
