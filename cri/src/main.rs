@@ -1,1 +1,95 @@
-fn main() {}
+//! crustd: the crust CRI runtime daemon.
+
+mod config;
+mod convert;
+mod image_service;
+mod instrument;
+mod runtime_service;
+mod server;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+/// crustd serves the Kubernetes CRI (RuntimeService and ImageService) on a unix socket.
+#[derive(Debug, Parser)]
+#[command(name = "crustd", version, about)]
+struct Cli {
+    /// Configuration file; the embedded defaults apply when it does not exist.
+    #[arg(long, default_value = "/etc/crust/config.toml")]
+    config: PathBuf,
+    /// CRI socket path (overrides `socket`).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Persistent state directory (overrides `root`).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Volatile state directory (overrides `state`).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Log level (overrides `log_level`; RUST_LOG wins over both).
+    #[arg(long)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the full default configuration.
+    Default,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Config {
+        what: ConfigCommand::Default,
+    }) = cli.command
+    {
+        print!("{}", config::DEFAULT_CONFIG);
+        return Ok(());
+    }
+    let mut cfg = config::Config::load(&cli.config)?;
+    if let Some(s) = cli.socket {
+        cfg.socket = s;
+    }
+    if let Some(r) = cli.root {
+        cfg.root = r;
+    }
+    if let Some(s) = cli.state {
+        cfg.state = s;
+    }
+    if let Some(l) = cli.log_level {
+        cfg.log_level = l;
+    }
+    init_logging(&cfg.log_level)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("crustd")
+        .build()
+        .context("starting the async runtime")?
+        .block_on(server::run(cfg))
+}
+
+fn init_logging(level: &str) -> Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::new(v),
+        _ => tracing_subscriber::EnvFilter::try_new(level)
+            .with_context(|| format!("log level {level:?} is not valid"))?,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}

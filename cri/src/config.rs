@@ -1,0 +1,180 @@
+//! crustd's configuration: a TOML file whose defaults are embedded in the binary
+//! (`default_config.toml`), with flags for the common overrides.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// The default configuration file, as printed by `crustd config default`.
+pub const DEFAULT_CONFIG: &str = include_str!("default_config.toml");
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// CRI socket path.
+    pub socket: PathBuf,
+    /// Persistent state directory.
+    pub root: PathBuf,
+    /// Volatile state directory.
+    pub state: PathBuf,
+    /// Log level.
+    pub log_level: String,
+    /// Container runtime settings.
+    pub runtime: RuntimeSection,
+}
+
+/// `[runtime]`: how containers are run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// runc binary (name or path).
+    pub runc: String,
+    /// crust-shim binary; empty means next to crustd.
+    pub shim: String,
+    /// Size of each pod's /dev/shm in bytes.
+    pub shm_size: u64,
+    /// Default cgroup parent.
+    pub cgroup_parent: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        toml::from_str(DEFAULT_CONFIG).expect("the embedded default config is valid")
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the embedded defaults when `path` does not exist. Keys the
+    /// file leaves out keep their defaults.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses a config file's text over the defaults.
+    pub fn parse(text: &str) -> Result<Config> {
+        let mut merged: toml::Table =
+            toml::from_str(DEFAULT_CONFIG).context("embedded defaults")?;
+        let user: toml::Table = toml::from_str(text).context("parsing TOML")?;
+        merge(&mut merged, user);
+        let cfg: Config = toml::Value::Table(merged)
+            .try_into()
+            .context("checking the configuration")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (key, p) in [
+            ("socket", &self.socket),
+            ("root", &self.root),
+            ("state", &self.state),
+        ] {
+            if !p.is_absolute() {
+                bail!("{key} must be an absolute path, got {}", p.display());
+            }
+        }
+        if self.runtime.shm_size < 4096 {
+            bail!("runtime.shm_size must be at least 4096 bytes");
+        }
+        Ok(())
+    }
+
+    /// Finds the runc binary.
+    pub fn runc_path(&self) -> Result<PathBuf> {
+        find_binary(&self.runtime.runc).with_context(|| {
+            format!(
+                "runtime.runc: {:?} not found; install runc",
+                self.runtime.runc
+            )
+        })
+    }
+
+    /// Finds the crust-shim binary.
+    pub fn shim_path(&self) -> Result<PathBuf> {
+        if !self.runtime.shim.is_empty() {
+            return find_binary(&self.runtime.shim)
+                .with_context(|| format!("runtime.shim: {:?} not found", self.runtime.shim));
+        }
+        let exe = std::env::current_exe().context("locating crustd")?;
+        let shim = exe.with_file_name("crust-shim");
+        if !shim.is_file() {
+            bail!(
+                "crust-shim not found next to crustd at {}; install it there or set runtime.shim",
+                shim.display()
+            );
+        }
+        Ok(shim)
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain([
+            "/usr/local/sbin",
+            "/usr/sbin",
+            "/sbin",
+            "/usr/local/bin",
+            "/usr/bin",
+        ])
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_round_trip() {
+        let c = Config::default();
+        assert_eq!(c.socket, PathBuf::from("/run/crust/crust.sock"));
+        assert_eq!(c.runtime.shm_size, 64 << 20);
+        assert_eq!(Config::parse("").unwrap(), c);
+    }
+
+    #[test]
+    fn shipped_example_matches_defaults() {
+        let example = include_str!("../../manifests/config.toml");
+        assert_eq!(Config::parse(example).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn partial_file_overrides_defaults() {
+        let c =
+            Config::parse("root = \"/srv/crust\"\n[runtime]\ncgroup_parent = \"/pods\"\n").unwrap();
+        assert_eq!(c.root, PathBuf::from("/srv/crust"));
+        assert_eq!(c.runtime.cgroup_parent, "/pods");
+        assert_eq!(c.runtime.runc, "runc");
+    }
+
+    #[test]
+    fn bad_files_are_refused() {
+        assert!(Config::parse("nonsense = 1").is_err());
+        assert!(Config::parse("root = \"relative\"").is_err());
+        assert!(Config::parse("[runtime]\nshm_size = \"big\"").is_err());
+    }
+}

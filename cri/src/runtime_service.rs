@@ -1,0 +1,429 @@
+//! CRI RuntimeService: thin handlers that convert, call the runtime and convert back.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use crust_runtime::container::ContainerFilter;
+use crust_runtime::sandbox::SandboxFilter;
+use crust_runtime::{Error, Runtime};
+use k8s_cri::v1;
+use k8s_cri::v1::runtime_service_server;
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::convert::{self, container, sandbox};
+use crate::instrument::{rpc, unimplemented};
+
+/// The CRI API version crust implements.
+const API_VERSION: &str = "v1";
+
+/// The RuntimeService implementation.
+pub struct RuntimeService {
+    runtime: Arc<Runtime>,
+    config: Arc<Config>,
+    pod_cidr: Mutex<String>,
+}
+
+impl RuntimeService {
+    /// Serves `runtime`; `config` is reported by verbose Status.
+    pub fn new(runtime: Arc<Runtime>, config: Arc<Config>) -> Self {
+        RuntimeService {
+            runtime,
+            config,
+            pod_cidr: Mutex::new(String::new()),
+        }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl runtime_service_server::RuntimeService for RuntimeService {
+    async fn version(&self, _req: Request<v1::VersionRequest>) -> Reply<v1::VersionResponse> {
+        rpc("Version", async {
+            Ok(v1::VersionResponse {
+                version: "0.1.0".into(),
+                runtime_name: "crust".into(),
+                runtime_version: env!("CARGO_PKG_VERSION").into(),
+                runtime_api_version: API_VERSION.into(),
+            })
+        })
+        .await
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        req: Request<v1::RunPodSandboxRequest>,
+    ) -> Reply<v1::RunPodSandboxResponse> {
+        rpc("RunPodSandbox", async {
+            let cfg = sandbox::config_from(req.into_inner())?;
+            let id = self.runtime.run_sandbox(cfg).await?;
+            Ok(v1::RunPodSandboxResponse { pod_sandbox_id: id })
+        })
+        .await
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        req: Request<v1::StopPodSandboxRequest>,
+    ) -> Reply<v1::StopPodSandboxResponse> {
+        rpc("StopPodSandbox", async {
+            self.runtime
+                .stop_sandbox(&req.into_inner().pod_sandbox_id)
+                .await?;
+            Ok(v1::StopPodSandboxResponse {})
+        })
+        .await
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        req: Request<v1::RemovePodSandboxRequest>,
+    ) -> Reply<v1::RemovePodSandboxResponse> {
+        rpc("RemovePodSandbox", async {
+            self.runtime
+                .remove_sandbox(&req.into_inner().pod_sandbox_id)
+                .await?;
+            Ok(v1::RemovePodSandboxResponse {})
+        })
+        .await
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        req: Request<v1::PodSandboxStatusRequest>,
+    ) -> Reply<v1::PodSandboxStatusResponse> {
+        rpc("PodSandboxStatus", async {
+            let req = req.into_inner();
+            let sb = self.runtime.sandbox_status(&req.pod_sandbox_id)?;
+            let containers = self.runtime.list_containers(&ContainerFilter {
+                sandbox_id: sb.id.clone(),
+                ..Default::default()
+            });
+            Ok(v1::PodSandboxStatusResponse {
+                status: Some(sandbox::status(&sb)),
+                info: if req.verbose {
+                    sandbox::verbose_info(&sb)
+                } else {
+                    Default::default()
+                },
+                containers_statuses: containers.iter().map(container::status).collect(),
+                timestamp: crust_runtime::clock::now_ns(),
+            })
+        })
+        .await
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        req: Request<v1::ListPodSandboxRequest>,
+    ) -> Reply<v1::ListPodSandboxResponse> {
+        rpc("ListPodSandbox", async {
+            let f = req.into_inner().filter.unwrap_or_default();
+            let filter = SandboxFilter {
+                id: f.id,
+                state: f.state.map(|s| sandbox::state_from(s.state)).transpose()?,
+                labels: convert::to_btree(f.label_selector),
+            };
+            let items = self.runtime.list_sandboxes(&filter);
+            Ok(v1::ListPodSandboxResponse {
+                items: items.iter().map(sandbox::list_item).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn create_container(
+        &self,
+        req: Request<v1::CreateContainerRequest>,
+    ) -> Reply<v1::CreateContainerResponse> {
+        rpc("CreateContainer", async {
+            let req = req.into_inner();
+            let cfg = container::config_from(
+                req.config
+                    .ok_or_else(|| Error::invalid("CreateContainer needs a config"))?,
+            )?;
+            let id = self
+                .runtime
+                .create_container(&req.pod_sandbox_id, cfg)
+                .await?;
+            Ok(v1::CreateContainerResponse { container_id: id })
+        })
+        .await
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<v1::StartContainerRequest>,
+    ) -> Reply<v1::StartContainerResponse> {
+        rpc("StartContainer", async {
+            self.runtime
+                .start_container(&req.into_inner().container_id)
+                .await?;
+            Ok(v1::StartContainerResponse {})
+        })
+        .await
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<v1::StopContainerRequest>,
+    ) -> Reply<v1::StopContainerResponse> {
+        rpc("StopContainer", async {
+            let req = req.into_inner();
+            self.runtime
+                .stop_container(&req.container_id, req.timeout)
+                .await?;
+            Ok(v1::StopContainerResponse {})
+        })
+        .await
+    }
+
+    async fn remove_container(
+        &self,
+        req: Request<v1::RemoveContainerRequest>,
+    ) -> Reply<v1::RemoveContainerResponse> {
+        rpc("RemoveContainer", async {
+            self.runtime
+                .remove_container(&req.into_inner().container_id)
+                .await?;
+            Ok(v1::RemoveContainerResponse {})
+        })
+        .await
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<v1::ListContainersRequest>,
+    ) -> Reply<v1::ListContainersResponse> {
+        rpc("ListContainers", async {
+            let f = req.into_inner().filter.unwrap_or_default();
+            let filter = ContainerFilter {
+                id: f.id,
+                state: f
+                    .state
+                    .map(|s| container::state_from(s.state))
+                    .transpose()?,
+                sandbox_id: f.pod_sandbox_id,
+                labels: convert::to_btree(f.label_selector),
+            };
+            let runtime = self.runtime.clone();
+            let items = tokio::task::spawn_blocking(move || runtime.list_containers(&filter))
+                .await
+                .map_err(|e| Error::internal(format!("list task failed: {e}")))?;
+            Ok(v1::ListContainersResponse {
+                containers: items.iter().map(container::list_item).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn container_status(
+        &self,
+        req: Request<v1::ContainerStatusRequest>,
+    ) -> Reply<v1::ContainerStatusResponse> {
+        rpc("ContainerStatus", async {
+            let req = req.into_inner();
+            let runtime = self.runtime.clone();
+            let id = req.container_id.clone();
+            let c = tokio::task::spawn_blocking(move || runtime.container_status(&id))
+                .await
+                .map_err(|e| Error::internal(format!("status task failed: {e}")))??;
+            Ok(v1::ContainerStatusResponse {
+                status: Some(container::status(&c)),
+                info: if req.verbose {
+                    container::verbose_info(&c)
+                } else {
+                    Default::default()
+                },
+            })
+        })
+        .await
+    }
+
+    async fn update_container_resources(
+        &self,
+        _req: Request<v1::UpdateContainerResourcesRequest>,
+    ) -> Reply<v1::UpdateContainerResourcesResponse> {
+        Err(unimplemented("UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        req: Request<v1::ReopenContainerLogRequest>,
+    ) -> Reply<v1::ReopenContainerLogResponse> {
+        rpc("ReopenContainerLog", async {
+            self.runtime
+                .reopen_container_log(&req.into_inner().container_id)
+                .await?;
+            Ok(v1::ReopenContainerLogResponse {})
+        })
+        .await
+    }
+
+    async fn exec_sync(&self, req: Request<v1::ExecSyncRequest>) -> Reply<v1::ExecSyncResponse> {
+        rpc("ExecSync", async {
+            let req = req.into_inner();
+            let out = self
+                .runtime
+                .exec_sync(&req.container_id, req.cmd, req.timeout)
+                .await?;
+            Ok(v1::ExecSyncResponse {
+                stdout: out.stdout,
+                stderr: out.stderr,
+                exit_code: out.exit_code,
+            })
+        })
+        .await
+    }
+
+    async fn exec(&self, _req: Request<v1::ExecRequest>) -> Reply<v1::ExecResponse> {
+        Err(unimplemented("Exec (streaming)"))
+    }
+
+    async fn attach(&self, _req: Request<v1::AttachRequest>) -> Reply<v1::AttachResponse> {
+        Err(unimplemented("Attach"))
+    }
+
+    async fn port_forward(
+        &self,
+        _req: Request<v1::PortForwardRequest>,
+    ) -> Reply<v1::PortForwardResponse> {
+        Err(unimplemented("PortForward"))
+    }
+
+    async fn container_stats(
+        &self,
+        _req: Request<v1::ContainerStatsRequest>,
+    ) -> Reply<v1::ContainerStatsResponse> {
+        Err(unimplemented("ContainerStats"))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _req: Request<v1::ListContainerStatsRequest>,
+    ) -> Reply<v1::ListContainerStatsResponse> {
+        Err(unimplemented("ListContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _req: Request<v1::PodSandboxStatsRequest>,
+    ) -> Reply<v1::PodSandboxStatsResponse> {
+        Err(unimplemented("PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _req: Request<v1::ListPodSandboxStatsRequest>,
+    ) -> Reply<v1::ListPodSandboxStatsResponse> {
+        Err(unimplemented("ListPodSandboxStats"))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        req: Request<v1::UpdateRuntimeConfigRequest>,
+    ) -> Reply<v1::UpdateRuntimeConfigResponse> {
+        rpc("UpdateRuntimeConfig", async {
+            let cidr = req
+                .into_inner()
+                .runtime_config
+                .and_then(|c| c.network_config)
+                .map(|n| n.pod_cidr)
+                .unwrap_or_default();
+            let mut current = self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner());
+            if *current != cidr {
+                tracing::info!(pod_cidr = %cidr, "pod CIDR recorded (used once CNI networking lands)");
+                *current = cidr;
+            }
+            Ok(v1::UpdateRuntimeConfigResponse {})
+        })
+        .await
+    }
+
+    async fn status(&self, req: Request<v1::StatusRequest>) -> Reply<v1::StatusResponse> {
+        rpc("Status", async {
+            let conditions = vec![
+                v1::RuntimeCondition {
+                    r#type: "RuntimeReady".into(),
+                    status: true,
+                    reason: String::new(),
+                    message: String::new(),
+                },
+                v1::RuntimeCondition {
+                    r#type: "NetworkReady".into(),
+                    status: false,
+                    reason: "NetworkPluginNotReady".into(),
+                    message: "crust does not set up pod networks through CNI yet: pods get a loopback interface only".into(),
+                },
+            ];
+            let info = if req.into_inner().verbose {
+                let cfg = serde_json::to_string(&*self.config).unwrap_or_default();
+                [("config".to_string(), cfg)].into_iter().collect()
+            } else {
+                Default::default()
+            };
+            Ok(v1::StatusResponse {
+                status: Some(v1::RuntimeStatus { conditions }),
+                info,
+                runtime_handlers: vec![v1::RuntimeHandler {
+                    name: String::new(),
+                    features: Some(v1::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: false,
+                        user_namespaces: false,
+                    }),
+                }],
+                features: Some(v1::RuntimeFeatures {
+                    supplemental_groups_policy: true,
+                }),
+            })
+        })
+        .await
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _req: Request<v1::CheckpointContainerRequest>,
+    ) -> Reply<v1::CheckpointContainerResponse> {
+        Err(unimplemented("CheckpointContainer"))
+    }
+
+    type GetContainerEventsStream = Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<v1::ContainerEventResponse, Status>> + Send>,
+    >;
+
+    async fn get_container_events(
+        &self,
+        _req: Request<v1::GetEventsRequest>,
+    ) -> Reply<Self::GetContainerEventsStream> {
+        Err(unimplemented("GetContainerEvents"))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _req: Request<v1::ListMetricDescriptorsRequest>,
+    ) -> Reply<v1::ListMetricDescriptorsResponse> {
+        Err(unimplemented("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _req: Request<v1::ListPodSandboxMetricsRequest>,
+    ) -> Reply<v1::ListPodSandboxMetricsResponse> {
+        Err(unimplemented("ListPodSandboxMetrics"))
+    }
+
+    async fn runtime_config(
+        &self,
+        _req: Request<v1::RuntimeConfigRequest>,
+    ) -> Reply<v1::RuntimeConfigResponse> {
+        rpc("RuntimeConfig", async {
+            Ok(v1::RuntimeConfigResponse {
+                linux: Some(v1::LinuxRuntimeConfiguration {
+                    cgroup_driver: v1::CgroupDriver::Cgroupfs as i32,
+                }),
+            })
+        })
+        .await
+    }
+}

@@ -1,0 +1,555 @@
+//! CreateContainer, StartContainer, StopContainer, RemoveContainer, and the
+//! container queries, with the state machine kept honest by the shim's exit file.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::config::ContainerConfig;
+use super::shim::{self, CreateError, Launch};
+use super::{Container, ContainerState, reserved_name, spec, user};
+use crate::cleanup::Cleanup;
+use crate::names::Reservation;
+use crate::runtime::{Entry, Runtime, if_exists};
+use crate::sandbox::SandboxState;
+use crate::sandbox::config::NamespaceMode;
+use crate::sys::runc::RuncStatus;
+use crate::sys::{mount, process};
+use crate::{Error, Result, clock, fsutil, ids, teardown};
+
+/// How long to wait for a killed container to be reaped before giving up.
+const KILL_GRACE: Duration = Duration::from_secs(30);
+
+/// ListContainers filter; empty fields match everything.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerFilter {
+    /// Id or unique id prefix.
+    pub id: String,
+    /// Only containers in this state.
+    pub state: Option<ContainerState>,
+    /// Only containers of this sandbox (id or unique prefix).
+    pub sandbox_id: String,
+    /// Labels that must all match.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Runtime {
+    /// CreateContainer: builds the rootfs, bundle and shim of a container in a ready
+    /// sandbox and returns its id. A retry of a create that outran its deadline gets
+    /// the first attempt's id.
+    pub async fn create_container(
+        self: &Arc<Self>,
+        sandbox_id: &str,
+        cfg: ContainerConfig,
+    ) -> Result<String> {
+        cfg.validate()?;
+        let sandbox = self.sandbox_entry(sandbox_id)?;
+        let name = reserved_name(&cfg, &sandbox.snapshot().config);
+        let ticket = match self.container_names.reserve(&name, "container").await? {
+            Reservation::Existing(id) => return Ok(id),
+            Reservation::Fresh(t) => t,
+        };
+        let id = self
+            .blocking(move |rt| {
+                let _sandbox_guard = sandbox.lock_lifecycle();
+                let id = rt.make_container(&sandbox.snapshot(), cfg)?;
+                ticket.complete(&id);
+                Ok(id)
+            })
+            .await?;
+        self.container_names.claim(&name, &id);
+        Ok(id)
+    }
+
+    fn make_container(&self, sb: &crate::sandbox::Sandbox, cfg: ContainerConfig) -> Result<String> {
+        if !self
+            .sandboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&sb.id)
+        {
+            return Err(Error::not_found(format!("pod sandbox {} not found", sb.id)));
+        }
+        if sb.state != SandboxState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready; containers can only be created in a ready sandbox",
+                sb.id
+            )));
+        }
+        let image = self.images.get(&cfg.image).ok_or_else(|| {
+            Error::not_found(format!("image {:?} not found; pull it first", cfg.image))
+        })?;
+        let target_pid = match cfg.security.namespaces.pid {
+            NamespaceMode::Target => {
+                Some(self.target_pid(&cfg.security.namespaces.target_id, &sb.id)?)
+            }
+            _ => None,
+        };
+        let id = ids::new_id();
+        let mut undo = Cleanup::default();
+
+        let bundle = self.opts.state.join("containers").join(&id);
+        fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&bundle)
+            .with_context(|| format!("creating {}", bundle.display()))?;
+        let b = bundle.clone();
+        undo.push("remove the bundle", move || teardown::remove_tree(&b));
+
+        let layer = self.opts.root.join("containers").join(&id);
+        let (upper, work) = (layer.join("upper"), layer.join("work"));
+        for d in [&layer, &upper, &work] {
+            fs::DirBuilder::new()
+                .mode(0o711)
+                .create(d)
+                .with_context(|| format!("creating {}", d.display()))?;
+        }
+        let l = layer.clone();
+        undo.push("remove the writable layer", move || {
+            fsutil::remove_dir_all_if_exists(&l)
+        });
+
+        self.images.hold(&id, &image)?;
+        let images = self.images.clone();
+        let lease = id.clone();
+        undo.push("release the image", move || {
+            images.release(&lease).map_err(anyhow::Error::from)
+        });
+
+        let rootfs = bundle.join("rootfs");
+        fs::create_dir(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
+        mount::overlay(&self.images.layer_dirs(&image)?, &upper, &work, &rootfs)?;
+        let r = rootfs.clone();
+        undo.push("unmount the rootfs", move || mount::unmount(&r));
+
+        let user = user::resolve(&rootfs, &cfg.security, &image.config.user)?;
+        let image_name = if cfg.user_specified_image.is_empty() {
+            cfg.image.clone()
+        } else {
+            cfg.user_specified_image.clone()
+        };
+        let min_oom =
+            (!process::has_capability(process::CAP_SYS_RESOURCE)).then(process::own_oom_score_adj);
+        let oci = spec::build(&spec::SpecInput {
+            id: &id,
+            config: &cfg,
+            sandbox: sb,
+            image: &image.config,
+            image_name: &image_name,
+            user: &user,
+            rootfs: &rootfs,
+            target_pid,
+            cgroup_v2: process::cgroup_v2_only(),
+            min_oom_score_adj: min_oom,
+            default_cgroup_parent: &self.opts.default_cgroup_parent,
+        })?;
+        let spec_json = serde_json::to_vec_pretty(&oci).context("encoding config.json")?;
+        fs::write(bundle.join("config.json"), spec_json).context("writing config.json")?;
+
+        let log_path = container_log_path(&sb.config.log_directory, &cfg.log_path);
+        if let Some(parent) = log_path.as_deref().and_then(Path::parent) {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("creating the log directory {}", parent.display()))?;
+        }
+
+        let created = shim::spawn(&Launch {
+            shim: &self.opts.shim,
+            runc: &self.opts.runc,
+            runc_root: &self.runc.root,
+            id: &id,
+            bundle: &bundle,
+            log_path: log_path.as_deref(),
+            tty: cfg.tty,
+        })
+        .map_err(|e| match e {
+            CreateError::Runc(msg) => Error::FailedPrecondition(format!(
+                "the OCI runtime could not create the container: {msg}"
+            )),
+            CreateError::Shim(e) => Error::Internal(e.context("starting crust-shim")),
+        })?;
+        let runc = self.runc.clone();
+        let rid = id.clone();
+        undo.push("delete the runc container", move || runc.delete(&rid));
+
+        let stop_signal = parse_signal(&image.config.stop_signal).unwrap_or(libc::SIGTERM);
+        let image_ref = image
+            .repo_digests
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.id.clone());
+        let container = Container {
+            id: id.clone(),
+            sandbox_id: sb.id.clone(),
+            config: cfg,
+            image_id: image.id.clone(),
+            image_ref,
+            created_at: clock::now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            state: ContainerState::Created,
+            pid: created.pid,
+            shim_pid: created.shim_pid,
+            log_path: log_path
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            user,
+            stop_signal,
+            bundle,
+        };
+        self.container_records.save(&id, &container)?;
+        self.containers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Entry::new(container));
+        undo.disarm();
+        tracing::info!(%id, sandbox = %sb.id, "container created");
+        Ok(id)
+    }
+
+    fn target_pid(&self, target: &str, sandbox_id: &str) -> Result<i32> {
+        let entry = self.container_entry(target).map_err(|_| {
+            Error::invalid(format!(
+                "PID namespace target container {target:?} not found"
+            ))
+        })?;
+        self.refresh_container(&entry);
+        let c = entry.snapshot();
+        if c.sandbox_id != sandbox_id {
+            return Err(Error::invalid(format!(
+                "PID namespace target container {target:?} is in another pod"
+            )));
+        }
+        if c.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "PID namespace target container {target:?} is not running"
+            )));
+        }
+        Ok(c.pid)
+    }
+
+    /// StartContainer: lets a created container run.
+    pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
+        let entry = self.container_entry(id)?;
+        self.blocking(move |rt| {
+            let _guard = entry.lock_lifecycle();
+            rt.refresh_container(&entry);
+            let c = entry.snapshot();
+            if c.state != ContainerState::Created {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is {}, only a created container can be started",
+                    c.id,
+                    state_word(c.state)
+                )));
+            }
+            if let Err(e) = rt.runc.start(&c.id) {
+                rt.refresh_container(&entry);
+                return Err(Error::Internal(e.context("starting the container")));
+            }
+            let mut rec = entry.rec();
+            rec.state = ContainerState::Running;
+            rec.started_at = clock::now_ns();
+            rt.container_records.save(&rec.id, &rec)?;
+            tracing::info!(id = %rec.id, "container started");
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// StopContainer: stop signal, up to `timeout` seconds, then SIGKILL. Stopping an
+    /// exited or unknown container succeeds.
+    pub async fn stop_container(self: &Arc<Self>, id: &str, timeout: i64) -> Result<()> {
+        let Some(entry) = if_exists(self.container_entry(id))? else {
+            return Ok(());
+        };
+        self.blocking(move |rt| rt.stop_container_entry(&entry, timeout))
+            .await
+    }
+
+    pub(crate) fn stop_container_entry(
+        &self,
+        entry: &Entry<Container>,
+        timeout: i64,
+    ) -> Result<()> {
+        let _guard = entry.lock_lifecycle();
+        self.refresh_container(entry);
+        let c = entry.snapshot();
+        match c.state {
+            ContainerState::Exited => return Ok(()),
+            ContainerState::Running if timeout > 0 => {
+                tracing::info!(id = %c.id, signal = c.stop_signal, timeout, "stopping container");
+                self.signal(&c, c.stop_signal)?;
+                let deadline = Instant::now() + Duration::from_secs(timeout.unsigned_abs());
+                if self.wait_exit(entry, deadline) {
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+        tracing::info!(id = %c.id, "killing container");
+        self.signal(&c, libc::SIGKILL)?;
+        if self.wait_exit(entry, Instant::now() + KILL_GRACE) {
+            return Ok(());
+        }
+        Err(Error::DeadlineExceeded(format!(
+            "container {} did not exit within {}s of SIGKILL",
+            c.id,
+            KILL_GRACE.as_secs()
+        )))
+    }
+
+    fn signal(&self, c: &Container, signal: i32) -> Result<()> {
+        self.runc
+            .kill(&c.id, signal)
+            .map(|_| ())
+            .map_err(|e| Error::Internal(e.context(format!("signalling container {}", c.id))))
+    }
+
+    /// Waits until the container is recorded as exited, or the deadline passes.
+    fn wait_exit(&self, entry: &Entry<Container>, deadline: Instant) -> bool {
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if self.refresh_container(entry) == ContainerState::Exited {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// RemoveContainer: kills it if needed and removes everything it had. Removing an
+    /// unknown container succeeds.
+    pub async fn remove_container(self: &Arc<Self>, id: &str) -> Result<()> {
+        let Some(entry) = if_exists(self.container_entry(id))? else {
+            return Ok(());
+        };
+        self.blocking(move |rt| rt.remove_container_entry(&entry))
+            .await
+    }
+
+    pub(crate) fn remove_container_entry(&self, entry: &Entry<Container>) -> Result<()> {
+        self.stop_container_entry(entry, 0)?;
+        let _guard = entry.lock_lifecycle();
+        let c = entry.snapshot();
+        if !self
+            .containers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&c.id)
+        {
+            return Ok(());
+        }
+        self.runc.delete(&c.id)?;
+        teardown::remove_tree(&c.bundle)?;
+        fsutil::remove_dir_all_if_exists(&self.opts.root.join("containers").join(&c.id))?;
+        self.images.release(&c.id)?;
+        self.container_records.delete(&c.id)?;
+        let name = self.container_reserved_name(&c);
+        self.containers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&c.id);
+        self.container_names.release(&name, &c.id);
+        tracing::info!(id = %c.id, "container removed");
+        Ok(())
+    }
+
+    /// ContainerStatus: the container record, by id or unique prefix, with any exit
+    /// that happened since the last look recorded.
+    pub fn container_status(&self, id: &str) -> Result<Container> {
+        let entry = self.container_entry(id)?;
+        self.refresh_container(&entry);
+        Ok(entry.snapshot())
+    }
+
+    /// ListContainers.
+    pub fn list_containers(&self, filter: &ContainerFilter) -> Vec<Container> {
+        let wanted_id = if filter.id.is_empty() {
+            None
+        } else {
+            match self.container_entry(&filter.id) {
+                Ok(e) => Some(e.snapshot().id),
+                Err(_) => return Vec::new(),
+            }
+        };
+        let wanted_sandbox = if filter.sandbox_id.is_empty() {
+            None
+        } else {
+            match self.sandbox_entry(&filter.sandbox_id) {
+                Ok(e) => Some(e.snapshot().id),
+                Err(_) => return Vec::new(),
+            }
+        };
+        let mut out: Vec<Container> = self
+            .all_containers()
+            .iter()
+            .map(|e| {
+                self.refresh_container(e);
+                e.snapshot()
+            })
+            .filter(|c| wanted_id.as_ref().is_none_or(|id| *id == c.id))
+            .filter(|c| wanted_sandbox.as_ref().is_none_or(|id| *id == c.sandbox_id))
+            .filter(|c| filter.state.is_none_or(|s| s == c.state))
+            .filter(|c| {
+                filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| c.config.labels.get(k) == Some(v))
+            })
+            .collect();
+        out.sort_by_key(|c| c.created_at);
+        out
+    }
+
+    /// ReopenContainerLog: asks the shim to reopen the log file after rotation.
+    pub async fn reopen_container_log(self: &Arc<Self>, id: &str) -> Result<()> {
+        let entry = self.container_entry(id)?;
+        self.blocking(move |rt| {
+            rt.refresh_container(&entry);
+            let c = entry.snapshot();
+            if c.state != ContainerState::Running {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is {}; logs are reopened only for running containers",
+                    c.id,
+                    state_word(c.state)
+                )));
+            }
+            shim::control(&c.bundle, "reopen-log").map_err(Error::Internal)
+        })
+        .await
+    }
+
+    pub(crate) fn containers_of(&self, sandbox_id: &str) -> Vec<Arc<Entry<Container>>> {
+        self.all_containers()
+            .into_iter()
+            .filter(|e| e.rec().sandbox_id == sandbox_id)
+            .collect()
+    }
+
+    /// Picks up an exit the shim recorded (or the loss of the shim) and persists it.
+    /// Returns the state after the refresh.
+    pub(crate) fn refresh_container(&self, entry: &Entry<Container>) -> ContainerState {
+        let mut c = entry.rec();
+        if !matches!(c.state, ContainerState::Created | ContainerState::Running) {
+            return c.state;
+        }
+        let (code, at, message) = match shim::read_exit(&c.bundle) {
+            Some(exit) => (exit.exit_code, exit.exited_at, String::new()),
+            None => {
+                if process::alive(c.shim_pid, "crust-shim") {
+                    return c.state;
+                }
+                // Re-check: the shim may have written the file just before exiting.
+                if let Some(exit) = shim::read_exit(&c.bundle) {
+                    (exit.exit_code, exit.exited_at, String::new())
+                } else {
+                    match self.runc.status(&c.id) {
+                        Ok(RuncStatus::Running) => {
+                            if c.state == ContainerState::Created {
+                                c.state = ContainerState::Running;
+                                c.started_at = clock::now_ns();
+                                self.persist(&c);
+                            }
+                            return c.state;
+                        }
+                        Ok(RuncStatus::Created) => return c.state,
+                        _ => (
+                            255,
+                            clock::now_ns(),
+                            "crust-shim exited without recording the container's exit status"
+                                .to_string(),
+                        ),
+                    }
+                }
+            }
+        };
+        c.state = ContainerState::Exited;
+        c.exit_code = code;
+        c.finished_at = at.max(c.started_at).max(c.created_at);
+        c.reason = if code == 0 { "Completed" } else { "Error" }.to_string();
+        c.message = message;
+        self.persist(&c);
+        tracing::info!(id = %c.id, exit_code = code, "container exited");
+        c.state
+    }
+
+    fn persist(&self, c: &Container) {
+        if let Err(e) = self.container_records.save(&c.id, c) {
+            tracing::error!(id = %c.id, error = %format!("{e:#}"), "could not record container state");
+        }
+    }
+}
+
+/// The CRI log file of a container: the pod's log directory joined with the
+/// container's log path; None when either is empty.
+pub(crate) fn container_log_path(log_directory: &str, log_path: &str) -> Option<PathBuf> {
+    if log_directory.is_empty() || log_path.is_empty() {
+        return None;
+    }
+    Some(Path::new(log_directory).join(log_path))
+}
+
+fn state_word(s: ContainerState) -> &'static str {
+    match s {
+        ContainerState::Created => "created",
+        ContainerState::Running => "running",
+        ContainerState::Exited => "exited",
+        ContainerState::Unknown => "in an unknown state",
+    }
+}
+
+/// Parses an image's StopSignal ("SIGTERM", "TERM", "15").
+pub(crate) fn parse_signal(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|sig| sig as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals() {
+        assert_eq!(parse_signal("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("quit"), Some(libc::SIGQUIT));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal(""), None);
+        assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+
+    #[test]
+    fn log_paths() {
+        assert_eq!(
+            container_log_path("/var/log/pods/x", "c/0.log"),
+            Some(PathBuf::from("/var/log/pods/x/c/0.log"))
+        );
+        assert_eq!(container_log_path("", "c/0.log"), None);
+        assert_eq!(container_log_path("/var/log", ""), None);
+    }
+}

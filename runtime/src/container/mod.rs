@@ -1,0 +1,92 @@
+//! Containers: each one an overlay root filesystem, an OCI bundle and a detached
+//! crust-shim that runs it through runc.
+
+pub mod config;
+mod exec;
+mod lifecycle;
+pub mod shim;
+pub mod spec;
+pub mod user;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use self::config::ContainerConfig;
+pub use self::exec::ExecOutput;
+pub use self::lifecycle::ContainerFilter;
+use crate::sandbox::config::SandboxConfig;
+
+/// CRI's ContainerState.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    /// Created, not started.
+    Created,
+    /// Started and not yet exited.
+    Running,
+    /// Its process has exited.
+    Exited,
+    /// The runtime lost track of it.
+    Unknown,
+}
+
+/// The user the container's first process runs as.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedUser {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary group ids.
+    pub additional_gids: Vec<u32>,
+}
+
+/// A container as recorded on disk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Container {
+    /// 64-hex id.
+    pub id: String,
+    /// Its pod sandbox.
+    pub sandbox_id: String,
+    /// The config it was created with.
+    pub config: ContainerConfig,
+    /// The image id ("sha256:...").
+    pub image_id: String,
+    /// Digested reference of the image (repo digest, else the id).
+    pub image_ref: String,
+    /// Creation time (ns).
+    pub created_at: i64,
+    /// Start time (ns), 0 before start.
+    pub started_at: i64,
+    /// Exit time (ns), 0 before exit.
+    pub finished_at: i64,
+    /// Exit code, meaningful once exited.
+    pub exit_code: i32,
+    /// CamelCase reason once exited: Completed, Error.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// Lifecycle state.
+    pub state: ContainerState,
+    /// The container's init pid (host pid namespace).
+    pub pid: i32,
+    /// The supervising shim's pid.
+    pub shim_pid: i32,
+    /// Full path of the CRI log file; empty when the pod has no log directory.
+    pub log_path: String,
+    /// Who the first process runs as.
+    pub user: ResolvedUser,
+    /// Stop signal number.
+    pub stop_signal: i32,
+    /// The bundle directory (config.json, rootfs, shim files).
+    pub bundle: PathBuf,
+}
+
+/// The reserved name of a container: its name, its pod's name, namespace and uid,
+/// and its attempt.
+pub fn reserved_name(c: &ContainerConfig, pod: &SandboxConfig) -> String {
+    format!(
+        "{}_{}_{}_{}_{}",
+        c.name, pod.name, pod.namespace, pod.uid, c.attempt
+    )
+}

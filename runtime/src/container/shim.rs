@@ -1,0 +1,197 @@
+//! The crustd side of crust-shim: starting one for a container, reading what it
+//! reports, and reading the exit status it records.
+//!
+//! Contract (see runtime/shim): the shim forks and detaches; the detached half runs
+//! `runc create`, then writes one JSON line on the stdout pipe — `{"pid":N,"shim_pid":M}`
+//! or `{"error":"..."}` — and closes it. When the container's init exits it writes
+//! `<bundle>/exit` = `{"exit_code":N,"exited_at":NS}` atomically. `<bundle>/shim.sock`
+//! answers `reopen-log` and `ping`.
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use serde::Deserialize;
+
+/// How long a `runc create` may take before the start is abandoned.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What to start.
+pub struct Launch<'a> {
+    /// The crust-shim binary.
+    pub shim: &'a Path,
+    /// The runc binary.
+    pub runc: &'a Path,
+    /// runc's state dir.
+    pub runc_root: &'a Path,
+    /// Container id.
+    pub id: &'a str,
+    /// Bundle directory with config.json and the mounted rootfs.
+    pub bundle: &'a Path,
+    /// CRI log file, if any.
+    pub log_path: Option<&'a Path>,
+    /// Allocate a terminal.
+    pub tty: bool,
+}
+
+/// The shim's report after `runc create`.
+#[derive(Debug, Deserialize)]
+struct Report {
+    pid: Option<i32>,
+    shim_pid: Option<i32>,
+    error: Option<String>,
+}
+
+/// A created container: its init pid and its shim's pid.
+#[derive(Clone, Copy, Debug)]
+pub struct Created {
+    /// The container's init process.
+    pub pid: i32,
+    /// The shim supervising it.
+    pub shim_pid: i32,
+}
+
+/// Why a create failed: runc's own message, or a failure to run the shim at all.
+#[derive(Debug)]
+pub enum CreateError {
+    /// runc refused the container; the text is runc's error.
+    Runc(String),
+    /// The shim could not be run or did not report.
+    Shim(anyhow::Error),
+}
+
+/// Starts a shim and waits for its report.
+pub fn spawn(l: &Launch<'_>) -> std::result::Result<Created, CreateError> {
+    let mut cmd = Command::new(l.shim);
+    cmd.arg("--id")
+        .arg(l.id)
+        .arg("--bundle")
+        .arg(l.bundle)
+        .arg("--runc")
+        .arg(l.runc)
+        .arg("--runc-root")
+        .arg(l.runc_root);
+    if let Some(p) = l.log_path {
+        cmd.arg("--log-path").arg(p);
+    }
+    if l.tty {
+        cmd.arg("--tty");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", l.shim.display()))
+        .map_err(CreateError::Shim)?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| CreateError::Shim(anyhow!("the shim's stdout pipe is missing")))?;
+    let status = child
+        .wait()
+        .context("waiting for the shim to detach")
+        .map_err(CreateError::Shim)?;
+    if !status.success() {
+        return Err(CreateError::Shim(anyhow!(
+            "crust-shim failed to start: {status}"
+        )));
+    }
+    let text = read_until_eof(&mut stdout, CREATE_TIMEOUT).map_err(CreateError::Shim)?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Err(CreateError::Shim(anyhow!(
+            "crust-shim exited without reporting the result of runc create"
+        )));
+    }
+    let report: Report = serde_json::from_str(line)
+        .with_context(|| format!("decoding the shim's report {line:?}"))
+        .map_err(CreateError::Shim)?;
+    if let Some(err) = report.error {
+        return Err(CreateError::Runc(err));
+    }
+    match (report.pid, report.shim_pid) {
+        (Some(pid), Some(shim_pid)) if pid > 0 && shim_pid > 0 => Ok(Created { pid, shim_pid }),
+        _ => Err(CreateError::Shim(anyhow!(
+            "the shim's report {line:?} lacks the pids"
+        ))),
+    }
+}
+
+pub(crate) fn read_until_eof(
+    r: &mut std::process::ChildStdout,
+    timeout: Duration,
+) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("crust-shim did not report within {}s", timeout.as_secs());
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(r.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("polling the shim's pipe"),
+        }
+        let n = r.read(&mut buf).context("reading the shim's report")?;
+        if n == 0 {
+            return Ok(String::from_utf8_lossy(&out).into_owned());
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.len() > 1 << 20 {
+            bail!("crust-shim's report is too large");
+        }
+    }
+}
+
+/// The exit status a shim recorded.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code; 128+signal for a killed process.
+    pub exit_code: i32,
+    /// When the process exited (ns since the epoch).
+    pub exited_at: i64,
+}
+
+/// The exit file of a bundle.
+pub fn exit_file(bundle: &Path) -> PathBuf {
+    bundle.join("exit")
+}
+
+/// Reads the exit status if the shim recorded one.
+pub fn read_exit(bundle: &Path) -> Option<ExitStatus> {
+    let data = std::fs::read(exit_file(bundle)).ok()?;
+    serde_json::from_slice(&data).ok()
+}
+
+/// Sends one control command to the shim and returns its answer.
+pub fn control(bundle: &Path, command: &str) -> Result<()> {
+    let sock = bundle.join("shim.sock");
+    let mut s = UnixStream::connect(&sock)
+        .with_context(|| format!("connecting to the shim at {}", sock.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(format!("{command}\n").as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .context("reading the shim's answer")?;
+    let answer = answer.trim();
+    if answer == "ok" {
+        Ok(())
+    } else {
+        bail!(
+            "the shim answered {command:?} with {:?}",
+            answer.strip_prefix("error ").unwrap_or(answer)
+        )
+    }
+}

@@ -1,0 +1,272 @@
+//! The runtime facade the CRI layer talks to: owns the object tables, the name
+//! reservations, the metadata store, the image store and restart recovery.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use anyhow::Context;
+
+use crate::container::Container;
+use crate::image::ImageStore;
+use crate::names::Names;
+use crate::sandbox::Sandbox;
+use crate::store::RecordDir;
+use crate::sys::runc::Runc;
+use crate::{Error, Result, ids};
+
+/// Where things live and which helpers to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Persistent root, e.g. /var/lib/crust.
+    pub root: PathBuf,
+    /// Volatile state dir, e.g. /run/crust.
+    pub state: PathBuf,
+    /// The runc binary.
+    pub runc: PathBuf,
+    /// The crust-shim binary.
+    pub shim: PathBuf,
+    /// Size of each pod's /dev/shm tmpfs.
+    pub shm_size: u64,
+    /// cgroup parent for pods that do not name one.
+    pub default_cgroup_parent: String,
+}
+
+/// One live object: a lifecycle lock serializing create/start/stop/remove, and the record.
+pub(crate) struct Entry<T> {
+    pub(crate) lifecycle: Mutex<()>,
+    pub(crate) rec: Mutex<T>,
+}
+
+impl<T: Clone> Entry<T> {
+    pub(crate) fn new(rec: T) -> Arc<Self> {
+        Arc::new(Entry {
+            lifecycle: Mutex::new(()),
+            rec: Mutex::new(rec),
+        })
+    }
+
+    pub(crate) fn lock_lifecycle(&self) -> MutexGuard<'_, ()> {
+        self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn rec(&self) -> MutexGuard<'_, T> {
+        self.rec.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn snapshot(&self) -> T {
+        self.rec().clone()
+    }
+}
+
+/// For Stop and Remove, where an unknown id is not an error: `Ok(None)`.
+pub(crate) fn if_exists<T>(found: Result<T>) -> Result<Option<T>> {
+    match found {
+        Ok(e) => Ok(Some(e)),
+        Err(Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The runtime: sandboxes, containers and images.
+pub struct Runtime {
+    pub(crate) opts: Options,
+    pub(crate) runc: Runc,
+    pub(crate) images: Arc<ImageStore>,
+    pub(crate) sandboxes: RwLock<HashMap<String, Arc<Entry<Sandbox>>>>,
+    pub(crate) containers: RwLock<HashMap<String, Arc<Entry<Container>>>>,
+    pub(crate) sandbox_names: Names,
+    pub(crate) container_names: Names,
+    pub(crate) sandbox_records: RecordDir<Sandbox>,
+    pub(crate) container_records: RecordDir<Container>,
+}
+
+impl Runtime {
+    /// Opens the runtime on its directories and recovers the state a previous crustd
+    /// left: every object is loaded, exits that happened meanwhile are picked up,
+    /// and leftovers of interrupted creates are removed.
+    pub fn open(opts: Options) -> Result<Arc<Runtime>> {
+        for dir in [
+            opts.root.clone(),
+            opts.state.clone(),
+            opts.state.join("sandboxes"),
+            opts.state.join("containers"),
+            opts.root.join("containers"),
+        ] {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let runc = Runc {
+            binary: opts.runc.clone(),
+            root: opts.state.join("runc"),
+        };
+        let images = Arc::new(ImageStore::open(&opts.root)?);
+        let rt = Arc::new(Runtime {
+            sandbox_records: RecordDir::open(opts.root.join("meta").join("sandboxes"))?,
+            container_records: RecordDir::open(opts.root.join("meta").join("containers"))?,
+            opts,
+            runc,
+            images,
+            sandboxes: RwLock::default(),
+            containers: RwLock::default(),
+            sandbox_names: Names::default(),
+            container_names: Names::default(),
+        });
+        rt.recover()?;
+        Ok(rt)
+    }
+
+    /// The image store.
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
+    }
+
+    /// The options the runtime was opened with.
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    pub(crate) fn sandbox_entry(&self, id: &str) -> Result<Arc<Entry<Sandbox>>> {
+        let map = self.sandboxes.read().unwrap_or_else(|p| p.into_inner());
+        let id = ids::resolve(map.keys(), id, "pod sandbox")?;
+        map.get(&id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("pod sandbox {id:?} not found")))
+    }
+
+    pub(crate) fn container_entry(&self, id: &str) -> Result<Arc<Entry<Container>>> {
+        let map = self.containers.read().unwrap_or_else(|p| p.into_inner());
+        let id = ids::resolve(map.keys(), id, "container")?;
+        map.get(&id)
+            .cloned()
+            .ok_or_else(|| Error::not_found(format!("container {id:?} not found")))
+    }
+
+    pub(crate) fn all_containers(&self) -> Vec<Arc<Entry<Container>>> {
+        self.containers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub(crate) fn all_sandboxes(&self) -> Vec<Arc<Entry<Sandbox>>> {
+        self.sandboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Runs blocking lifecycle work on the blocking pool. The work is never cancelled
+    /// half-way when the client goes away: it finishes (or rolls back) on its own.
+    pub(crate) async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Runtime) -> Result<T> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| Error::internal(format!("lifecycle task failed: {e}")))?
+    }
+
+    fn recover(&self) -> Result<()> {
+        let (sandboxes, bad) = self.sandbox_records.load_all()?;
+        for b in bad {
+            tracing::error!(id = %b.id, error = %format!("{:#}", b.error), "unreadable sandbox record kept aside");
+        }
+        for (_, mut sb) in sandboxes {
+            self.recover_sandbox(&mut sb);
+            self.sandbox_names
+                .insert_owned(&sb.config.reserved_name(), &sb.id);
+            self.sandboxes
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(sb.id.clone(), Entry::new(sb));
+        }
+        let (containers, bad) = self.container_records.load_all()?;
+        for b in bad {
+            tracing::error!(id = %b.id, error = %format!("{:#}", b.error), "unreadable container record kept aside");
+        }
+        for (_, c) in containers {
+            let name = self.container_reserved_name(&c);
+            self.container_names.insert_owned(&name, &c.id);
+            let entry = Entry::new(c);
+            self.refresh_container(&entry);
+            let id = entry.snapshot().id;
+            self.containers
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, entry);
+        }
+        self.collect_orphans();
+        tracing::info!(
+            sandboxes = self.all_sandboxes().len(),
+            containers = self.all_containers().len(),
+            "state recovered"
+        );
+        Ok(())
+    }
+
+    pub(crate) fn container_reserved_name(&self, c: &Container) -> String {
+        let sandbox = self
+            .sandboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&c.sandbox_id)
+            .map(|e| e.snapshot().config);
+        match sandbox {
+            Some(s) => crate::container::reserved_name(&c.config, &s),
+            None => format!("{}_{}", c.config.name, c.sandbox_id),
+        }
+    }
+
+    /// Removes directories, mounts and runc state that belong to no known object:
+    /// what an interrupted create or a crash between steps left behind.
+    fn collect_orphans(&self) {
+        let known_containers: std::collections::HashSet<String> = self
+            .containers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let known_sandboxes: std::collections::HashSet<String> = self
+            .sandboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        if let Ok(ids) = self.runc.list() {
+            for id in ids.iter().filter(|id| !known_containers.contains(*id)) {
+                tracing::warn!(%id, "deleting runc container that belongs to no known container");
+                if let Err(e) = self.runc.delete(id) {
+                    tracing::warn!(%id, error = %format!("{e:#}"), "could not delete orphan runc container");
+                }
+            }
+        }
+        let dirs = [
+            (self.opts.state.join("containers"), &known_containers),
+            (self.opts.root.join("containers"), &known_containers),
+            (self.opts.state.join("sandboxes"), &known_sandboxes),
+        ];
+        for (parent, known) in dirs {
+            let Ok(entries) = std::fs::read_dir(&parent) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if known.contains(&name) {
+                    continue;
+                }
+                tracing::warn!(dir = %e.path().display(), "removing directory that belongs to no known object");
+                if let Err(err) = crate::teardown::remove_tree(&e.path()) {
+                    tracing::warn!(dir = %e.path().display(), error = %format!("{err:#}"), "could not remove orphan directory");
+                }
+            }
+        }
+    }
+}

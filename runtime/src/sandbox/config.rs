@@ -1,0 +1,225 @@
+//! What a pod sandbox is asked to be: the domain form of CRI's PodSandboxConfig,
+//! kept verbatim in the sandbox record (labels and annotations are returned as given).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// How a namespace is shared (CRI NamespaceMode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NamespaceMode {
+    /// Shared by all containers of the pod.
+    #[default]
+    Pod,
+    /// Private to one container.
+    Container,
+    /// The host's namespace.
+    Node,
+    /// Another container's namespace (`target_id`).
+    Target,
+}
+
+/// Namespace choices for a sandbox or container.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceOptions {
+    /// Network namespace mode (POD or NODE).
+    pub network: NamespaceMode,
+    /// PID namespace mode.
+    pub pid: NamespaceMode,
+    /// IPC namespace mode (POD or NODE).
+    pub ipc: NamespaceMode,
+    /// The container whose namespace a TARGET mode refers to.
+    pub target_id: String,
+    /// True when the pod asked for a user namespace with id mappings.
+    pub user_namespace: bool,
+}
+
+/// DNS settings written into the pod's resolv.conf.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    /// Name servers.
+    pub servers: Vec<String>,
+    /// Search domains.
+    pub searches: Vec<String>,
+    /// resolv.conf options.
+    pub options: Vec<String>,
+}
+
+/// A port the pod exposes on the host (used by CNI portmap later).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// "tcp", "udp" or "sctp".
+    pub protocol: String,
+    /// Port inside the pod.
+    pub container_port: i32,
+    /// Port on the host.
+    pub host_port: i32,
+    /// Host address to bind.
+    pub host_ip: String,
+}
+
+/// The domain form of CRI's PodSandboxConfig (plus the runtime handler).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    /// Pod name.
+    pub name: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Hostname inside the pod.
+    pub hostname: String,
+    /// Directory of the pod's container logs.
+    pub log_directory: String,
+    /// DNS settings; None copies the host's resolv.conf.
+    pub dns: Option<DnsConfig>,
+    /// Host port mappings.
+    pub port_mappings: Vec<PortMapping>,
+    /// Labels, returned verbatim.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations, returned verbatim.
+    pub annotations: BTreeMap<String, String>,
+    /// Parent cgroup (cgroupfs syntax).
+    pub cgroup_parent: String,
+    /// Namespace choices.
+    pub namespaces: NamespaceOptions,
+    /// Pod-level sysctls.
+    pub sysctls: BTreeMap<String, String>,
+    /// Whether privileged containers may run in this pod.
+    pub privileged: bool,
+    /// The runtime handler (RuntimeClass); only the default "" (or "runc") exists.
+    pub runtime_handler: String,
+}
+
+impl SandboxConfig {
+    /// The reserved name: `name_namespace_uid_attempt`.
+    pub fn reserved_name(&self) -> String {
+        format!(
+            "{}_{}_{}_{}",
+            self.name, self.namespace, self.uid, self.attempt
+        )
+    }
+
+    /// Checks the request before anything is created.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() || self.namespace.is_empty() || self.uid.is_empty() {
+            return Err(Error::invalid(
+                "sandbox metadata must give name, namespace and uid",
+            ));
+        }
+        for (what, v) in [
+            ("name", &self.name),
+            ("namespace", &self.namespace),
+            ("uid", &self.uid),
+        ] {
+            if v.contains('/') || v.contains('\0') {
+                return Err(Error::invalid(format!(
+                    "sandbox {what} {v:?} must not contain '/' or NUL"
+                )));
+            }
+        }
+        if !matches!(self.runtime_handler.as_str(), "" | "runc") {
+            return Err(Error::NotFound(format!(
+                "runtime handler {:?} is not configured; crust has only the default handler (\"\" or \"runc\")",
+                self.runtime_handler
+            )));
+        }
+        if self.namespaces.network != NamespaceMode::Node && self.hostname.is_empty() {
+            return Err(Error::invalid(
+                "hostname may only be empty when the pod uses the node's network namespace",
+            ));
+        }
+        if self.hostname.len() > 64 {
+            return Err(Error::invalid(format!(
+                "hostname {:?} is longer than 64 characters",
+                self.hostname
+            )));
+        }
+        if self.namespaces.pid == NamespaceMode::Target {
+            return Err(Error::invalid("a sandbox's PID namespace cannot be TARGET"));
+        }
+        if self.namespaces.user_namespace {
+            return Err(Error::Unimplemented(
+                "user namespaces (hostUsers: false) are not supported by crust yet".into(),
+            ));
+        }
+        for (what, mode) in [
+            ("network", self.namespaces.network),
+            ("ipc", self.namespaces.ipc),
+        ] {
+            if !matches!(mode, NamespaceMode::Pod | NamespaceMode::Node) {
+                return Err(Error::invalid(format!(
+                    "a sandbox's {what} namespace must be POD or NODE"
+                )));
+            }
+        }
+        if let Some(dns) = &self.dns {
+            for s in dns.servers.iter().chain(&dns.searches).chain(&dns.options) {
+                if s.contains('\n') || s.contains('\0') {
+                    return Err(Error::invalid(format!(
+                        "DNS setting {s:?} must not contain a newline"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the pod uses the node's network namespace.
+    pub fn host_network(&self) -> bool {
+        self.namespaces.network == NamespaceMode::Node
+    }
+
+    /// True when the pod's containers share one PID namespace.
+    pub fn shared_pid(&self) -> bool {
+        self.namespaces.pid == NamespaceMode::Pod
+    }
+
+    /// True when the pod uses the node's IPC namespace.
+    pub fn host_ipc(&self) -> bool {
+        self.namespaces.ipc == NamespaceMode::Node
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> SandboxConfig {
+        SandboxConfig {
+            name: "web".into(),
+            uid: "u1".into(),
+            namespace: "default".into(),
+            hostname: "web".into(),
+            namespaces: NamespaceOptions {
+                pid: NamespaceMode::Container,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert!(valid().validate().is_ok());
+        assert_eq!(valid().reserved_name(), "web_default_u1_0");
+        let mut c = valid();
+        c.name.clear();
+        assert!(matches!(c.validate(), Err(Error::InvalidArgument(_))));
+        let mut c = valid();
+        c.namespaces.pid = NamespaceMode::Target;
+        assert!(matches!(c.validate(), Err(Error::InvalidArgument(_))));
+        let mut c = valid();
+        c.runtime_handler = "kata".into();
+        assert!(matches!(c.validate(), Err(Error::NotFound(_))));
+        let mut c = valid();
+        c.hostname.clear();
+        assert!(matches!(c.validate(), Err(Error::InvalidArgument(_))));
+        c.namespaces.network = NamespaceMode::Node;
+        assert!(c.validate().is_ok());
+    }
+}

@@ -1,0 +1,268 @@
+//! RunPodSandbox, StopPodSandbox, RemovePodSandbox and the sandbox queries.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::sync::Arc;
+
+use anyhow::Context;
+use crust_cni::nsfs::{self, Kind, PinRequest};
+
+use super::config::SandboxConfig;
+use super::{Sandbox, SandboxState, files, pidns};
+use crate::cleanup::Cleanup;
+use crate::names::Reservation;
+use crate::runtime::{Entry, Runtime, if_exists};
+use crate::sys::mount;
+use crate::{Result, clock, ids, teardown};
+
+/// ListPodSandbox filter; empty fields match everything.
+#[derive(Clone, Debug, Default)]
+pub struct SandboxFilter {
+    /// Id or unique id prefix.
+    pub id: String,
+    /// Only sandboxes in this state.
+    pub state: Option<SandboxState>,
+    /// Labels that must all match.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Runtime {
+    /// RunPodSandbox: creates the pod's namespaces and files and returns its id.
+    /// A retry of a create that outran its deadline gets the first attempt's id.
+    pub async fn run_sandbox(self: &Arc<Self>, cfg: SandboxConfig) -> Result<String> {
+        cfg.validate()?;
+        let name = cfg.reserved_name();
+        let ticket = match self.sandbox_names.reserve(&name, "pod sandbox").await? {
+            Reservation::Existing(id) => return Ok(id),
+            Reservation::Fresh(t) => t,
+        };
+        let id = self
+            .blocking(move |rt| {
+                let id = rt.create_sandbox(cfg)?;
+                ticket.complete(&id);
+                Ok(id)
+            })
+            .await?;
+        self.sandbox_names.claim(&name, &id);
+        Ok(id)
+    }
+
+    fn create_sandbox(&self, cfg: SandboxConfig) -> Result<String> {
+        let id = ids::new_id();
+        let dir = self.opts.state.join("sandboxes").join(&id);
+        let mut undo = Cleanup::default();
+        fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let d = dir.clone();
+        undo.push("remove the sandbox directory", move || {
+            teardown::remove_tree(&d)
+        });
+
+        let mut pins = Vec::new();
+        let ns_dir = dir.join("ns");
+        if !cfg.host_network() {
+            pins.push((Kind::Net, ns_dir.join("net")));
+            pins.push((Kind::Uts, ns_dir.join("uts")));
+        }
+        if !cfg.host_ipc() {
+            pins.push((Kind::Ipc, ns_dir.join("ipc")));
+        }
+        let pin_path = |k: Kind| {
+            pins.iter()
+                .find(|(kind, _)| *kind == k)
+                .map(|(_, p)| p.clone())
+        };
+        let (netns, utsns, ipcns) = (
+            pin_path(Kind::Net),
+            pin_path(Kind::Uts),
+            pin_path(Kind::Ipc),
+        );
+        if !pins.is_empty() {
+            fs::create_dir(&ns_dir).with_context(|| format!("creating {}", ns_dir.display()))?;
+            let undo_pins: Vec<_> = pins.iter().map(|(_, p)| p.clone()).collect();
+            nsfs::pin_new(PinRequest {
+                pins,
+                hostname: Some(cfg.hostname.clone()),
+            })
+            .context("creating the pod's namespaces")?;
+            undo.push("unpin the pod's namespaces", move || {
+                undo_pins.iter().try_for_each(|p| nsfs::unpin(p))
+            });
+        }
+
+        files::write_all(&dir, &cfg)?;
+
+        let (shm, shm_mounted) = if cfg.host_ipc() {
+            ("/dev/shm".into(), false)
+        } else {
+            let shm = dir.join("shm");
+            fs::create_dir(&shm).with_context(|| format!("creating {}", shm.display()))?;
+            mount::shm_tmpfs(&shm, self.opts.shm_size)?;
+            let s = shm.clone();
+            undo.push("unmount the pod's shm", move || mount::unmount(&s));
+            (shm, true)
+        };
+
+        let infra_pid = if cfg.shared_pid() {
+            let pid = pidns::start(&self.opts.shim)?;
+            undo.push("stop the pod's PID namespace holder", move || {
+                pidns::stop(pid)
+            });
+            Some(pid)
+        } else {
+            None
+        };
+
+        let sandbox = Sandbox {
+            id: id.clone(),
+            config: cfg,
+            created_at: clock::now_ns(),
+            state: SandboxState::Ready,
+            dir,
+            netns,
+            ipcns,
+            utsns,
+            shm,
+            shm_mounted,
+            infra_pid,
+        };
+        self.sandbox_records.save(&id, &sandbox)?;
+        self.sandboxes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Entry::new(sandbox));
+        undo.disarm();
+        tracing::info!(%id, "pod sandbox ready");
+        Ok(id)
+    }
+
+    /// StopPodSandbox: kills the pod's containers and releases its namespaces and
+    /// shm. Stopping a stopped or unknown sandbox succeeds.
+    pub async fn stop_sandbox(self: &Arc<Self>, id: &str) -> Result<()> {
+        let Some(entry) = if_exists(self.sandbox_entry(id))? else {
+            return Ok(());
+        };
+        self.blocking(move |rt| {
+            let _guard = entry.lock_lifecycle();
+            rt.stop_sandbox_locked(&entry)
+        })
+        .await
+    }
+
+    fn stop_sandbox_locked(&self, entry: &Entry<Sandbox>) -> Result<()> {
+        let sb = entry.snapshot();
+        for c in self.containers_of(&sb.id) {
+            self.stop_container_entry(&c, 0)?;
+        }
+        self.release_sandbox_resources(&sb)?;
+        if sb.state != SandboxState::NotReady {
+            let mut rec = entry.rec();
+            rec.state = SandboxState::NotReady;
+            self.sandbox_records.save(&rec.id, &rec)?;
+        }
+        tracing::info!(id = %sb.id, "pod sandbox stopped");
+        Ok(())
+    }
+
+    fn release_sandbox_resources(&self, sb: &Sandbox) -> Result<()> {
+        for p in [&sb.netns, &sb.utsns, &sb.ipcns].into_iter().flatten() {
+            nsfs::unpin(p)?;
+        }
+        if sb.shm_mounted {
+            mount::unmount(&sb.shm)?;
+        }
+        if let Some(pid) = sb.infra_pid {
+            pidns::stop(pid)?;
+        }
+        Ok(())
+    }
+
+    /// RemovePodSandbox: removes the pod's containers, then the pod. Removing an
+    /// unknown sandbox succeeds.
+    pub async fn remove_sandbox(self: &Arc<Self>, id: &str) -> Result<()> {
+        let Some(entry) = if_exists(self.sandbox_entry(id))? else {
+            return Ok(());
+        };
+        self.blocking(move |rt| {
+            let _guard = entry.lock_lifecycle();
+            let sb = entry.snapshot();
+            if !rt
+                .sandboxes
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&sb.id)
+            {
+                return Ok(());
+            }
+            for c in rt.containers_of(&sb.id) {
+                rt.remove_container_entry(&c)?;
+            }
+            rt.release_sandbox_resources(&sb)?;
+            teardown::remove_tree(&sb.dir)?;
+            rt.sandbox_records.delete(&sb.id)?;
+            rt.sandboxes
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&sb.id);
+            rt.sandbox_names.release(&sb.config.reserved_name(), &sb.id);
+            tracing::info!(id = %sb.id, "pod sandbox removed");
+            Ok(())
+        })
+        .await
+    }
+
+    /// PodSandboxStatus: the sandbox record, by id or unique prefix.
+    pub fn sandbox_status(&self, id: &str) -> Result<Sandbox> {
+        Ok(self.sandbox_entry(id)?.snapshot())
+    }
+
+    /// ListPodSandbox.
+    pub fn list_sandboxes(&self, filter: &SandboxFilter) -> Vec<Sandbox> {
+        let wanted_id = if filter.id.is_empty() {
+            None
+        } else {
+            match self.sandbox_entry(&filter.id) {
+                Ok(e) => Some(e.snapshot().id),
+                Err(_) => return Vec::new(),
+            }
+        };
+        let mut out: Vec<Sandbox> = self
+            .all_sandboxes()
+            .iter()
+            .map(|e| e.snapshot())
+            .filter(|s| wanted_id.as_ref().is_none_or(|id| *id == s.id))
+            .filter(|s| filter.state.is_none_or(|st| st == s.state))
+            .filter(|s| {
+                filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| s.config.labels.get(k) == Some(v))
+            })
+            .collect();
+        out.sort_by_key(|s| s.created_at);
+        out
+    }
+
+    /// Checks at startup that a Ready sandbox still has its namespaces (a reboot
+    /// empties /run); one that lost them is NotReady.
+    pub(crate) fn recover_sandbox(&self, sb: &mut Sandbox) {
+        if sb.state != SandboxState::Ready {
+            return;
+        }
+        let lost = [&sb.netns, &sb.utsns, &sb.ipcns]
+            .into_iter()
+            .flatten()
+            .any(|p| !nsfs::is_pinned(p))
+            || sb.infra_pid.is_some_and(|pid| !pidns::alive(pid));
+        if lost {
+            tracing::warn!(id = %sb.id, "pod sandbox lost its namespaces; marking it NotReady");
+            sb.state = SandboxState::NotReady;
+            if let Err(e) = self.sandbox_records.save(&sb.id, sb) {
+                tracing::warn!(id = %sb.id, error = %format!("{e:#}"), "could not record sandbox state");
+            }
+        }
+    }
+}

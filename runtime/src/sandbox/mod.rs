@@ -1,0 +1,70 @@
+//! Pod sandboxes: pinned network, IPC and UTS namespaces, the pod's hostname,
+//! hosts and resolv.conf files and its `/dev/shm`, with no pause container.
+
+pub mod config;
+pub mod files;
+mod lifecycle;
+pub mod pidns;
+
+pub use self::lifecycle::SandboxFilter;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use self::config::SandboxConfig;
+
+/// CRI's PodSandboxState.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxState {
+    /// Namespaces are pinned and containers may run.
+    Ready,
+    /// Stopped (or its namespaces were lost, e.g. by a reboot).
+    NotReady,
+}
+
+/// A pod sandbox as recorded on disk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sandbox {
+    /// 64-hex id.
+    pub id: String,
+    /// The config it was created with.
+    pub config: SandboxConfig,
+    /// Creation time, ns since the epoch.
+    pub created_at: i64,
+    /// Ready or not.
+    pub state: SandboxState,
+    /// The sandbox's state directory (namespaces, files, shm).
+    pub dir: PathBuf,
+    /// Pinned network namespace; None for host network.
+    pub netns: Option<PathBuf>,
+    /// Pinned IPC namespace; None for host IPC.
+    pub ipcns: Option<PathBuf>,
+    /// Pinned UTS namespace; None for host network (which implies host UTS).
+    pub utsns: Option<PathBuf>,
+    /// What containers get as /dev/shm.
+    pub shm: PathBuf,
+    /// Whether `shm` is a tmpfs this sandbox mounted.
+    pub shm_mounted: bool,
+    /// Host pid of the process holding the pod-wide PID namespace, for pods whose
+    /// containers share one.
+    #[serde(default)]
+    pub infra_pid: Option<i32>,
+}
+
+impl Sandbox {
+    /// The file bind-mounted as /etc/hostname.
+    pub fn hostname_file(&self) -> PathBuf {
+        self.dir.join("hostname")
+    }
+
+    /// The file bind-mounted as /etc/hosts.
+    pub fn hosts_file(&self) -> PathBuf {
+        self.dir.join("hosts")
+    }
+
+    /// The file bind-mounted as /etc/resolv.conf.
+    pub fn resolv_file(&self) -> PathBuf {
+        self.dir.join("resolv.conf")
+    }
+}

@@ -1,0 +1,71 @@
+//! The pod-wide PID namespace of pods whose containers share one: held by a
+//! `crust-shim pause` process (a PID namespace dies with its init, so it cannot
+//! be pinned on a mount like the others).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+
+use crate::container::shim::read_until_eof;
+use crate::sys::process;
+
+#[derive(Deserialize)]
+struct Report {
+    pid: Option<i32>,
+    error: Option<String>,
+}
+
+/// Starts the holder process and returns its host pid.
+pub fn start(shim: &Path) -> Result<i32> {
+    let mut child = Command::new(shim)
+        .arg("pause")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} pause", shim.display()))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("the pause process's stdout pipe is missing"))?;
+    child
+        .wait()
+        .context("waiting for the pause process to detach")?;
+    let text = read_until_eof(&mut stdout, Duration::from_secs(30))?;
+    let report: Report = serde_json::from_str(text.trim())
+        .with_context(|| format!("decoding the pause process's report {text:?}"))?;
+    match (report.pid, report.error) {
+        (_, Some(e)) => bail!("creating the pod's PID namespace: {e}"),
+        (Some(pid), None) if pid > 0 => Ok(pid),
+        _ => bail!("the pause process reported no pid: {text:?}"),
+    }
+}
+
+/// True while the holder process lives.
+pub fn alive(pid: i32) -> bool {
+    process::alive(pid, "crust-shim")
+}
+
+/// Kills the holder process (and with it every process left in the namespace)
+/// and waits, briefly, for it to be gone.
+pub fn stop(pid: i32) -> Result<()> {
+    if !alive(pid) {
+        return Ok(());
+    }
+    let target = nix::unistd::Pid::from_raw(pid);
+    match nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => return Err(e).context("killing the pod's PID namespace holder"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        if Instant::now() > deadline {
+            bail!("the pod's PID namespace holder {pid} did not exit after SIGKILL");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}

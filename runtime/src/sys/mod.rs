@@ -1,0 +1,6 @@
+//! The narrow kernel- and tool-facing layer: mounts, runc invocations and process
+//! probes. Everything above it is plain logic.
+
+pub mod mount;
+pub mod process;
+pub mod runc;

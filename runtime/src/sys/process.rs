@@ -1,0 +1,51 @@
+//! Process and privilege probes.
+
+use std::path::Path;
+
+/// True while a process with `pid` exists and its command line mentions `needle`
+/// (guards against a recycled pid).
+pub fn alive(pid: i32, needle: &str) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(cmd) => {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false);
+            !zombie && String::from_utf8_lossy(&cmd).contains(needle)
+        }
+        Err(_) => false,
+    }
+}
+
+/// This process's own `oom_score_adj`; a container may not go below it unless the
+/// process holds CAP_SYS_RESOURCE.
+pub fn own_oom_score_adj() -> i64 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// True when this process's effective capability set holds `cap` (a bit number).
+pub fn has_capability(cap: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1u64 << cap) != 0)
+}
+
+/// CAP_SYS_RESOURCE's bit number.
+pub const CAP_SYS_RESOURCE: u32 = 24;
+
+/// True on a host whose cgroup hierarchy is cgroup v2 only.
+pub fn cgroup_v2_only() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}

@@ -1,0 +1,149 @@
+//! runc invocations crustd makes itself (the shim makes `runc create`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// One runc binary with its state directory.
+#[derive(Clone, Debug)]
+pub struct Runc {
+    /// The runc executable.
+    pub binary: PathBuf,
+    /// runc's `--root`: where it keeps container state.
+    pub root: PathBuf,
+}
+
+/// The status runc reports for a container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuncStatus {
+    /// Created, not started.
+    Created,
+    /// Running (or paused).
+    Running,
+    /// Its init has exited.
+    Stopped,
+    /// runc does not know the container.
+    Missing,
+}
+
+impl Runc {
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--root").arg(&self.root);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Result<std::process::Output> {
+        self.command()
+            .args(args)
+            .output()
+            .with_context(|| format!("running {} {}", self.binary.display(), args.join(" ")))
+    }
+
+    /// `runc start`: lets a created container's process run.
+    pub fn start(&self, id: &str) -> Result<()> {
+        let out = self.run(&["start", id])?;
+        check(&out, "runc start")
+    }
+
+    /// `runc kill`: sends `signal` (a number) to the container's init.
+    /// Returns false when the container is already stopped or gone.
+    pub fn kill(&self, id: &str, signal: i32) -> Result<bool> {
+        let sig = signal.to_string();
+        let out = self.run(&["kill", id, &sig])?;
+        if out.status.success() {
+            return Ok(true);
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("not running")
+            || stderr.contains("does not exist")
+            || stderr.contains("no such process")
+        {
+            return Ok(false);
+        }
+        bail!("runc kill {sig} failed: {}", stderr.trim())
+    }
+
+    /// `runc delete --force`: removes the container's runc state and cgroup,
+    /// killing what is left. A container runc does not know is fine.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let out = self.run(&["delete", "--force", id])?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("does not exist") || stderr.contains("not exist") {
+            return Ok(());
+        }
+        bail!("runc delete failed: {}", stderr.trim())
+    }
+
+    /// `runc state`: what runc thinks of the container.
+    pub fn status(&self, id: &str) -> Result<RuncStatus> {
+        let out = self.run(&["state", id])?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if stderr.contains("does not exist") || stderr.contains("not exist") {
+                return Ok(RuncStatus::Missing);
+            }
+            bail!("runc state failed: {}", stderr.trim());
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("decoding runc state")?;
+        Ok(match v.get("status").and_then(|s| s.as_str()) {
+            Some("created") => RuncStatus::Created,
+            Some("running") | Some("paused") | Some("pausing") => RuncStatus::Running,
+            _ => RuncStatus::Stopped,
+        })
+    }
+
+    /// Ids of every container in runc's state directory.
+    pub fn list(&self) -> Result<Vec<String>> {
+        if !self.root.exists() {
+            return Ok(Vec::new());
+        }
+        let out = self.run(&["list", "--quiet"])?;
+        check(&out, "runc list")?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect())
+    }
+
+    /// The state directory path of container `id` (exists while runc knows it).
+    pub fn state_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+}
+
+fn check(out: &std::process::Output, what: &str) -> Result<()> {
+    if out.status.success() {
+        return Ok(());
+    }
+    bail!("{what} failed: {}", runc_error(&out.stderr))
+}
+
+/// The useful part of runc's stderr: its last non-empty line, without the log prefix.
+pub fn runc_error(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    match line.find("msg=") {
+        Some(i) => line[i + 4..].trim_matches('"').to_string(),
+        None => line.to_string(),
+    }
+}
+
+/// True if `path` is an executable file.
+pub fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
