@@ -1,0 +1,319 @@
+//! The crustd child process of one test: private root, state dir, socket and
+//! config in a temporary directory, its output captured to a log file, and a
+//! Drop guard that removes everything it made even when the test failed.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::binaries::{self, Binaries};
+use crate::cri_client::CriClient;
+use crate::{cgroups, cleanup, requirements, unique};
+
+/// How long crustd may take to serve its socket after being started.
+pub const STARTUP_LIMIT: Duration = Duration::from_secs(30);
+/// crustd's `--log-level` (an EnvFilter directive) unless `CRUST_E2E_LOG_LEVEL`
+/// says otherwise: crust's own debug output without the HTTP/2 frame noise.
+pub const DEFAULT_LOG_LEVEL: &str =
+    "debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info";
+/// How many lines of the crustd log are printed when a test fails.
+const LOG_TAIL_LINES: usize = 80;
+
+/// Where one test's crustd keeps everything.
+#[derive(Debug, Clone)]
+pub struct DaemonPaths {
+    /// The test's temporary directory; everything below is removed at the end.
+    pub base: PathBuf,
+    /// `--root`: images, metadata, container upper dirs.
+    pub root: PathBuf,
+    /// `--state`: runc root, bundles, pinned namespaces.
+    pub state: PathBuf,
+    /// `--socket`: the CRI unix socket.
+    pub socket: PathBuf,
+    /// `--config`: an empty file, so no host config leaks in.
+    pub config: PathBuf,
+    /// crustd's captured stdout and stderr, across restarts.
+    pub log: PathBuf,
+    /// Where the test's pods get their log directories (like /var/log/pods).
+    pub pod_logs: PathBuf,
+}
+
+impl DaemonPaths {
+    fn new(base: PathBuf) -> Self {
+        Self {
+            root: base.join("root"),
+            state: base.join("state"),
+            socket: base.join("crust.sock"),
+            config: base.join("config.toml"),
+            log: base.join("crustd.log"),
+            pod_logs: base.join("pods"),
+            base,
+        }
+    }
+}
+
+/// A running (or deliberately killed) crustd owned by one test.
+#[derive(Debug)]
+pub struct Daemon {
+    paths: DaemonPaths,
+    binaries: Binaries,
+    cgroup_parent: String,
+    child: Option<Child>,
+    starts: u32,
+    failed: bool,
+}
+
+impl Daemon {
+    /// Makes a fresh temporary directory for test `name`, starts crustd in it
+    /// and waits until it answers CRI calls.
+    pub async fn start(name: &str) -> Result<Self> {
+        let binaries = binaries::locate()?;
+        let suffix = unique::suffix();
+        let base_parent = std::env::var_os("CRUST_E2E_TMPDIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let base = base_parent.join(format!("crust-e2e-{suffix}-{}", unique::slug(name, 24)));
+        let paths = DaemonPaths::new(base);
+        for dir in [&paths.base, &paths.root, &paths.state, &paths.pod_logs] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        File::create(&paths.config)?;
+        let mut daemon = Self {
+            paths,
+            binaries,
+            cgroup_parent: format!("/crust-e2e-{suffix}"),
+            child: None,
+            starts: 0,
+            failed: false,
+        };
+        daemon.launch().await?;
+        Ok(daemon)
+    }
+
+    /// The daemon's directories and socket.
+    pub fn paths(&self) -> &DaemonPaths {
+        &self.paths
+    }
+
+    /// The cgroupfs path under which this test's pods put their cgroups.
+    pub fn cgroup_parent(&self) -> &str {
+        &self.cgroup_parent
+    }
+
+    /// The crustd pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Returns whether crustd is running (reaping it if it exited).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.child = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// SIGKILLs crustd and reaps it, leaving its shims, containers and state behind.
+    pub async fn kill_9(&mut self) -> Result<()> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("crustd is not running"))?;
+        child.kill().context("SIGKILL crustd")?;
+        let status = child.wait()?;
+        self.log_marker(&format!("crustd killed with SIGKILL ({status})"));
+        Ok(())
+    }
+
+    /// Starts crustd again on the same root, state and socket (SIGKILLing the
+    /// running one first, if any) and waits until it answers.
+    pub async fn restart(&mut self) -> Result<()> {
+        if self.is_running() {
+            self.kill_9().await?;
+        }
+        self.launch().await
+    }
+
+    /// Marks the test as failed: the log tail is printed and the log kept at
+    /// [`cleanup::kept_log_path`] when the guard is dropped.
+    pub fn mark_failed(&mut self) {
+        self.failed = true;
+    }
+
+    /// The last `lines` lines of crustd's output.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.paths.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// What crustd failed to clean up after itself: mounts, bundles, runc state,
+    /// shims, container cgroups. Empty once every pod has been removed properly.
+    pub fn leaks(&self) -> Vec<String> {
+        cleanup::leak_report(&self.paths.base, &self.paths.state, &self.cgroup_parent)
+    }
+
+    async fn launch(&mut self) -> Result<()> {
+        self.starts += 1;
+        self.log_marker(&format!("starting crustd (start #{})", self.starts));
+        let log = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.paths.log)?;
+        let level =
+            std::env::var("CRUST_E2E_LOG_LEVEL").unwrap_or_else(|_| DEFAULT_LOG_LEVEL.into());
+        let child = Command::new(&self.binaries.crustd)
+            .arg("--config")
+            .arg(&self.paths.config)
+            .arg("--socket")
+            .arg(&self.paths.socket)
+            .arg("--root")
+            .arg(&self.paths.root)
+            .arg("--state")
+            .arg(&self.paths.state)
+            .args(["--log-level", &level])
+            .env("PATH", requirements::child_path())
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", self.binaries.crustd.display()))?;
+        self.child = Some(child);
+        self.wait_until_serving().await
+    }
+
+    /// Waits until the socket accepts connections and Version succeeds (crustd
+    /// answers Unavailable while it recovers state after a restart).
+    async fn wait_until_serving(&mut self) -> Result<()> {
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        let mut last = String::from("socket not created yet");
+        loop {
+            if !self.is_running() {
+                bail!(
+                    "crustd exited before serving {}; last {LOG_TAIL_LINES} log lines:\n{}",
+                    self.paths.socket.display(),
+                    self.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            if self.paths.socket.exists() {
+                let attempt = tokio::time::timeout(Duration::from_secs(3), async {
+                    CriClient::connect(&self.paths.socket)
+                        .await?
+                        .version()
+                        .await
+                        .map_err(anyhow::Error::from)
+                });
+                match attempt.await {
+                    Ok(Ok(_)) => return Ok(()),
+                    Ok(Err(e)) => last = format!("{e:#}"),
+                    Err(_) => last = "Version did not answer within 3s".into(),
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "crustd did not serve CRI on {} within {STARTUP_LIMIT:?} (last: {last}); log tail:\n{}",
+                    self.paths.socket.display(),
+                    self.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops crustd: SIGTERM, up to 5 s to exit, then SIGKILL; always reaps it.
+    fn stop_process(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    fn log_marker(&self, what: &str) {
+        if let Ok(mut log) = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&self.paths.log)
+        {
+            let _ = writeln!(log, "----- crust-e2e: {what} -----");
+        }
+    }
+
+    fn report_failure(&self) {
+        let kept = cleanup::kept_log_path(&self.paths.base);
+        if let Some(dir) = kept.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::copy(&self.paths.log, &kept);
+        eprintln!(
+            "===== crustd log tail ({}; full log kept at {}) =====\n{}\n===== end of crustd log =====",
+            self.paths.base.display(),
+            kept.display(),
+            self.log_tail(LOG_TAIL_LINES)
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let failed = self.failed || std::thread::panicking();
+        if failed {
+            self.report_failure();
+        }
+        let mut problems = Vec::new();
+        if self.is_running() {
+            problems.extend(cleanup::cri_remove_everything(
+                &self.paths.socket,
+                Duration::from_secs(30),
+            ));
+        }
+        self.stop_process();
+        let leaks = self.leaks();
+        if !leaks.is_empty() {
+            eprintln!("crust-e2e: crustd left behind (cleaning up): {leaks:#?}");
+        }
+        problems.extend(cleanup::kill_leftover_containers(
+            &self.paths.base,
+            &self.paths.state,
+        ));
+        if std::env::var_os("CRUST_E2E_KEEP").is_some() {
+            problems.extend(cleanup::unmount_all_under(&self.paths.base));
+            eprintln!(
+                "crust-e2e: keeping {} (CRUST_E2E_KEEP)",
+                self.paths.base.display()
+            );
+        } else {
+            problems.extend(cleanup::remove_dir_when_unmounted(&self.paths.base));
+        }
+        problems.extend(cgroups::remove_tree(&self.cgroup_parent));
+        if !problems.is_empty() {
+            eprintln!(
+                "crust-e2e: cleanup of {} had problems: {problems:#?}",
+                self.paths.base.display()
+            );
+        }
+    }
+}
