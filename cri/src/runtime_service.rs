@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::convert::{self, container, sandbox};
-use crate::instrument::{rpc, unimplemented};
+use crate::instrument::{deadline, rpc, unimplemented};
 
 /// The CRI API version crust implements.
 const API_VERSION: &str = "v1";
@@ -56,8 +56,9 @@ impl runtime_service_server::RuntimeService for RuntimeService {
         req: Request<v1::RunPodSandboxRequest>,
     ) -> Reply<v1::RunPodSandboxResponse> {
         rpc("RunPodSandbox", async {
+            let deadline = deadline(&req);
             let cfg = sandbox::config_from(req.into_inner())?;
-            let id = self.runtime.run_sandbox(cfg).await?;
+            let id = self.runtime.run_sandbox(cfg, deadline).await?;
             Ok(v1::RunPodSandboxResponse { pod_sandbox_id: id })
         })
         .await
@@ -138,6 +139,7 @@ impl runtime_service_server::RuntimeService for RuntimeService {
         req: Request<v1::CreateContainerRequest>,
     ) -> Reply<v1::CreateContainerResponse> {
         rpc("CreateContainer", async {
+            let deadline = deadline(&req);
             let req = req.into_inner();
             let cfg = container::config_from(
                 req.config
@@ -145,7 +147,7 @@ impl runtime_service_server::RuntimeService for RuntimeService {
             )?;
             let id = self
                 .runtime
-                .create_container(&req.pod_sandbox_id, cfg)
+                .create_container(&req.pod_sandbox_id, cfg, deadline)
                 .await?;
             Ok(v1::CreateContainerResponse { container_id: id })
         })

@@ -10,7 +10,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use std::time::{Duration, Instant};
+
 use tokio::sync::watch;
+
+/// Time an answer needs to reach the caller: a create finishing closer than this
+/// to the caller's deadline is treated as not received.
+const DELIVERY_MARGIN: Duration = Duration::from_millis(10);
 
 use crate::{Error, Result};
 
@@ -83,6 +89,18 @@ impl Names {
                 return Ok(Reservation::Existing(id));
             }
             // It failed and freed the name: try to reserve it ourselves.
+        }
+    }
+
+    /// Marks the object's id as received by the caller of a create, unless the
+    /// caller's deadline has (nearly) passed: then the answer is probably lost
+    /// and the id stays for the caller's retry.
+    pub fn claim_before(&self, name: &str, id: &str, deadline: Option<Instant>) {
+        let in_time = deadline.is_none_or(|d| Instant::now() + DELIVERY_MARGIN < d);
+        if in_time {
+            self.claim(name, id);
+        } else {
+            tracing::info!(%name, %id, "created after the caller's deadline; kept for its retry");
         }
     }
 

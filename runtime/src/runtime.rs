@@ -263,6 +263,9 @@ impl Runtime {
                     continue;
                 }
                 tracing::warn!(dir = %e.path().display(), "removing directory that belongs to no known object");
+                if let Err(err) = crate::sandbox::pidns::stop_noted(&e.path()) {
+                    tracing::warn!(dir = %e.path().display(), error = %format!("{err:#}"), "could not stop an orphan PID namespace holder");
+                }
                 if let Err(err) = crate::teardown::remove_tree(&e.path()) {
                     tracing::warn!(dir = %e.path().display(), error = %format!("{err:#}"), "could not remove orphan directory");
                 }

@@ -121,8 +121,10 @@ fn run_create(
         .arg("--pid-file")
         .arg(pid_file);
     if console.is_some() {
-        cmd.arg("--console-socket")
-            .arg(req.bundle.join(CONSOLE_SOCK));
+        // Relative, like the bind: runc dials it from the bundle directory
+        // (its cwd after it reads the bundle), and a long absolute path would
+        // exceed the 108-byte unix socket limit.
+        cmd.arg("--console-socket").arg(CONSOLE_SOCK);
     }
     cmd.arg(req.id).stdin(Stdio::null());
     match stdio {

@@ -19,7 +19,7 @@ use crate::runtime::{Entry, Runtime, if_exists};
 use crate::sandbox::SandboxState;
 use crate::sandbox::config::NamespaceMode;
 use crate::sys::runc::RuncStatus;
-use crate::sys::{mount, process};
+use crate::sys::{cgroup, mount, process};
 use crate::{Error, Result, clock, fsutil, ids, teardown};
 
 /// How long to wait for a killed container to be reaped before giving up.
@@ -41,11 +41,12 @@ pub struct ContainerFilter {
 impl Runtime {
     /// CreateContainer: builds the rootfs, bundle and shim of a container in a ready
     /// sandbox and returns its id. A retry of a create that outran its deadline gets
-    /// the first attempt's id.
+    /// the first attempt's id; `deadline` is when the caller stops waiting.
     pub async fn create_container(
         self: &Arc<Self>,
         sandbox_id: &str,
         cfg: ContainerConfig,
+        deadline: Option<Instant>,
     ) -> Result<String> {
         cfg.validate()?;
         let sandbox = self.sandbox_entry(sandbox_id)?;
@@ -62,7 +63,7 @@ impl Runtime {
                 Ok(id)
             })
             .await?;
-        self.container_names.claim(&name, &id);
+        self.container_names.claim_before(&name, &id, deadline);
         Ok(id)
     }
 
@@ -147,7 +148,14 @@ impl Runtime {
             cgroup_v2: process::cgroup_v2_only(),
             min_oom_score_adj: min_oom,
             default_cgroup_parent: &self.opts.default_cgroup_parent,
+            bounding_set: process::capability_bounding_set(),
         })?;
+        let cgroup_path = oci
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let spec_json = serde_json::to_vec_pretty(&oci).context("encoding config.json")?;
         fs::write(bundle.join("config.json"), spec_json).context("writing config.json")?;
 
@@ -203,6 +211,7 @@ impl Runtime {
             user,
             stop_signal,
             bundle,
+            cgroup_path,
         };
         self.container_records.save(&id, &container)?;
         self.containers
@@ -249,13 +258,17 @@ impl Runtime {
                     state_word(c.state)
                 )));
             }
+            let started_at = clock::now_ns();
             if let Err(e) = rt.runc.start(&c.id) {
                 rt.refresh_container(&entry);
                 return Err(Error::Internal(e.context("starting the container")));
             }
             let mut rec = entry.rec();
-            rec.state = ContainerState::Running;
-            rec.started_at = clock::now_ns();
+            if rec.state == ContainerState::Created {
+                rec.state = ContainerState::Running;
+            }
+            rec.started_at = started_at;
+            rec.finished_at = rec.finished_at.max(started_at);
             rt.container_records.save(&rec.id, &rec)?;
             tracing::info!(id = %rec.id, "container started");
             Ok(())
@@ -478,7 +491,14 @@ impl Runtime {
         c.state = ContainerState::Exited;
         c.exit_code = code;
         c.finished_at = at.max(c.started_at).max(c.created_at);
-        c.reason = if code == 0 { "Completed" } else { "Error" }.to_string();
+        c.reason = if code == 0 {
+            "Completed"
+        } else if cgroup::oom_killed(&c.cgroup_path) {
+            "OOMKilled"
+        } else {
+            "Error"
+        }
+        .to_string();
         c.message = message;
         self.persist(&c);
         tracing::info!(id = %c.id, exit_code = code, "container exited");

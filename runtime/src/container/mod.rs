@@ -80,6 +80,9 @@ pub struct Container {
     pub stop_signal: i32,
     /// The bundle directory (config.json, rootfs, shim files).
     pub bundle: PathBuf,
+    /// The container's cgroup (cgroupfs path), where OOM kills are counted.
+    #[serde(default)]
+    pub cgroup_path: String,
 }
 
 /// The reserved name of a container: its name, its pod's name, namespace and uid,

@@ -8,7 +8,7 @@
 //! answers `reopen-log` and `ping`.
 
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -177,8 +177,14 @@ pub fn read_exit(bundle: &Path) -> Option<ExitStatus> {
 /// Sends one control command to the shim and returns its answer.
 pub fn control(bundle: &Path, command: &str) -> Result<()> {
     let sock = bundle.join("shim.sock");
-    let mut s = UnixStream::connect(&sock)
+    // Through an fd of the bundle directory: the socket's own path may be longer
+    // than the 108 bytes a unix socket address holds.
+    let dir = std::fs::File::open(bundle)
+        .with_context(|| format!("opening the bundle {}", bundle.display()))?;
+    let short = format!("/proc/self/fd/{}/shim.sock", dir.as_raw_fd());
+    let mut s = UnixStream::connect(&short)
         .with_context(|| format!("connecting to the shim at {}", sock.display()))?;
+    drop(dir);
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(format!("{command}\n").as_bytes())?;

@@ -43,7 +43,8 @@ const DEFAULT_CAPABILITIES: &[&str] = &[
     "AUDIT_WRITE",
 ];
 
-/// Every capability a privileged container or "ALL" gets.
+/// Every capability, in kernel bit order (CAP_CHOWN is bit 0). A privileged
+/// container or an "ALL" gets those the runtime's bounding set holds.
 const ALL_CAPABILITIES: &[&str] = &[
     "CHOWN",
     "DAC_OVERRIDE",
@@ -201,6 +202,9 @@ pub struct SpecInput<'a> {
     pub min_oom_score_adj: Option<i64>,
     /// cgroup parent when the pod names none.
     pub default_cgroup_parent: &'a str,
+    /// The runtime's capability bounding set (bit mask): nothing outside it can
+    /// be granted.
+    pub bounding_set: u64,
 }
 
 /// The process arguments kubelet expects: `command` replaces the image's
@@ -269,8 +273,10 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
     }
     let hostname = if sb.config.host_network() {
         String::new()
-    } else {
+    } else if sb.hostname.is_empty() {
         sb.config.hostname.clone()
+    } else {
+        sb.hostname.clone()
     };
     let env_hostname = if hostname.is_empty() {
         std::fs::read_to_string(sb.hostname_file())
@@ -280,8 +286,9 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
         hostname.clone()
     };
 
-    let caps = capabilities(cfg)?;
+    let caps = capabilities(cfg, input.bounding_set)?;
     let ambient = cap_set(&sec.add_ambient_capabilities)?;
+    check_grantable(&ambient, input.bounding_set)?;
     let mut inheritable = HashSet::new();
     inheritable.extend(ambient.iter().copied());
     let mut bounding = caps.clone();
@@ -432,40 +439,66 @@ fn cap_set(names: &[String]) -> Result<HashSet<Capability>> {
     names.iter().map(|n| parse_cap(n)).collect()
 }
 
-fn all_caps() -> HashSet<Capability> {
+/// The capabilities in the bounding set `bounding`.
+fn all_caps(bounding: u64) -> HashSet<Capability> {
     ALL_CAPABILITIES
         .iter()
-        .filter_map(|n| Capability::from_str(n).ok())
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+        .filter_map(|(_, n)| Capability::from_str(n).ok())
         .collect()
+}
+
+/// Refuses to grant a capability the runtime does not hold itself.
+fn check_grantable(caps: &HashSet<Capability>, bounding: u64) -> Result<()> {
+    let held = all_caps(bounding);
+    let mut missing: Vec<String> = caps.difference(&held).map(|c| c.to_string()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.sort();
+    Err(Error::invalid(format!(
+        "capabilities {} are not in the runtime's own bounding set, so no container can hold them",
+        missing.join(", ")
+    )))
 }
 
 fn is_all(names: &[String]) -> bool {
     names.iter().any(|n| n.eq_ignore_ascii_case("ALL"))
 }
 
-fn capabilities(cfg: &ContainerConfig) -> Result<HashSet<Capability>> {
+/// containerd's order: the defaults; all of them for an added "ALL"; none for a
+/// dropped "ALL"; then the named additions; then the named drops.
+fn capabilities(cfg: &ContainerConfig, bounding: u64) -> Result<HashSet<Capability>> {
     let sec = &cfg.security;
+    let held = all_caps(bounding);
     if sec.privileged {
-        return Ok(all_caps());
+        return Ok(held);
     }
+    let named = |names: &[String]| -> Result<HashSet<Capability>> {
+        let wanted: Vec<String> = names
+            .iter()
+            .filter(|n| !is_all(std::slice::from_ref(n)))
+            .cloned()
+            .collect();
+        cap_set(&wanted)
+    };
     let mut caps: HashSet<Capability> = DEFAULT_CAPABILITIES
         .iter()
         .filter_map(|n| Capability::from_str(n).ok())
+        .filter(|c| held.contains(c))
         .collect();
     if is_all(&sec.add_capabilities) {
-        caps = all_caps();
-    } else {
-        caps.extend(cap_set(&sec.add_capabilities)?);
+        caps = held.clone();
     }
     if is_all(&sec.drop_capabilities) {
         caps.clear();
-        if !is_all(&sec.add_capabilities) {
-            caps.extend(cap_set(&sec.add_capabilities)?);
-        }
-    } else {
-        for c in cap_set(&sec.drop_capabilities)? {
-            caps.remove(&c);
-        }
+    }
+    let added = named(&sec.add_capabilities)?;
+    check_grantable(&added, bounding)?;
+    caps.extend(added);
+    for c in named(&sec.drop_capabilities)? {
+        caps.remove(&c);
     }
     Ok(caps)
 }
@@ -943,6 +976,7 @@ mod tests {
             netns: Some("/run/crust/sandboxes/sb/ns/net".into()),
             ipcns: Some("/run/crust/sandboxes/sb/ns/ipc".into()),
             utsns: Some("/run/crust/sandboxes/sb/ns/uts".into()),
+            hostname: "podhost".into(),
             shm: "/run/crust/sandboxes/sb/shm".into(),
             shm_mounted: true,
             infra_pid: None,
@@ -990,6 +1024,7 @@ mod tests {
             cgroup_v2: false,
             min_oom_score_adj: Some(0),
             default_cgroup_parent: "/crust",
+            bounding_set: (1u64 << 41) - 1 - (1u64 << 24),
         })
     }
 
@@ -1129,6 +1164,34 @@ mod tests {
 
         c.security.add_capabilities = vec!["NOT_A_CAP".into()];
         assert!(matches!(build_with(&c), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn capability_all_follows_containerd_order() {
+        let bounding = (1u64 << 41) - 1 - (1u64 << 24);
+        let mut c = config();
+        c.security.add_capabilities = vec!["ALL".into()];
+        c.security.drop_capabilities = vec!["CHOWN".into()];
+        let caps = capabilities(&c, bounding).unwrap();
+        assert!(caps.contains(&Capability::SysAdmin));
+        assert!(!caps.contains(&Capability::Chown));
+        assert!(!caps.contains(&Capability::SysResource));
+
+        c.security.add_capabilities = vec!["net_admin".into()];
+        c.security.drop_capabilities = vec!["ALL".into()];
+        let caps = capabilities(&c, bounding).unwrap();
+        assert_eq!(caps, HashSet::from([Capability::NetAdmin]));
+
+        c.security.add_capabilities = vec!["SYS_RESOURCE".into()];
+        assert!(matches!(
+            capabilities(&c, bounding),
+            Err(Error::InvalidArgument(_))
+        ));
+
+        c.security.privileged = true;
+        let caps = capabilities(&c, bounding).unwrap();
+        assert!(caps.contains(&Capability::SysAdmin));
+        assert!(!caps.contains(&Capability::SysResource));
     }
 
     #[test]

@@ -128,11 +128,6 @@ impl SandboxConfig {
                 self.runtime_handler
             )));
         }
-        if self.namespaces.network != NamespaceMode::Node && self.hostname.is_empty() {
-            return Err(Error::invalid(
-                "hostname may only be empty when the pod uses the node's network namespace",
-            ));
-        }
         if self.hostname.len() > 64 {
             return Err(Error::invalid(format!(
                 "hostname {:?} is longer than 64 characters",
@@ -217,9 +212,7 @@ mod tests {
         c.runtime_handler = "kata".into();
         assert!(matches!(c.validate(), Err(Error::NotFound(_))));
         let mut c = valid();
-        c.hostname.clear();
+        c.hostname = "x".repeat(65);
         assert!(matches!(c.validate(), Err(Error::InvalidArgument(_))));
-        c.namespaces.network = NamespaceMode::Node;
-        assert!(c.validate().is_ok());
     }
 }

@@ -15,16 +15,19 @@ ff00::0\tip6-mcastprefix\n\
 ff02::1\tip6-allnodes\n\
 ff02::2\tip6-allrouters\n";
 
+/// The pod's hostname: the configured one, else the node's.
+pub fn effective_hostname(cfg: &SandboxConfig) -> Result<String> {
+    if !cfg.hostname.is_empty() {
+        return Ok(cfg.hostname.clone());
+    }
+    Ok(nix::unistd::gethostname()
+        .context("reading the node's hostname")?
+        .to_string_lossy()
+        .into_owned())
+}
+
 /// Writes hostname, hosts and resolv.conf for the pod into `dir`.
-pub fn write_all(dir: &Path, cfg: &SandboxConfig) -> Result<()> {
-    let hostname = if cfg.hostname.is_empty() {
-        nix::unistd::gethostname()
-            .context("reading the node's hostname")?
-            .to_string_lossy()
-            .into_owned()
-    } else {
-        cfg.hostname.clone()
-    };
+pub fn write_all(dir: &Path, cfg: &SandboxConfig, hostname: &str) -> Result<()> {
     write(&dir.join("hostname"), &format!("{hostname}\n"))?;
 
     let hosts = if cfg.host_network() {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use crust_cni::nsfs::{self, Kind, PinRequest};
@@ -30,7 +31,12 @@ pub struct SandboxFilter {
 impl Runtime {
     /// RunPodSandbox: creates the pod's namespaces and files and returns its id.
     /// A retry of a create that outran its deadline gets the first attempt's id.
-    pub async fn run_sandbox(self: &Arc<Self>, cfg: SandboxConfig) -> Result<String> {
+    /// `deadline` is when the caller stops waiting (see [`crate::names`]).
+    pub async fn run_sandbox(
+        self: &Arc<Self>,
+        cfg: SandboxConfig,
+        deadline: Option<Instant>,
+    ) -> Result<String> {
         cfg.validate()?;
         let name = cfg.reserved_name();
         let ticket = match self.sandbox_names.reserve(&name, "pod sandbox").await? {
@@ -44,7 +50,7 @@ impl Runtime {
                 Ok(id)
             })
             .await?;
-        self.sandbox_names.claim(&name, &id);
+        self.sandbox_names.claim_before(&name, &id, deadline);
         Ok(id)
     }
 
@@ -61,6 +67,7 @@ impl Runtime {
             teardown::remove_tree(&d)
         });
 
+        let hostname = files::effective_hostname(&cfg)?;
         let mut pins = Vec::new();
         let ns_dir = dir.join("ns");
         if !cfg.host_network() {
@@ -85,7 +92,7 @@ impl Runtime {
             let undo_pins: Vec<_> = pins.iter().map(|(_, p)| p.clone()).collect();
             nsfs::pin_new(PinRequest {
                 pins,
-                hostname: Some(cfg.hostname.clone()),
+                hostname: Some(hostname.clone()),
             })
             .context("creating the pod's namespaces")?;
             undo.push("unpin the pod's namespaces", move || {
@@ -93,7 +100,7 @@ impl Runtime {
             });
         }
 
-        files::write_all(&dir, &cfg)?;
+        files::write_all(&dir, &cfg, &hostname)?;
 
         let (shm, shm_mounted) = if cfg.host_ipc() {
             ("/dev/shm".into(), false)
@@ -107,7 +114,7 @@ impl Runtime {
         };
 
         let infra_pid = if cfg.shared_pid() {
-            let pid = pidns::start(&self.opts.shim)?;
+            let pid = pidns::start(&self.opts.shim, &dir)?;
             undo.push("stop the pod's PID namespace holder", move || {
                 pidns::stop(pid)
             });
@@ -125,6 +132,7 @@ impl Runtime {
             netns,
             ipcns,
             utsns,
+            hostname,
             shm,
             shm_mounted,
             infra_pid,

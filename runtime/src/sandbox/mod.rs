@@ -44,6 +44,10 @@ pub struct Sandbox {
     pub utsns: Option<PathBuf>,
     /// What containers get as /dev/shm.
     pub shm: PathBuf,
+    /// The hostname inside the pod: the configured one, or the node's when the
+    /// config gives none (as CRI-O does).
+    #[serde(default)]
+    pub hostname: String,
     /// Whether `shm` is a tmpfs this sandbox mounted.
     pub shm_mounted: bool,
     /// Host pid of the process holding the pod-wide PID namespace, for pods whose

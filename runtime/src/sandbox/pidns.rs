@@ -18,8 +18,12 @@ struct Report {
     error: Option<String>,
 }
 
-/// Starts the holder process and returns its host pid.
-pub fn start(shim: &Path) -> Result<i32> {
+/// File in the sandbox directory that names the holder's pid, so a crustd that
+/// died before recording the sandbox can still find and stop it.
+const PID_FILE: &str = "pidns.pid";
+
+/// Starts the holder process, notes its pid in `sandbox_dir` and returns it.
+pub fn start(shim: &Path, sandbox_dir: &Path) -> Result<i32> {
     let mut child = Command::new(shim)
         .arg("pause")
         .stdin(Stdio::null())
@@ -39,8 +43,26 @@ pub fn start(shim: &Path) -> Result<i32> {
         .with_context(|| format!("decoding the pause process's report {text:?}"))?;
     match (report.pid, report.error) {
         (_, Some(e)) => bail!("creating the pod's PID namespace: {e}"),
-        (Some(pid), None) if pid > 0 => Ok(pid),
+        (Some(pid), None) if pid > 0 => {
+            let note = std::fs::write(sandbox_dir.join(PID_FILE), pid.to_string());
+            if let Err(e) = note {
+                let _ = stop(pid);
+                return Err(e).context("recording the PID namespace holder's pid");
+            }
+            Ok(pid)
+        }
         _ => bail!("the pause process reported no pid: {text:?}"),
+    }
+}
+
+/// Stops the holder named in an unrecorded sandbox directory, if any.
+pub fn stop_noted(sandbox_dir: &Path) -> Result<()> {
+    match std::fs::read_to_string(sandbox_dir.join(PID_FILE)) {
+        Ok(text) => match text.trim().parse::<i32>() {
+            Ok(pid) => stop(pid),
+            Err(_) => Ok(()),
+        },
+        Err(_) => Ok(()),
     }
 }
 

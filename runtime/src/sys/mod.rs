@@ -1,6 +1,7 @@
 //! The narrow kernel- and tool-facing layer: mounts, runc invocations and process
 //! probes. Everything above it is plain logic.
 
+pub mod cgroup;
 pub mod mount;
 pub mod process;
 pub mod runc;

@@ -34,12 +34,22 @@ pub fn own_oom_score_adj() -> i64 {
 
 /// True when this process's effective capability set holds `cap` (a bit number).
 pub fn has_capability(cap: u32) -> bool {
+    capability_mask("CapEff:") & (1u64 << cap) != 0
+}
+
+/// This process's capability bounding set as a bit mask: no container started
+/// by it can hold a capability outside it.
+pub fn capability_bounding_set() -> u64 {
+    capability_mask("CapBnd:")
+}
+
+fn capability_mask(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1u64 << cap) != 0)
+        .unwrap_or(0)
 }
 
 /// CAP_SYS_RESOURCE's bit number.
