@@ -19,6 +19,18 @@ pub fn expect_code<T: Debug>(result: Result<T, Status>, code: Code, what: &str) 
     }
 }
 
+/// A create repeated after one that succeeded close to its deadline: crustd
+/// either refuses it (AlreadyExists) or, when the first answer came too close to
+/// the caller's deadline to count as delivered, hands back the same object.
+/// A different object or any other error fails.
+pub fn expect_refused_or_same(result: Result<String, Status>, id: &str, what: &str) -> Result<()> {
+    match result {
+        Ok(again) if again == id => Ok(()),
+        Ok(other) => bail!("{what}: expected AlreadyExists or {id}, got another object {other}"),
+        other => expect_code(other, Code::AlreadyExists, what),
+    }
+}
+
 /// Requires `id` to be a full CRI id: 64 lowercase hex characters.
 pub fn expect_full_id(id: &str, what: &str) -> Result<()> {
     ensure!(

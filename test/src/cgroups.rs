@@ -110,3 +110,47 @@ fn kill_members(dir: &Path) {
         );
     }
 }
+
+/// The cgroups of process `pid` from `/proc/<pid>/cgroup`: pairs of the
+/// controller list (`memory`, `cpu,cpuacct`, `name=systemd`; empty for the v2
+/// unified hierarchy) and the cgroup path.
+pub fn of_process(pid: i32) -> std::io::Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let _id = parts.next()?;
+            let controllers = parts.next()?.to_string();
+            let path = parts.next()?.to_string();
+            Some((controllers, path))
+        })
+        .collect())
+}
+
+/// Whether the host runs the pure cgroup v2 layout (cgroup2 at /sys/fs/cgroup).
+pub fn is_unified_only() -> bool {
+    mountinfo::read()
+        .unwrap_or_default()
+        .iter()
+        .any(|m| m.fs_type == "cgroup2" && m.mount_point == Path::new("/sys/fs/cgroup"))
+}
+
+/// The host path of `file` in the cgroup of process `pid` for v1 controller
+/// `controller` (e.g. `memory`, `cpu`), or in its v2 cgroup when `controller`
+/// is empty. Tries every mounted hierarchy and returns the first that has the file.
+pub fn process_file(pid: i32, controller: &str, file: &str) -> Option<PathBuf> {
+    let cgroups = of_process(pid).ok()?;
+    let path = cgroups.iter().find_map(|(controllers, path)| {
+        let matches = if controller.is_empty() {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == controller)
+        };
+        matches.then(|| path.trim_start_matches('/').to_string())
+    })?;
+    hierarchies()
+        .into_iter()
+        .map(|h| h.join(&path).join(file))
+        .find(|candidate| candidate.is_file())
+}

@@ -122,6 +122,32 @@ impl CriClient {
             .images)
     }
 
+    /// ListImages with a filter naming `image` (a reference or an id).
+    pub async fn list_images_matching(&self, image: &str) -> Result<Vec<Image>, Status> {
+        let request = cri::ListImagesRequest {
+            filter: Some(cri::ImageFilter {
+                image: Some(image_spec(image)),
+            }),
+        };
+        Ok(self
+            .images
+            .clone()
+            .list_images(request)
+            .await?
+            .into_inner()
+            .images)
+    }
+
+    /// ImageFsInfo.
+    pub async fn image_fs_info(&self) -> Result<cri::ImageFsInfoResponse, Status> {
+        Ok(self
+            .images
+            .clone()
+            .image_fs_info(cri::ImageFsInfoRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// RemoveImage.
     pub async fn remove_image(&self, image: &str) -> Result<(), Status> {
         let request = cri::RemoveImageRequest {
@@ -275,6 +301,36 @@ impl CriClient {
             .await?
             .into_inner()
             .containers)
+    }
+
+    /// ContainerStatus with verbose = true; returns the status and the `info` map.
+    pub async fn container_status_verbose(
+        &self,
+        id: &str,
+    ) -> Result<(ContainerStatus, HashMap<String, String>), Status> {
+        let request = cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        };
+        let response = self
+            .runtime
+            .clone()
+            .container_status(request)
+            .await?
+            .into_inner();
+        let status = response
+            .status
+            .ok_or_else(|| Status::internal("ContainerStatus returned no status"))?;
+        Ok((status, response.info))
+    }
+
+    /// ReopenContainerLog.
+    pub async fn reopen_container_log(&self, id: &str) -> Result<(), Status> {
+        let request = cri::ReopenContainerLogRequest {
+            container_id: id.into(),
+        };
+        self.runtime.clone().reopen_container_log(request).await?;
+        Ok(())
     }
 
     /// ExecSync of `cmd` with a timeout in seconds (0 waits forever).

@@ -180,6 +180,24 @@ impl TestEnv {
         .await
     }
 
+    /// The host pid of container `id`'s init process, from the `pid` field of
+    /// the verbose ContainerStatus info (0 or missing is an error).
+    pub async fn container_pid(&self, id: &str) -> Result<i32> {
+        let (_, info) = self
+            .cri
+            .container_status_verbose(id)
+            .await
+            .context("verbose ContainerStatus")?;
+        let raw = info
+            .get("info")
+            .ok_or_else(|| anyhow!("verbose ContainerStatus has no `info`: {info:?}"))?;
+        let parsed: serde_json::Value =
+            serde_json::from_str(raw).with_context(|| format!("info is not JSON: {raw}"))?;
+        let pid = parsed["pid"].as_i64().unwrap_or_default();
+        ensure!(pid > 0, "verbose info has no pid: {raw}");
+        Ok(pid as i32)
+    }
+
     /// SIGKILLs crustd (containers and shims keep running).
     pub async fn kill_daemon(&mut self) -> Result<()> {
         self.daemon.kill_9().await

@@ -173,3 +173,45 @@ pub fn container_config(pod: &PodSandboxConfig, name: &str, image: &str) -> Cont
         ..Default::default()
     }
 }
+
+/// Namespace options with the given modes for network, PID and IPC.
+pub fn namespace_options(
+    network: NamespaceMode,
+    pid: NamespaceMode,
+    ipc: NamespaceMode,
+) -> NamespaceOption {
+    NamespaceOption {
+        network: network as i32,
+        pid: pid as i32,
+        ipc: ipc as i32,
+        target_id: String::new(),
+        userns_options: None,
+    }
+}
+
+/// The pod's Linux security context, created empty if the config has none.
+pub fn sandbox_security_mut(config: &mut PodSandboxConfig) -> &mut LinuxSandboxSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// The container's Linux security context, created empty if the config has none.
+pub fn security_mut(config: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// The container's Linux resources, created empty if the config has none.
+pub fn resources_mut(config: &mut ContainerConfig) -> &mut LinuxContainerResources {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .resources
+        .get_or_insert_with(Default::default)
+}
