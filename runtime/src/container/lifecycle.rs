@@ -19,7 +19,7 @@ use crate::runtime::{Entry, Runtime, if_exists};
 use crate::sandbox::SandboxState;
 use crate::sandbox::config::NamespaceMode;
 use crate::sys::runc::RuncStatus;
-use crate::sys::{cgroup, mount, process};
+use crate::sys::{cgroup, mount, notify, process};
 use crate::{Error, Result, clock, fsutil, ids, teardown};
 
 /// How long to wait for a killed container to be reaped before giving up.
@@ -328,18 +328,10 @@ impl Runtime {
 
     /// Waits until the container is recorded as exited, or the deadline passes.
     fn wait_exit(&self, entry: &Entry<Container>, deadline: Instant) -> bool {
-        let mut pause = Duration::from_millis(5);
-        loop {
-            if self.refresh_container(entry) == ContainerState::Exited {
-                return true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            std::thread::sleep(pause.min(deadline - now));
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
+        let bundle = entry.rec().bundle.clone();
+        notify::wait_in_dir(&bundle, deadline, || {
+            self.refresh_container(entry) == ContainerState::Exited
+        })
     }
 
     /// RemoveContainer: kills it if needed and removes everything it had. Removing an

@@ -3,5 +3,6 @@
 
 pub mod cgroup;
 pub mod mount;
+pub mod notify;
 pub mod process;
 pub mod runc;

@@ -52,6 +52,15 @@ fn capability_mask(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Returns freed heap memory to the operating system (glibc keeps it otherwise).
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory at the top of the heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// CAP_SYS_RESOURCE's bit number.
 pub const CAP_SYS_RESOURCE: u32 = 24;
 
