@@ -2,7 +2,7 @@
 #
 #   make run    install runc and the CNI plugins if missing, build, run crustd
 #   make test   install what the tests need if missing, run unit and end-to-end tests
-#   make bench  measure crustd against bare runc (see test/benches)
+#   make bench  measure crustd against containerd and bare runc (see test/src/bench)
 
 CARGO     ?= cargo
 PREFIX    ?= /usr/local
@@ -13,8 +13,15 @@ DEBUG     := target/debug
 BUILD_PKGS := protobuf-compiler gcc
 RUN_PKGS   := runc containernetworking-plugins iptables
 TEST_PKGS  := docker-registry busybox-static
+# The peer `make bench` compares crust with (optional: the report says if it is missing).
+BENCH_PKGS := containerd
 
-.PHONY: all build release run test unit e2e bench lint install deps-build deps-run deps-test
+# make bench knobs: pods per runtime, cold pulls per image, where the JSON goes.
+BENCH_N     ?= 30
+BENCH_PULLS ?= 15
+BENCH_JSON  ?= $(CURDIR)/target/crust-bench/report.json
+
+.PHONY: all build release run test unit e2e bench lint install deps-build deps-run deps-test deps-bench
 
 all: build
 
@@ -36,6 +43,10 @@ deps-run: deps-build
 deps-test: deps-run
 	$(call apt_install,$(TEST_PKGS))
 
+# A failed install of the peer is not fatal: the report then says containerd was not run.
+deps-bench: deps-test
+	-$(call apt_install,$(BENCH_PKGS))
+
 build: deps-build
 	$(CARGO) build --workspace
 
@@ -49,14 +60,16 @@ unit: deps-build
 	$(CARGO) test --workspace --exclude crust-e2e
 
 e2e: deps-test build
-	CRUST_BIN_DIR=$(CURDIR)/$(DEBUG) $(CARGO) test -p crust-e2e -- --test-threads=2
+	CRUST_BIN_DIR=$(CURDIR)/$(DEBUG) $(CARGO) test -p crust-e2e --no-fail-fast -- --test-threads=2
 
 test: deps-test build
 	$(CARGO) test --workspace --exclude crust-e2e
-	CRUST_BIN_DIR=$(CURDIR)/$(DEBUG) $(CARGO) test -p crust-e2e -- --test-threads=2
+	CRUST_BIN_DIR=$(CURDIR)/$(DEBUG) $(CARGO) test -p crust-e2e --no-fail-fast -- --test-threads=2
 
-bench: deps-test release
-	CRUST_BIN_DIR=$(CURDIR)/$(RELEASE) $(CARGO) run --release -p crust-e2e --bin crust-bench
+bench: deps-bench release
+	$(CARGO) build --release -p crust-e2e --bin crust-bench
+	CRUST_BIN_DIR=$(CURDIR)/$(RELEASE) CRUST_BENCH_N=$(BENCH_N) CRUST_BENCH_PULLS=$(BENCH_PULLS) \
+		CRUST_BENCH_JSON=$(BENCH_JSON) $(RELEASE)/crust-bench
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod assertions;
+pub mod bench;
 pub mod binaries;
 pub mod cgroups;
 pub mod cleanup;
