@@ -21,8 +21,36 @@ pub struct Config {
     pub state: PathBuf,
     /// Log level.
     pub log_level: String,
+    /// Image pull settings.
+    pub image: ImageSection,
     /// Container runtime settings.
     pub runtime: RuntimeSection,
+}
+
+/// `[image]`: how images are pulled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSection {
+    /// Per-registry host configuration directory.
+    pub config_path: PathBuf,
+    /// Seconds a layer download may receive nothing.
+    pub pull_progress_timeout: u64,
+    /// Layers one pull downloads at the same time.
+    pub max_concurrent_downloads: usize,
+    /// Images reported as pinned.
+    pub pinned_images: Vec<String>,
+}
+
+impl ImageSection {
+    /// The runtime's image options.
+    pub fn options(&self) -> crust_runtime::image::ImageOptions {
+        crust_runtime::image::ImageOptions {
+            config_path: self.config_path.clone(),
+            progress_timeout: std::time::Duration::from_secs(self.pull_progress_timeout),
+            max_concurrent_downloads: self.max_concurrent_downloads,
+            pinned_images: self.pinned_images.clone(),
+        }
+    }
 }
 
 /// `[runtime]`: how containers are run.
@@ -79,6 +107,15 @@ impl Config {
             if !p.is_absolute() {
                 bail!("{key} must be an absolute path, got {}", p.display());
             }
+        }
+        if !self.image.config_path.is_absolute() {
+            bail!("image.config_path must be an absolute path");
+        }
+        if self.image.pull_progress_timeout == 0 {
+            bail!("image.pull_progress_timeout must be at least 1 second");
+        }
+        if !(1..=64).contains(&self.image.max_concurrent_downloads) {
+            bail!("image.max_concurrent_downloads must be between 1 and 64");
         }
         if self.runtime.shm_size < 4096 {
             bail!("runtime.shm_size must be at least 4096 bytes");

@@ -51,7 +51,10 @@ impl image_service_server::ImageService for ImageService {
                 self.runtime.images().get(&filter).into_iter().collect()
             };
             Ok(v1::ListImagesResponse {
-                images: images.iter().map(image::image_to).collect(),
+                images: images
+                    .iter()
+                    .map(|i| image::image_to(i, self.runtime.images().is_pinned(i)))
+                    .collect(),
             })
         })
         .await
@@ -69,7 +72,9 @@ impl image_service_server::ImageService for ImageService {
                     (Some(i), true) => image::verbose_info(i),
                     _ => Default::default(),
                 },
-                image: found.as_ref().map(image::image_to),
+                image: found
+                    .as_ref()
+                    .map(|i| image::image_to(i, self.runtime.images().is_pinned(i))),
             })
         })
         .await

@@ -27,6 +27,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         shim: cfg.shim_path()?,
         shm_size: cfg.runtime.shm_size,
         default_cgroup_parent: cfg.runtime.cgroup_parent.clone(),
+        images: cfg.image.options(),
     };
     tracing::info!(root = %opts.root.display(), state = %opts.state.display(), runc = %opts.runc.display(), "starting crustd");
     let runtime = tokio::task::spawn_blocking(move || crust_runtime::Runtime::open(opts))

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use anyhow::Context;
 
 use crate::container::Container;
-use crate::image::ImageStore;
+use crate::image::{ImageOptions, ImageStore};
 use crate::names::Names;
 use crate::sandbox::Sandbox;
 use crate::store::RecordDir;
@@ -30,6 +30,8 @@ pub struct Options {
     pub shm_size: u64,
     /// cgroup parent for pods that do not name one.
     pub default_cgroup_parent: String,
+    /// How images are pulled.
+    pub images: ImageOptions,
 }
 
 /// One live object: a lifecycle lock serializing create/start/stop/remove, and the record.
@@ -99,7 +101,7 @@ impl Runtime {
             binary: opts.runc.clone(),
             root: opts.state.join("runc"),
         };
-        let images = Arc::new(ImageStore::open(&opts.root)?);
+        let images = Arc::new(ImageStore::open(&opts.root, opts.images.clone())?);
         let rt = Arc::new(Runtime {
             sandbox_records: RecordDir::open(opts.root.join("meta").join("sandboxes"))?,
             container_records: RecordDir::open(opts.root.join("meta").join("containers"))?,

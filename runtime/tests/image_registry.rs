@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crust_runtime::Error;
-use crust_runtime::image::{ImageStore, Platform, RegistryAuth};
+use crust_runtime::image::{ImageOptions, ImageStore, Platform, RegistryAuth};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use serde_json::json;
@@ -419,7 +419,7 @@ async fn pull_from_a_real_registry() {
         .await;
 
     let root = tmp.0.join("root");
-    let store = Arc::new(ImageStore::open(&root).unwrap());
+    let store = Arc::new(ImageStore::open(&root, ImageOptions::default()).unwrap());
     let auth = RegistryAuth::default();
     let a_ref = format!("{addr}/test/busybox:1.0");
     let b_ref = format!("{addr}/test/other:1");
@@ -650,7 +650,7 @@ async fn pull_from_a_real_registry() {
 
     // Restart: records, leases and snapshots survive.
     drop(store);
-    let store = ImageStore::open(&root).unwrap();
+    let store = ImageStore::open(&root, ImageOptions::default()).unwrap();
     assert_eq!(store.list().len(), 2);
     // Opening collected the blobs of the failed pull: A's 7 (index, two
     // manifests, config, 3 layers) and B's 3 remain.

@@ -2,7 +2,7 @@
 //! config in a temporary directory, its output captured to a log file, and a
 //! Drop guard that removes everything it made even when the test failed.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -36,8 +36,10 @@ pub struct DaemonPaths {
     pub state: PathBuf,
     /// `--socket`: the CRI unix socket.
     pub socket: PathBuf,
-    /// `--config`: an empty file, so no host config leaks in.
+    /// `--config`: written by the harness, so no host config leaks in.
     pub config: PathBuf,
+    /// The `[image] config_path` directory (registry hosts.toml files).
+    pub certs_d: PathBuf,
     /// crustd's captured stdout and stderr, across restarts.
     pub log: PathBuf,
     /// Where the test's pods get their log directories (like /var/log/pods).
@@ -51,6 +53,7 @@ impl DaemonPaths {
             state: base.join("state"),
             socket: base.join("crust.sock"),
             config: base.join("config.toml"),
+            certs_d: base.join("certs.d"),
             log: base.join("crustd.log"),
             pod_logs: base.join("pods"),
             base,
@@ -80,10 +83,16 @@ impl Daemon {
             .unwrap_or_else(std::env::temp_dir);
         let base = base_parent.join(format!("crust-e2e-{suffix}-{}", unique::slug(name, 24)));
         let paths = DaemonPaths::new(base);
-        for dir in [&paths.base, &paths.root, &paths.state, &paths.pod_logs] {
+        for dir in [
+            &paths.base,
+            &paths.root,
+            &paths.state,
+            &paths.pod_logs,
+            &paths.certs_d,
+        ] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        File::create(&paths.config)?;
+        write_config(&paths, "")?;
         let mut daemon = Self {
             paths,
             binaries,
@@ -142,6 +151,13 @@ impl Daemon {
             self.kill_9().await?;
         }
         self.launch().await
+    }
+
+    /// Rewrites crustd's config with `image_keys` (TOML lines for the `[image]`
+    /// table, e.g. `pinned_images = ["..."]`) and restarts it on the same state.
+    pub async fn reconfigure(&mut self, image_keys: &str) -> Result<()> {
+        write_config(&self.paths, image_keys)?;
+        self.restart().await
     }
 
     /// Marks the test as failed: the log tail is printed and the log kept at
@@ -316,4 +332,15 @@ impl Drop for Daemon {
             );
         }
     }
+}
+
+/// Writes the test's crustd config: registry host config from the test's own
+/// directory (never the host's /etc/crust/certs.d), plus `image_keys`.
+fn write_config(paths: &DaemonPaths, image_keys: &str) -> Result<()> {
+    let text = format!(
+        "[image]\nconfig_path = {:?}\n{image_keys}\n",
+        paths.certs_d.to_string_lossy()
+    );
+    std::fs::write(&paths.config, text)
+        .with_context(|| format!("writing {}", paths.config.display()))
 }

@@ -68,6 +68,14 @@ impl TestEnv {
         })
     }
 
+    /// Restarts this test's crustd with `image_keys` in its `[image]` config
+    /// table, and reconnects.
+    pub async fn reconfigure(&mut self, image_keys: &str) -> Result<()> {
+        self.daemon.reconfigure(image_keys).await?;
+        self.cri = CriClient::connect(&self.daemon.paths().socket).await?;
+        Ok(())
+    }
+
     /// A kubelet-like config for a new pod `name` (unique uid, fresh log
     /// directory, this test's cgroup parent).
     pub fn pod_config(&self, name: &str) -> Result<PodSandboxConfig> {

@@ -30,6 +30,7 @@ pub mod cri_client;
 pub mod cri_log;
 pub mod daemon;
 pub mod env;
+pub mod fake_registry;
 pub mod filters;
 pub mod fixtures;
 pub mod image_builder;

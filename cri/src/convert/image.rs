@@ -17,7 +17,7 @@ pub fn auth_from(a: Option<v1::AuthConfig>) -> RegistryAuth {
 
 /// Domain image → CRI Image. The image's user becomes `uid` when numeric,
 /// `username` otherwise.
-pub fn image_to(i: &Image) -> v1::Image {
+pub fn image_to(i: &Image, pinned: bool) -> v1::Image {
     let user = i.config.user.split(':').next().unwrap_or("");
     let (uid, username) = match user.parse::<i64>() {
         Ok(n) => (Some(v1::Int64Value { value: n }), String::new()),
@@ -34,7 +34,7 @@ pub fn image_to(i: &Image) -> v1::Image {
             image: i.id.clone(),
             ..Default::default()
         }),
-        pinned: false,
+        pinned,
     }
 }
 

@@ -29,6 +29,7 @@ mod content;
 mod digest;
 mod locks;
 mod manifest;
+mod options;
 mod platform;
 mod pull;
 mod record;
@@ -40,8 +41,8 @@ mod unpack;
 mod usage;
 
 pub use manifest::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
+pub use options::ImageOptions;
 pub use platform::Platform;
-pub use pull::PARALLEL_LAYERS;
 pub use record::{Image, ImageConfig, ImageLayer};
 pub use reference::{DEFAULT_DOMAIN, DEFAULT_TAG, Reference};
 pub use registry::RegistryAuth;

@@ -6,7 +6,8 @@
 //! decompressing and unpacking it into a fresh snapshot directory and hashing
 //! the uncompressed tar. Only when the blob digest, its size and the diff id
 //! all match are the blob and the snapshot committed. Up to
-//! [`PARALLEL_LAYERS`] layers are in flight at a time.
+//! `max_concurrent_downloads` layers (see [`super::ImageOptions`]) are in flight
+//! at a time.
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -29,8 +30,6 @@ use super::store::Inner;
 use super::unpack::{ReadAbort, uncompressed_limit, unpack_layer};
 use crate::{Error, Result};
 
-/// Layers downloaded (and unpacked) at the same time by one pull.
-pub const PARALLEL_LAYERS: usize = 3;
 /// Chunks of a layer download buffered between the network and the unpacker.
 const CHANNEL_CHUNKS: usize = 32;
 
@@ -224,7 +223,7 @@ pub(crate) async fn pull(
     }
     stream::iter(jobs)
         .map(|job| ensure_layer(inner, &repo, job))
-        .buffer_unordered(PARALLEL_LAYERS)
+        .buffer_unordered(inner.options.max_concurrent_downloads.max(1))
         .try_collect::<Vec<()>>()
         .await?;
 

@@ -21,6 +21,7 @@ use anyhow::Context;
 use super::content::ContentStore;
 use super::digest::hex_of;
 use super::locks::KeyedLocks;
+use super::options::ImageOptions;
 use super::record::{Image, Lease, MetaFiles};
 use super::reference::Reference;
 use super::registry::{RegistryAuth, RegistryClient};
@@ -40,6 +41,7 @@ pub struct ImageStore {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) root: PathBuf,
+    pub(crate) options: ImageOptions,
     pub(crate) content: ContentStore,
     pub(crate) snapshots: Snapshots,
     pub(crate) registry: RegistryClient,
@@ -146,7 +148,7 @@ impl ImageStore {
     /// the records and leases, removes leftovers of interrupted pulls and
     /// unpacks, and collects whatever nothing references. Fails with
     /// [`Error::FailedPrecondition`] if another process has the store open.
-    pub fn open(root: &Path) -> Result<ImageStore> {
+    pub fn open(root: &Path, options: ImageOptions) -> Result<ImageStore> {
         let root =
             std::path::absolute(root).with_context(|| format!("resolving {}", root.display()))?;
         let meta_dir = root.join("meta");
@@ -200,6 +202,7 @@ impl ImageStore {
         let store = ImageStore {
             inner: Arc::new(Inner {
                 root,
+                options,
                 content,
                 snapshots,
                 registry: RegistryClient::new()?,
@@ -233,6 +236,18 @@ impl ImageStore {
         let state = lock(&self.inner.state);
         let found = state.resolve(reference_or_id)?;
         state.images.get(found.id()).cloned()
+    }
+
+    /// Whether `image` is one of the configured pinned images (by id or by a
+    /// reference naming one of its tags or digests).
+    pub fn is_pinned(&self, image: &Image) -> bool {
+        self.inner.options.pinned_images.iter().any(|p| {
+            *p == image.id
+                || Reference::parse(p).is_ok_and(|r| {
+                    let name = r.to_string();
+                    image.repo_tags.contains(&name) || image.repo_digests.contains(&name)
+                })
+        })
     }
 
     /// Every image.
@@ -572,13 +587,13 @@ mod tests {
         fn send<T: Send>(_: &T) {}
         send_sync::<ImageStore>();
         let root = root("send");
-        let store = ImageStore::open(&root.0).unwrap();
+        let store = ImageStore::open(&root.0, ImageOptions::default()).unwrap();
         let auth = RegistryAuth::default();
         send(&store.pull("busybox", &auth));
         send(&store.remove("busybox"));
         // One process at a time.
         assert!(matches!(
-            ImageStore::open(&root.0),
+            ImageStore::open(&root.0, ImageOptions::default()),
             Err(Error::FailedPrecondition(_))
         ));
     }
@@ -586,7 +601,7 @@ mod tests {
     #[tokio::test]
     async fn names_ids_and_removal() {
         let root = root("names");
-        let store = ImageStore::open(&root.0).unwrap();
+        let store = ImageStore::open(&root.0, ImageOptions::default()).unwrap();
         let d1 = format!("sha256:{}", "1".repeat(64));
         let d2 = format!("sha256:{}", "2".repeat(64));
         let a_hex = format!("abcd{}", "0".repeat(60));
@@ -658,7 +673,7 @@ mod tests {
     #[test]
     fn hold_needs_the_snapshots_and_a_sane_id() {
         let root = root("hold");
-        let store = ImageStore::open(&root.0).unwrap();
+        let store = ImageStore::open(&root.0, ImageOptions::default()).unwrap();
         let mut img = image(&"a".repeat(64), &["reg.io/a:1"], &[]);
         img.layers.push(super::super::record::ImageLayer {
             digest: format!("sha256:{}", "b".repeat(64)),
