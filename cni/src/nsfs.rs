@@ -50,6 +50,40 @@ pub struct PinRequest {
     pub pins: Vec<(Kind, PathBuf)>,
     /// Hostname to set inside a new UTS namespace.
     pub hostname: Option<String>,
+    /// Sysctls to set inside the new namespaces (`net.*` in the network
+    /// namespace, IPC ones in the IPC namespace), checked by [`sysctl_kind`].
+    pub sysctls: Vec<(String, String)>,
+}
+
+/// The namespace a namespaced sysctl belongs to, or None for one that is not
+/// namespaced (setting it would change the whole node).
+pub fn sysctl_kind(name: &str) -> Option<Kind> {
+    let dotted = name.replace('/', ".");
+    if dotted.starts_with("net.") {
+        Some(Kind::Net)
+    } else if dotted.starts_with("kernel.shm")
+        || dotted.starts_with("kernel.msg")
+        || dotted == "kernel.sem"
+        || dotted.starts_with("fs.mqueue.")
+    {
+        Some(Kind::Ipc)
+    } else {
+        None
+    }
+}
+
+/// The /proc/sys file of a sysctl name ("net.ipv4.ip_forward", or with slashes
+/// when a component holds dots, "net/ipv4/conf/eth0.1/forwarding").
+pub fn sysctl_path(name: &str) -> Option<PathBuf> {
+    let rel = if name.contains('/') {
+        name.to_string()
+    } else {
+        name.replace('.', "/")
+    };
+    let clean = rel
+        .split('/')
+        .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'));
+    clean.then(|| Path::new("/proc/sys").join(rel))
 }
 
 /// Creates new namespaces as requested and pins them. On failure nothing stays
@@ -85,6 +119,12 @@ fn pin_in_fresh_thread(req: &PinRequest) -> Result<()> {
     }
     if kinds.contains(&Kind::Net) {
         crate::loopback::up().context("bringing up loopback in the new network namespace")?;
+    }
+    for (name, value) in &req.sysctls {
+        let path =
+            sysctl_path(name).with_context(|| format!("sysctl name {name:?} is not valid"))?;
+        std::fs::write(&path, value)
+            .with_context(|| format!("setting sysctl {name} = {value:?} in the pod"))?;
     }
     let tid = nix::unistd::gettid();
     for (kind, path) in &req.pins {
@@ -128,5 +168,29 @@ pub fn is_pinned(path: &Path) -> bool {
     match nix::sys::statfs::statfs(path) {
         Ok(st) => st.filesystem_type().0 == NSFS_MAGIC,
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_names() {
+        assert_eq!(sysctl_kind("net.ipv4.ip_forward"), Some(Kind::Net));
+        assert_eq!(sysctl_kind("kernel.shmmax"), Some(Kind::Ipc));
+        assert_eq!(sysctl_kind("fs.mqueue.msg_max"), Some(Kind::Ipc));
+        assert_eq!(sysctl_kind("kernel.sem"), Some(Kind::Ipc));
+        assert_eq!(sysctl_kind("vm.swappiness"), None);
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward"),
+            Some(PathBuf::from("/proc/sys/net/ipv4/ip_forward"))
+        );
+        assert_eq!(
+            sysctl_path("net/ipv4/conf/eth0.1/forwarding"),
+            Some(PathBuf::from("/proc/sys/net/ipv4/conf/eth0.1/forwarding"))
+        );
+        assert_eq!(sysctl_path("net.ipv4.."), None);
+        assert_eq!(sysctl_path("net/../../etc"), None);
     }
 }

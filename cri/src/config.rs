@@ -23,8 +23,20 @@ pub struct Config {
     pub log_level: String,
     /// Image pull settings.
     pub image: ImageSection,
+    /// Pod network settings.
+    pub cni: CniSection,
     /// Container runtime settings.
     pub runtime: RuntimeSection,
+}
+
+/// `[cni]`: where the pod network's config and plugins are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CniSection {
+    /// Network config directories.
+    pub conf_dirs: Vec<PathBuf>,
+    /// Plugin binary directories.
+    pub plugin_dirs: Vec<PathBuf>,
 }
 
 /// `[image]`: how images are pulled.
@@ -116,6 +128,9 @@ impl Config {
         }
         if !(1..=64).contains(&self.image.max_concurrent_downloads) {
             bail!("image.max_concurrent_downloads must be between 1 and 64");
+        }
+        if self.cni.conf_dirs.is_empty() || self.cni.plugin_dirs.is_empty() {
+            bail!("cni.conf_dirs and cni.plugin_dirs must each name at least one directory");
         }
         if self.runtime.shm_size < 4096 {
             bail!("runtime.shm_size must be at least 4096 bytes");

@@ -1,7 +1,7 @@
 //! CRI RuntimeService: thin handlers that convert, call the runtime and convert back.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crust_runtime::container::ContainerFilter;
 use crust_runtime::sandbox::SandboxFilter;
@@ -21,17 +21,12 @@ const API_VERSION: &str = "v1";
 pub struct RuntimeService {
     runtime: Arc<Runtime>,
     config: Arc<Config>,
-    pod_cidr: Mutex<String>,
 }
 
 impl RuntimeService {
     /// Serves `runtime`; `config` is reported by verbose Status.
     pub fn new(runtime: Arc<Runtime>, config: Arc<Config>) -> Self {
-        RuntimeService {
-            runtime,
-            config,
-            pod_cidr: Mutex::new(String::new()),
-        }
+        RuntimeService { runtime, config }
     }
 }
 
@@ -333,11 +328,7 @@ impl runtime_service_server::RuntimeService for RuntimeService {
                 .and_then(|c| c.network_config)
                 .map(|n| n.pod_cidr)
                 .unwrap_or_default();
-            let mut current = self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner());
-            if *current != cidr {
-                tracing::info!(pod_cidr = %cidr, "pod CIDR recorded (used once CNI networking lands)");
-                *current = cidr;
-            }
+            self.runtime.set_pod_cidr(&cidr);
             Ok(v1::UpdateRuntimeConfigResponse {})
         })
         .await
@@ -345,6 +336,14 @@ impl runtime_service_server::RuntimeService for RuntimeService {
 
     async fn status(&self, req: Request<v1::StatusRequest>) -> Reply<v1::StatusResponse> {
         rpc("Status", async {
+            let runtime = self.runtime.clone();
+            let network = tokio::task::spawn_blocking(move || runtime.network_status())
+                .await
+                .map_err(|e| Error::internal(format!("status task failed: {e}")))?;
+            let (network_ready, reason, message) = match network {
+                Ok(()) => (true, String::new(), String::new()),
+                Err(why) => (false, "NetworkPluginNotReady".to_string(), why),
+            };
             let conditions = vec![
                 v1::RuntimeCondition {
                     r#type: "RuntimeReady".into(),
@@ -354,9 +353,9 @@ impl runtime_service_server::RuntimeService for RuntimeService {
                 },
                 v1::RuntimeCondition {
                     r#type: "NetworkReady".into(),
-                    status: false,
-                    reason: "NetworkPluginNotReady".into(),
-                    message: "crust does not set up pod networks through CNI yet: pods get a loopback interface only".into(),
+                    status: network_ready,
+                    reason,
+                    message,
                 },
             ];
             let info = if req.into_inner().verbose {

@@ -28,6 +28,11 @@ pub async fn run(cfg: Config) -> Result<()> {
         shm_size: cfg.runtime.shm_size,
         default_cgroup_parent: cfg.runtime.cgroup_parent.clone(),
         images: cfg.image.options(),
+        cni: crust_cni::Settings {
+            conf_dirs: cfg.cni.conf_dirs.clone(),
+            plugin_dirs: cfg.cni.plugin_dirs.clone(),
+            cache_dir: cfg.root.join("cni"),
+        },
     };
     tracing::info!(root = %opts.root.display(), state = %opts.state.display(), runc = %opts.runc.display(), "starting crustd");
     let runtime = tokio::task::spawn_blocking(move || crust_runtime::Runtime::open(opts))

@@ -32,6 +32,8 @@ pub struct Options {
     pub default_cgroup_parent: String,
     /// How images are pulled.
     pub images: ImageOptions,
+    /// Where CNI configs and plugins are, and where attachments are recorded.
+    pub cni: crust_cni::Settings,
 }
 
 /// One live object: a lifecycle lock serializing create/start/stop/remove, and the record.
@@ -81,6 +83,8 @@ pub struct Runtime {
     pub(crate) container_names: Names,
     pub(crate) sandbox_records: RecordDir<Sandbox>,
     pub(crate) container_records: RecordDir<Container>,
+    pub(crate) cni: Arc<crust_cni::Cni>,
+    pub(crate) pod_cidr: Mutex<String>,
 }
 
 impl Runtime {
@@ -102,6 +106,7 @@ impl Runtime {
             root: opts.state.join("runc"),
         };
         let images = Arc::new(ImageStore::open(&opts.root, opts.images.clone())?);
+        let cni = Arc::new(crust_cni::Cni::new(opts.cni.clone())?);
         let rt = Arc::new(Runtime {
             sandbox_records: RecordDir::open(opts.root.join("meta").join("sandboxes"))?,
             container_records: RecordDir::open(opts.root.join("meta").join("containers"))?,
@@ -112,6 +117,8 @@ impl Runtime {
             containers: RwLock::default(),
             sandbox_names: Names::default(),
             container_names: Names::default(),
+            cni,
+            pod_cidr: Mutex::new(String::new()),
         });
         rt.recover()?;
         Ok(rt)
@@ -203,6 +210,7 @@ impl Runtime {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id, entry);
         }
+        self.detach_orphan_networks();
         self.collect_orphans();
         tracing::info!(
             sandboxes = self.all_sandboxes().len(),
@@ -222,6 +230,43 @@ impl Runtime {
         match sandbox {
             Some(s) => crate::container::reserved_name(&c.config, &s),
             None => format!("{}_{}", c.config.name, c.sandbox_id),
+        }
+    }
+
+    /// Runs CNI DEL for attachments whose sandbox was never recorded (crustd died
+    /// between ADD and saving the sandbox) or is gone, so no IP, veth or port
+    /// mapping leaks.
+    fn detach_orphan_networks(&self) {
+        let known: std::collections::HashSet<String> = self
+            .sandboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for id in self.cni.attached_ids() {
+            if known.contains(&id) {
+                continue;
+            }
+            tracing::warn!(%id, "detaching the network of a pod sandbox that no longer exists");
+            if let Err(e) = self.cni.del(&id) {
+                tracing::warn!(%id, error = %e, "CNI DEL of an orphan attachment failed; retried at the next start");
+            }
+        }
+    }
+
+    /// NetworkReady: Ok, or why pods cannot be networked.
+    pub fn network_status(&self) -> std::result::Result<(), String> {
+        self.cni.status().map_err(|e| e.to_string())
+    }
+
+    /// Records the pod CIDR kubelet sets with UpdateRuntimeConfig (given to CNI
+    /// plugins that declare the `ipRanges` capability).
+    pub fn set_pod_cidr(&self, cidr: &str) {
+        let mut current = self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner());
+        if *current != cidr {
+            tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
+            *current = cidr.to_string();
         }
     }
 

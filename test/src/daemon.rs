@@ -40,6 +40,8 @@ pub struct DaemonPaths {
     pub config: PathBuf,
     /// The `[image] config_path` directory (registry hosts.toml files).
     pub certs_d: PathBuf,
+    /// The `[cni] conf_dirs` directory; starts with a loopback-only network.
+    pub net_d: PathBuf,
     /// crustd's captured stdout and stderr, across restarts.
     pub log: PathBuf,
     /// Where the test's pods get their log directories (like /var/log/pods).
@@ -54,6 +56,7 @@ impl DaemonPaths {
             socket: base.join("crust.sock"),
             config: base.join("config.toml"),
             certs_d: base.join("certs.d"),
+            net_d: base.join("net.d"),
             log: base.join("crustd.log"),
             pod_logs: base.join("pods"),
             base,
@@ -89,9 +92,12 @@ impl Daemon {
             &paths.state,
             &paths.pod_logs,
             &paths.certs_d,
+            &paths.net_d,
         ] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
+        std::fs::write(paths.net_d.join(LOOPBACK_NETWORK_FILE), LOOPBACK_NETWORK)
+            .context("writing the default CNI network")?;
         write_config(&paths, "")?;
         let mut daemon = Self {
             paths,
@@ -334,12 +340,22 @@ impl Drop for Daemon {
     }
 }
 
-/// Writes the test's crustd config: registry host config from the test's own
-/// directory (never the host's /etc/crust/certs.d), plus `image_keys`.
+/// File name of the default test network in `net_d`.
+pub const LOOPBACK_NETWORK_FILE: &str = "99-loopback.conflist";
+
+/// The network every test pod gets unless the test writes another config that
+/// sorts first: loopback only, so pods need no bridge or addresses.
+const LOOPBACK_NETWORK: &str =
+    r#"{"cniVersion":"1.0.0","name":"crust-e2e-lo","plugins":[{"type":"loopback"}]}"#;
+
+/// Writes the test's crustd config: registry hosts and CNI networks from the
+/// test's own directories (never the host's /etc/crust/certs.d or
+/// /etc/cni/net.d), Debian's CNI plugins, plus `image_keys`.
 fn write_config(paths: &DaemonPaths, image_keys: &str) -> Result<()> {
     let text = format!(
-        "[image]\nconfig_path = {:?}\n{image_keys}\n",
-        paths.certs_d.to_string_lossy()
+        "[image]\nconfig_path = {:?}\n{image_keys}\n\n[cni]\nconf_dirs = [{:?}]\nplugin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n",
+        paths.certs_d.to_string_lossy(),
+        paths.net_d.to_string_lossy()
     );
     std::fs::write(&paths.config, text)
         .with_context(|| format!("writing {}", paths.config.display()))

@@ -101,8 +101,13 @@ pub fn status(s: &Sandbox) -> v1::PodSandboxStatus {
         state: state_to(s.state),
         created_at: s.created_at,
         network: Some(v1::PodSandboxNetworkStatus {
-            ip: String::new(),
-            additional_ips: Vec::new(),
+            ip: s.ips.first().cloned().unwrap_or_default(),
+            additional_ips: s
+                .ips
+                .iter()
+                .skip(1)
+                .map(|ip| v1::PodIp { ip: ip.clone() })
+                .collect(),
         }),
         linux: Some(v1::LinuxPodSandboxStatus {
             namespaces: Some(v1::Namespace {

@@ -368,12 +368,6 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
     } else {
         Some(devices)
     });
-    let sysctls = sysctls(sb);
-    linux.set_sysctl(if sysctls.is_empty() {
-        None
-    } else {
-        Some(sysctls)
-    });
     linux.set_seccomp(seccomp(sec.privileged, &sec.seccomp, &bounding)?);
     if let Some(p) = rootfs_propagation(cfg) {
         linux.set_rootfs_propagation(Some(p.to_string()));
@@ -734,22 +728,6 @@ fn host_devices() -> Vec<LinuxDevice> {
     out
 }
 
-fn sysctls(sb: &Sandbox) -> HashMap<String, String> {
-    sb.config
-        .sysctls
-        .iter()
-        .filter(|(k, _)| {
-            let net = k.starts_with("net.");
-            let ipc = k.starts_with("kernel.shm")
-                || k.starts_with("kernel.msg")
-                || k.as_str() == "kernel.sem"
-                || k.starts_with("fs.mqueue.");
-            !(net && sb.netns.is_none() || ipc && sb.ipcns.is_none())
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
 fn seccomp(
     privileged: bool,
     profile: &Profile,
@@ -977,6 +955,7 @@ mod tests {
             ipcns: Some("/run/crust/sandboxes/sb/ns/ipc".into()),
             utsns: Some("/run/crust/sandboxes/sb/ns/uts".into()),
             hostname: "podhost".into(),
+            ips: Vec::new(),
             shm: "/run/crust/sandboxes/sb/shm".into(),
             shm_mounted: true,
             infra_pid: None,

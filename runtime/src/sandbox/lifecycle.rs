@@ -10,7 +10,7 @@ use anyhow::Context;
 use crust_cni::nsfs::{self, Kind, PinRequest};
 
 use super::config::SandboxConfig;
-use super::{Sandbox, SandboxState, files, pidns};
+use super::{Sandbox, SandboxState, files, network, pidns};
 use crate::cleanup::Cleanup;
 use crate::names::Reservation;
 use crate::runtime::{Entry, Runtime, if_exists};
@@ -55,6 +55,10 @@ impl Runtime {
     }
 
     fn create_sandbox(&self, cfg: SandboxConfig) -> Result<String> {
+        let sysctls = network::pod_sysctls(&cfg)?;
+        if !cfg.host_network() {
+            self.cni.network().map_err(network::net_error)?;
+        }
         let id = ids::new_id();
         let dir = self.opts.state.join("sandboxes").join(&id);
         let mut undo = Cleanup::default();
@@ -93,6 +97,7 @@ impl Runtime {
             nsfs::pin_new(PinRequest {
                 pins,
                 hostname: Some(hostname.clone()),
+                sysctls,
             })
             .context("creating the pod's namespaces")?;
             undo.push("unpin the pod's namespaces", move || {
@@ -123,6 +128,24 @@ impl Runtime {
             None
         };
 
+        let mut ips = Vec::new();
+        if let Some(netns) = &netns {
+            let cidr = self
+                .pod_cidr
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let att = network::attachment(&id, &cfg, netns, &cidr)?;
+            // DEL is registered before ADD: a partial ADD is undone too.
+            let (cni, del_id) = (self.cni.clone(), id.clone());
+            undo.push("detach the pod network", move || {
+                cni.del(&del_id).map_err(anyhow::Error::new)
+            });
+            let attached = self.cni.add(&att).map_err(network::net_error)?;
+            ips = attached.ips.iter().map(|ip| ip.to_string()).collect();
+            tracing::info!(%id, ips = ?ips, "pod network attached");
+        }
+
         let sandbox = Sandbox {
             id: id.clone(),
             config: cfg,
@@ -133,6 +156,7 @@ impl Runtime {
             ipcns,
             utsns,
             hostname,
+            ips,
             shm,
             shm_mounted,
             infra_pid,
@@ -176,6 +200,9 @@ impl Runtime {
     }
 
     fn release_sandbox_resources(&self, sb: &Sandbox) -> Result<()> {
+        if sb.netns.is_some() {
+            self.cni.del(&sb.id).map_err(network::net_error)?;
+        }
         for p in [&sb.netns, &sb.utsns, &sb.ipcns].into_iter().flatten() {
             nsfs::unpin(p)?;
         }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod files;
 mod lifecycle;
+pub mod network;
 pub mod pidns;
 
 pub use self::lifecycle::SandboxFilter;
@@ -48,6 +49,9 @@ pub struct Sandbox {
     /// config gives none (as CRI-O does).
     #[serde(default)]
     pub hostname: String,
+    /// The pod's IP addresses from CNI, primary first; empty for host network.
+    #[serde(default)]
+    pub ips: Vec<String>,
     /// Whether `shm` is a tmpfs this sandbox mounted.
     pub shm_mounted: bool,
     /// Host pid of the process holding the pod-wide PID namespace, for pods whose
