@@ -264,7 +264,18 @@ pub(crate) fn is_loopback(host_port: &str) -> bool {
 
 /// Parses a `hosts.toml` of directory `dir` for registry `domain`.
 fn parse(text: &str, dir: &Path, domain: &str) -> std::result::Result<Vec<RegistryHost>, String> {
-    let table: Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let table: Table = text.parse().map_err(|e: toml::de::Error| {
+        let reason = e.message().trim_end_matches('.');
+        match e.span() {
+            Some(span) => {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: {reason}")
+            }
+            None => reason.to_string(),
+        }
+    })?;
     let mut hosts = Vec::new();
     if let Some(mirrors) = table.get("host") {
         let mirrors = mirrors

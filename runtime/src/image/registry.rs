@@ -363,7 +363,7 @@ impl Repository {
                     if self.endpoints.len() > 1 {
                         tracing::info!(host = %ep.host, %url, error = %e, "registry host did not serve; trying the next");
                     }
-                    failures.push(e);
+                    failures.push((ep.host.as_str(), e));
                 }
             }
         }
@@ -374,21 +374,24 @@ impl Repository {
 /// One error for a request every host failed: the most telling one (refused
 /// credentials, then TLS and other failures, then "not found"), naming the
 /// others.
-fn combine(mut failures: Vec<Error>) -> Error {
+fn combine(mut failures: Vec<(&str, Error)>) -> Error {
     let rank = |e: &Error| match e {
         Error::Unauthenticated(_) | Error::PermissionDenied(_) => 0,
         Error::FailedPrecondition(_) => 1,
         Error::NotFound(_) => 3,
         _ => 2,
     };
-    let Some(best) = (0..failures.len()).min_by_key(|&i| rank(&failures[i])) else {
+    let Some(best) = (0..failures.len()).min_by_key(|&i| rank(&failures[i].1)) else {
         return Error::internal("no registry host was tried");
     };
-    let primary = failures.remove(best);
+    let (_, primary) = failures.remove(best);
     if failures.is_empty() {
         return primary;
     }
-    let others: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
+    let others: Vec<String> = failures
+        .iter()
+        .map(|(host, e)| format!("{host}: {e}"))
+        .collect();
     let suffix = format!(" (other hosts tried: {})", others.join("; "));
     match primary {
         Error::NotFound(m) => Error::NotFound(m + &suffix),
@@ -673,12 +676,18 @@ fn network_error(host: &str, what: &str, e: reqwest::Error) -> Error {
     if e.is_timeout() {
         msg.push_str(" (timed out)");
     }
-    if msg.to_ascii_lowercase().contains("certificate") {
-        // Not transient: the node does not trust the host's certificate.
-        msg.push_str(
-            " (the registry's TLS certificate was not accepted: trust its CA with `ca`, \
-             or set `skip_verify = true`, in its hosts.toml under the image config_path)",
-        );
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("certificate") {
+        // Not transient: one side does not accept the other's certificate.
+        msg.push_str(if lower.contains("invalid peer certificate") {
+            " (the registry's TLS certificate is not trusted: add its CA with `ca`, or set \
+             `skip_verify = true`, in its hosts.toml under the image config_path)"
+        } else if lower.contains("fatal alert") {
+            " (the registry refused the node's TLS client certificate, or the lack of one: \
+             set `client` in its hosts.toml under the image config_path)"
+        } else {
+            " (check the TLS certificate settings in its hosts.toml under the image config_path)"
+        });
         return Error::FailedPrecondition(msg);
     }
     Error::Unavailable(msg)

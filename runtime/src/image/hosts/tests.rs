@@ -300,7 +300,8 @@ fn docker_certs_d_layout_without_hosts_toml() {
 fn malformed_files_name_themselves() {
     let root = config_dir("bad");
     for (text, says) in [
-        ("server = ", "invalid"),
+        ("server = ", "line 1, column 10: "),
+        ("\n[host.\"http://m\"]\nca = [\"a\", \n", "line 3, column"),
         ("server = 5", "`server` must be a string"),
         (
             "[host.\"http://m\"]\ncapabilities = [\"pull\", \"fly\"]\n",
