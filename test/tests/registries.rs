@@ -240,6 +240,12 @@ async fn tls_registry(env: &mut TestEnv) -> Result<()> {
     write_hosts(env, &host, &format!("{server}skip_verify = true\n"))?;
     pull_and_remove(env, &image, None).await?;
 
+    // Docker's certs.d layout, without hosts.toml: `*.crt` are CA bundles
+    // (and the loopback registry is then spoken to over HTTPS).
+    std::fs::remove_file(dir.join("hosts.toml"))?;
+    std::fs::rename(dir.join("ca.pem"), dir.join("ca.crt"))?;
+    pull_and_remove(env, &image, None).await?;
+
     // A malformed hosts.toml is named.
     write_hosts(env, &host, "server = \n")?;
     expect_error(
@@ -415,7 +421,10 @@ async fn pull_only_mirror(env: &mut TestEnv) -> Result<()> {
     let shared = env.images.registry.clone();
     let upstream = FakeRegistry::start(Some(shared.clone())).await?;
     upstream.require_bearer(Some(("alice", "s3cret")));
+    // The mirror hands out anonymous tokens: a client that sent the pull's
+    // credentials to it would send them with its token request.
     let mirror = FakeRegistry::start(Some(shared)).await?;
+    mirror.require_bearer(None);
     let image = format!("{}/busybox:1.0", upstream.host());
     write_hosts(
         env,
@@ -445,8 +454,9 @@ async fn pull_only_mirror(env: &mut TestEnv) -> Result<()> {
                     .is_some_and(|a| a.starts_with("Bearer "))),
         "the upstream did not resolve the tag with a token"
     );
+    no_basic_credentials_at(&mirror)?;
 
-    // A mirror that may resolve serves everything, anonymously.
+    // A mirror that may resolve serves everything, without the credentials.
     write_hosts(
         env,
         &upstream.host(),
@@ -469,10 +479,18 @@ async fn pull_only_mirror(env: &mut TestEnv) -> Result<()> {
         upstream.requests().is_empty(),
         "the upstream was asked although the mirror served"
     );
+    no_basic_credentials_at(&mirror)
+}
+
+/// Fails if any request to `mirror` carried Basic credentials.
+fn no_basic_credentials_at(mirror: &FakeRegistry) -> Result<()> {
     let leaked: Vec<String> = mirror
         .requests()
         .iter()
-        .filter(|r| r.header("authorization").is_some())
+        .filter(|r| {
+            r.header("authorization")
+                .is_some_and(|a| a.starts_with("Basic "))
+        })
         .map(|r| r.path.clone())
         .collect();
     ensure!(

@@ -26,7 +26,8 @@
 //! `hosts.toml` is read the way Docker reads `certs.d`: `*.crt` are CA
 //! bundles and `*.cert` (with a `*.key` beside it) client certificates for
 //! the upstream. Without any directory the upstream alone is used: plain HTTP
-//! for loopback registries, HTTPS otherwise.
+//! for loopback registries (unless TLS settings are given for them), HTTPS
+//! otherwise.
 
 use std::path::{Path, PathBuf};
 
@@ -194,11 +195,12 @@ fn host_dir(config_path: &Path, domain: &str) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// The registry's own server when no configuration names one.
+/// The registry's own server when no configuration names one: HTTPS, but
+/// plain HTTP for a loopback registry unless TLS settings were given for it.
 fn default_upstream(domain: &str, tls: TlsSettings) -> RegistryHost {
     let (scheme, host) = if domain == DEFAULT_DOMAIN {
         ("https", DOCKER_HUB_HOST)
-    } else if is_loopback(domain) {
+    } else if is_loopback(domain) && tls == TlsSettings::default() {
         ("http", domain)
     } else {
         ("https", domain)

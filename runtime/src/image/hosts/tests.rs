@@ -229,6 +229,17 @@ fn default_upstreams() {
     );
     assert_eq!(hosts.hosts[1].capabilities, Capabilities::ALL);
     assert!(hosts.hosts[1].tls.skip_verify);
+    // A loopback registry with TLS settings is spoken to over HTTPS.
+    write(&root.0, "127.0.0.1:5000", "hosts.toml", "ca = \"ca.pem\"\n");
+    assert_eq!(
+        urls(&load(&root.0, "127.0.0.1:5000").unwrap(), "r"),
+        ["https://127.0.0.1:5000/v2/r"]
+    );
+    write(&root.0, "127.0.0.1:5001", "ca.crt", "x");
+    assert_eq!(
+        urls(&load(&root.0, "127.0.0.1:5001").unwrap(), "r"),
+        ["https://127.0.0.1:5001/v2/r"]
+    );
 }
 
 #[test]
