@@ -12,7 +12,7 @@ DEBUG     := target/debug
 # Debian packages: to build, to run, and to test.
 BUILD_PKGS := protobuf-compiler gcc
 RUN_PKGS   := runc containernetworking-plugins iptables
-TEST_PKGS  := docker-registry busybox-static
+TEST_PKGS  := docker-registry busybox-static apache2-utils openssl
 # The peer `make bench` compares crust with (optional: the report says if it is missing).
 BENCH_PKGS := containerd
 

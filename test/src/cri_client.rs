@@ -81,9 +81,18 @@ impl CriClient {
 
     /// PullImage; returns the image_ref.
     pub async fn pull_image(&self, image: &str) -> Result<String, Status> {
+        self.pull_image_with_auth(image, None).await
+    }
+
+    /// PullImage with credentials; returns the image_ref.
+    pub async fn pull_image_with_auth(
+        &self,
+        image: &str,
+        auth: Option<cri::AuthConfig>,
+    ) -> Result<String, Status> {
         let request = cri::PullImageRequest {
             image: Some(image_spec(image)),
-            auth: None,
+            auth,
             sandbox_config: None,
         };
         Ok(self

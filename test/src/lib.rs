@@ -39,6 +39,8 @@ pub mod pod_config;
 pub mod processes;
 pub mod registry;
 pub mod requirements;
+pub mod secured_registry;
+pub mod tls;
 pub mod unique;
 pub mod wait;
 

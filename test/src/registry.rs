@@ -52,9 +52,19 @@ impl Registry {
     }
 
     fn start_with_retries() -> Result<Registry> {
+        Self::start_configured("", |status| status == 200)
+    }
+
+    /// Starts a registry of its own (not shared) on a free port, with
+    /// `extra_config` appended to its YAML config right after `http.addr`
+    /// (so it may continue the `http:` section with indented keys, e.g.
+    /// `  tls:`, then add top-level sections such as `auth:`). It counts as
+    /// up once `GET /v2/` over plain HTTP answers with a status `ready`
+    /// accepts. The caller stops it with [`Registry::stop`].
+    pub fn start_configured(extra_config: &str, ready: fn(u16) -> bool) -> Result<Registry> {
         let mut last = None;
         for _ in 0..3 {
-            match Self::start() {
+            match Self::start(extra_config, ready) {
                 Ok(r) => return Ok(r),
                 Err(e) => last = Some(e),
             }
@@ -62,8 +72,9 @@ impl Registry {
         Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
     }
 
-    /// Starts a registry on a free port and waits until `GET /v2/` answers.
-    fn start() -> Result<Registry> {
+    /// Starts a registry on a free port and waits until `GET /v2/` answers
+    /// with a status `ready` accepts.
+    fn start(extra_config: &str, ready: fn(u16) -> bool) -> Result<Registry> {
         let program = requirements::find_program("docker-registry")
             .context("docker-registry is not installed")?;
         let dir = std::env::temp_dir().join(format!("crust-e2e-registry-{}", unique::suffix()));
@@ -74,7 +85,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{extra_config}",
                 dir.join("storage").display()
             ),
         )?;
@@ -111,7 +122,7 @@ impl Registry {
                 registry.stop();
                 bail!("docker-registry exited at startup:\n{log}");
             }
-            if http_status(&registry.addr, "/v2/").is_ok_and(|status| status == 200) {
+            if http_status(&registry.addr, "/v2/").is_ok_and(ready) {
                 return Ok(registry);
             }
             if Instant::now() > deadline {
@@ -123,7 +134,7 @@ impl Registry {
     }
 
     /// Kills the registry (by pid) and removes its directory.
-    fn stop(&self) {
+    pub fn stop(&self) {
         if !self.exited.load(Ordering::SeqCst) {
             processes::kill_and_wait(self.pid, Duration::from_secs(2));
             let deadline = Instant::now() + Duration::from_secs(2);
@@ -198,6 +209,15 @@ pub struct RegistryClient {
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
 impl RegistryClient {
+    /// A client for the registry at `base` (`scheme://host:port`) that sends
+    /// its requests through `http` (for TLS roots or default credentials).
+    pub fn with_client(base: &str, http: reqwest::Client) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        }
+    }
+
     /// A client for the registry at `addr` (`host:port`, plain HTTP, no proxy).
     pub fn new(addr: &str) -> Result<Self> {
         let http = reqwest::Client::builder()

@@ -10,6 +10,7 @@ pub fn auth_from(a: Option<v1::AuthConfig>) -> RegistryAuth {
         username: a.username,
         password: a.password,
         auth: a.auth,
+        server_address: a.server_address,
         identity_token: a.identity_token,
         registry_token: a.registry_token,
     }

@@ -27,6 +27,7 @@
 
 mod content;
 mod digest;
+mod hosts;
 mod locks;
 mod manifest;
 mod options;

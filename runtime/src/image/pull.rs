@@ -110,7 +110,7 @@ pub(crate) async fn pull(
     }
     tracing::info!(image = %shown, "pulling");
     let started = std::time::Instant::now();
-    let repo = inner.registry.repository(&reference, auth);
+    let repo = inner.registry.repository(&reference, auth)?;
     let mut pins = Pins {
         inner: inner.clone(),
         keys: Vec::new(),

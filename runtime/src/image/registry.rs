@@ -1,30 +1,43 @@
-//! A client for the OCI distribution API: manifests and blobs by name, with
+//! A client for the OCI distribution API: manifests and blobs by name, from
+//! the hosts a registry's `hosts.toml` configures (see [`super::hosts`]), with
 //! the Docker token flow for anonymous and authenticated pulls.
 //!
-//! `docker.io` is served by `registry-1.docker.io`; registries on loopback
-//! (`localhost`, `127.0.0.0/8`, `[::1]`) are spoken to over plain HTTP, all
-//! others over HTTPS. A request answered with 401 gets credentials from the
-//! `WWW-Authenticate` challenge (a bearer token from the realm, or Basic
-//! credentials) and is retried once.
+//! Each request goes to the configured hosts in order (mirrors first, the
+//! registry's own server last), skipping hosts without the needed capability
+//! (`resolve` for tags, `pull` for everything), and falls through to the next
+//! host when one cannot be reached, fails, or lacks the object. A host that
+//! failed (unreachable, 5xx, TLS) is tried last for the rest of the pull.
+//!
+//! A request answered with 401 gets credentials from the `WWW-Authenticate`
+//! challenge (a bearer token from the realm, or Basic credentials) and is
+//! retried once; a second 401 means the credentials are wrong. Tokens are kept
+//! across pulls per host, repository and credentials until they expire
+//! ([`tokens`]). Credentials go only to the registry they belong to
+//! ([`RegistryAuth::server_address`], else the image's registry): never to a
+//! mirror on another host, and (reqwest drops `Authorization` there) not
+//! over a redirect to another host.
 
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Mutex;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE,
+};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 
+use super::hosts::{self, Capabilities, DOCKER_HUB_HOST, RegistryHost};
+use super::options::ImageOptions;
 use super::reference::{DEFAULT_DOMAIN, Reference};
 use crate::{Error, Result};
 
-/// Host that serves the `docker.io` registry API.
-const DOCKER_HUB_HOST: &str = "registry-1.docker.io";
-/// How long connecting to a registry may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a registry may stay silent in the middle of a response.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
+mod clients;
+mod tokens;
+
+use clients::HttpClients;
+use tokens::{Grant, GrantCache, GrantKey, token_lifetime};
+
 /// Longest token response read.
 const MAX_TOKEN_BYTES: u64 = 1 << 20;
 /// Longest error body read for its message.
@@ -39,6 +52,9 @@ pub struct RegistryAuth {
     pub password: String,
     /// base64 of `user:password`, an alternative to the two fields above.
     pub auth: String,
+    /// The registry the credentials belong to (`host[:port]`, optionally as a
+    /// URL); empty means the image's registry.
+    pub server_address: String,
     /// A refresh token for the token endpoint (`grant_type=refresh_token`).
     pub identity_token: String,
     /// A bearer token sent to the registry as it is.
@@ -50,6 +66,13 @@ impl RegistryAuth {
         !self.username.is_empty() || !self.auth.is_empty()
     }
 
+    fn is_empty(&self) -> bool {
+        !self.has_basic()
+            && self.password.is_empty()
+            && self.identity_token.is_empty()
+            && self.registry_token.is_empty()
+    }
+
     fn basic(&self, req: RequestBuilder) -> RequestBuilder {
         if !self.username.is_empty() {
             req.basic_auth(&self.username, Some(&self.password))
@@ -57,93 +80,168 @@ impl RegistryAuth {
             req.header(AUTHORIZATION, format!("Basic {}", self.auth))
         }
     }
+
+    /// The registry (canonical `host[:port]`) these credentials belong to.
+    fn registry(&self, image_domain: &str) -> String {
+        let address = self.server_address.trim();
+        if address.is_empty() {
+            return canonical_host(image_domain);
+        }
+        let lower = address.to_ascii_lowercase();
+        let rest = lower
+            .strip_prefix("https://")
+            .or_else(|| lower.strip_prefix("http://"))
+            .unwrap_or(&lower);
+        canonical_host(rest.split('/').next().unwrap_or(""))
+    }
+
+    /// Whether these credentials may be sent to `host` when pulling from
+    /// `image_domain`: the host is their registry, or it is the configured
+    /// server of the image's registry and they belong to that registry.
+    fn applies_to(&self, host: &RegistryHost, image_domain: &str) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        let theirs = self.registry(image_domain);
+        canonical_host(&host.host) == theirs
+            || (host.upstream && theirs == canonical_host(image_domain))
+    }
 }
 
-/// The HTTP client shared by every pull.
+/// Lowercases a `host[:port]` and names Docker Hub's aliases `docker.io`.
+fn canonical_host(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    match host.as_str() {
+        "index.docker.io" | "registry.hub.docker.com" | DOCKER_HUB_HOST => DEFAULT_DOMAIN.into(),
+        _ => host,
+    }
+}
+
+/// The registry access shared by every pull of one image store.
 #[derive(Debug)]
 pub(crate) struct RegistryClient {
-    http: reqwest::Client,
+    config_path: PathBuf,
+    clients: HttpClients,
+    grants: Arc<GrantCache>,
 }
 
 impl RegistryClient {
-    /// Builds the client.
-    pub(crate) fn new() -> Result<RegistryClient> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .user_agent(concat!("crust/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the registry HTTP client")?;
-        Ok(RegistryClient { http })
+    /// Builds the client; host configuration is read from
+    /// `options.config_path` at each pull.
+    pub(crate) fn new(options: &ImageOptions) -> Result<RegistryClient> {
+        Ok(RegistryClient {
+            config_path: options.config_path.clone(),
+            clients: HttpClients::new()?,
+            grants: Arc::new(GrantCache::default()),
+        })
     }
 
-    /// A session for pulling from the repository `reference` names.
-    pub(crate) fn repository(&self, reference: &Reference, auth: &RegistryAuth) -> Repository {
+    /// A session for pulling from the repository `reference` names, through
+    /// the hosts configured for its registry.
+    pub(crate) fn repository(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<Repository> {
         let domain = reference.domain();
-        let host = if domain == DEFAULT_DOMAIN {
-            DOCKER_HUB_HOST
-        } else {
-            domain
-        };
-        let scheme = if is_loopback(host) { "http" } else { "https" };
-        let initial = if auth.registry_token.is_empty() {
-            AuthState::Anonymous
-        } else {
-            AuthState::Bearer(auth.registry_token.clone())
-        };
-        Repository {
-            http: self.http.clone(),
-            base: format!("{scheme}://{host}/v2/{}", reference.path()),
-            host: domain.to_string(),
-            path: reference.path().to_string(),
-            auth: auth.clone(),
-            authorization: Mutex::new(initial),
+        let configured = hosts::load(&self.config_path, domain)?;
+        let mut endpoints = Vec::with_capacity(configured.hosts.len());
+        for host in &configured.hosts {
+            let http = self.clients.get(&host.tls, configured.source.as_deref())?;
+            let mut headers = HeaderMap::new();
+            for (name, value) in &host.headers {
+                // hosts.rs checked both; a failure here is skipped, not fatal.
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value),
+                ) {
+                    headers.append(n, v);
+                }
+            }
+            let credentials = auth
+                .applies_to(host, domain)
+                .then(|| auth.clone())
+                .filter(|a| !a.is_empty());
+            let (grant, key) = match &credentials {
+                Some(a) if !a.registry_token.is_empty() => {
+                    (Some(Grant::Bearer(a.registry_token.clone())), None)
+                }
+                Some(a) => (
+                    None,
+                    Some(GrantKey::new(
+                        &host.origin(),
+                        reference.path(),
+                        [&a.username, &a.password, &a.auth, &a.identity_token],
+                    )),
+                ),
+                None => (
+                    None,
+                    Some(GrantKey::new(
+                        &host.origin(),
+                        reference.path(),
+                        ["", "", "", ""],
+                    )),
+                ),
+            };
+            endpoints.push(Endpoint {
+                http,
+                host: host.host.clone(),
+                base: host.repository_url(reference.path()),
+                capabilities: host.capabilities,
+                headers,
+                path: reference.path().to_string(),
+                credentials,
+                grant: Mutex::new(grant),
+                key,
+                failed: AtomicBool::new(false),
+            });
         }
+        Ok(Repository {
+            domain: domain.to_string(),
+            source: configured.source,
+            endpoints,
+            grants: self.grants.clone(),
+            served: AtomicUsize::new(usize::MAX),
+        })
     }
 }
 
-/// Whether `host[:port]` is a loopback address or `localhost`.
-fn is_loopback(host_port: &str) -> bool {
-    let host = if let Some(rest) = host_port.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else {
-        host_port.split(':').next().unwrap_or("")
-    };
-    if host.eq_ignore_ascii_case("localhost") {
-        return true;
-    }
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => a.is_loopback(),
-        Ok(IpAddr::V6(a)) => {
-            a.is_loopback()
-                || a.to_ipv4_mapped()
-                    .is_some_and(|v4: Ipv4Addr| v4.is_loopback())
-        }
-        Err(_) => false,
-    }
-}
-
-/// One repository on one registry, with the credentials of one pull.
+/// One repository of one registry, as its configured hosts serve it, with
+/// the credentials of one pull.
 #[derive(Debug)]
 pub(crate) struct Repository {
-    http: reqwest::Client,
-    base: String,
-    host: String,
-    path: String,
-    auth: RegistryAuth,
-    /// What to authenticate the next request with.
-    authorization: Mutex<AuthState>,
+    /// The image's registry, as in the reference.
+    domain: String,
+    /// The hosts.toml (or directory) the hosts come from.
+    source: Option<PathBuf>,
+    /// The hosts, in the order they are tried.
+    endpoints: Vec<Endpoint>,
+    grants: Arc<GrantCache>,
+    /// Index of the host that answered last.
+    served: AtomicUsize,
 }
 
-/// How requests to a repository authenticate.
-#[derive(Clone, Debug)]
-enum AuthState {
-    /// Not at all (until a 401 says otherwise).
-    Anonymous,
-    /// With this bearer token.
-    Bearer(String),
-    /// With the pull's Basic credentials.
-    Basic,
+/// One host serving the repository.
+#[derive(Debug)]
+struct Endpoint {
+    http: reqwest::Client,
+    /// `host[:port]`, for messages.
+    host: String,
+    /// URL of the repository on this host, without a trailing slash.
+    base: String,
+    capabilities: Capabilities,
+    /// Extra headers from hosts.toml.
+    headers: HeaderMap,
+    /// Repository path, for the default token scope.
+    path: String,
+    /// The pull's credentials, if they belong to this host.
+    credentials: Option<RegistryAuth>,
+    /// What the next request authenticates with (`None`: nothing yet).
+    grant: Mutex<Option<Grant>>,
+    /// Where grants for this host are cached; `None` for a fixed registry token.
+    key: Option<GrantKey>,
+    /// Whether the host failed (unreachable, 5xx, TLS) during this pull.
+    failed: AtomicBool,
 }
 
 /// A manifest as served.
@@ -155,7 +253,8 @@ pub(crate) struct FetchedManifest {
 }
 
 impl Repository {
-    /// Fetches a manifest by tag or digest; `what` names it in errors.
+    /// Fetches a manifest by tag or digest; `what` names it in errors. Tags
+    /// are resolved only by hosts that may resolve.
     pub(crate) async fn manifest(
         &self,
         tag_or_digest: &str,
@@ -163,14 +262,26 @@ impl Repository {
         max: u64,
         what: &str,
     ) -> Result<FetchedManifest> {
-        let url = format!("{}/manifests/{tag_or_digest}", self.base);
-        let resp = self.get(&url, Some(accept), what).await?;
+        // Tags cannot contain ':'; digests always do.
+        let wanted = if tag_or_digest.contains(':') {
+            Capabilities::PULL
+        } else {
+            Capabilities::PULL.with(Capabilities::RESOLVE)
+        };
+        let (resp, host) = self
+            .get(
+                wanted,
+                &format!("manifests/{tag_or_digest}"),
+                Some(accept),
+                what,
+            )
+            .await?;
         let content_type = resp
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(String::from);
-        let bytes = read_capped(resp, max, what, &self.host).await?;
+        let bytes = read_capped(resp, max, what, host).await?;
         Ok(FetchedManifest {
             bytes,
             content_type,
@@ -179,38 +290,160 @@ impl Repository {
 
     /// Fetches a small blob (a config) whole, refusing more than `max` bytes.
     pub(crate) async fn blob_bytes(&self, digest: &str, max: u64, what: &str) -> Result<Vec<u8>> {
-        let resp = self.blob(digest, what).await?;
-        read_capped(resp, max, what, &self.host).await
+        let (resp, host) = self
+            .get(Capabilities::PULL, &format!("blobs/{digest}"), None, what)
+            .await?;
+        read_capped(resp, max, what, host).await
     }
 
     /// Starts fetching a blob; the caller streams the body with
     /// [`Response::chunk`] (mapping errors with [`Repository::body_error`]).
     pub(crate) async fn blob(&self, digest: &str, what: &str) -> Result<Response> {
-        let url = format!("{}/blobs/{digest}", self.base);
-        self.get(&url, None, what).await
+        let (resp, _) = self
+            .get(Capabilities::PULL, &format!("blobs/{digest}"), None, what)
+            .await?;
+        Ok(resp)
     }
 
     /// Maps an error from reading a response body.
     pub(crate) fn body_error(&self, e: reqwest::Error, what: &str) -> Error {
-        network_error(&self.host, what, e)
+        let host = self
+            .endpoints
+            .get(self.served.load(Ordering::Relaxed))
+            .map_or(self.domain.as_str(), |ep| ep.host.as_str());
+        network_error(host, what, e)
     }
 
-    async fn get(&self, url: &str, accept: Option<&str>, what: &str) -> Result<Response> {
+    /// GETs `suffix` under the repository from the first host with `wanted`
+    /// that serves it; returns the response and the host's name.
+    async fn get(
+        &self,
+        wanted: Capabilities,
+        suffix: &str,
+        accept: Option<&str>,
+        what: &str,
+    ) -> Result<(Response, &str)> {
+        let eligible = || {
+            self.endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, ep)| ep.capabilities.has(wanted))
+        };
+        let order: Vec<(usize, &Endpoint)> = eligible()
+            .filter(|(_, ep)| !ep.failed.load(Ordering::Relaxed))
+            .chain(eligible().filter(|(_, ep)| ep.failed.load(Ordering::Relaxed)))
+            .collect();
+        if order.is_empty() {
+            let source = self
+                .source
+                .as_ref()
+                .map_or_else(String::new, |s| format!(" in {}", s.display()));
+            let capability = if wanted.has(Capabilities::RESOLVE) {
+                "\"pull\" and \"resolve\" capabilities (needed to resolve a tag)"
+            } else {
+                "the \"pull\" capability"
+            };
+            return Err(Error::FailedPrecondition(format!(
+                "no host configured for registry {}{source} has {capability}; cannot fetch {what}",
+                self.domain
+            )));
+        }
+        let mut failures = Vec::new();
+        for (i, ep) in order {
+            let url = format!("{}/{suffix}", ep.base);
+            match ep.get(&self.grants, &url, accept, what).await {
+                Ok(resp) => {
+                    self.served.store(i, Ordering::Relaxed);
+                    return Ok((resp, ep.host.as_str()));
+                }
+                Err(e) => {
+                    if matches!(e, Error::Unavailable(_) | Error::FailedPrecondition(_)) {
+                        ep.failed.store(true, Ordering::Relaxed);
+                    }
+                    if self.endpoints.len() > 1 {
+                        tracing::info!(host = %ep.host, %url, error = %e, "registry host did not serve; trying the next");
+                    }
+                    failures.push((ep.host.as_str(), e));
+                }
+            }
+        }
+        Err(combine(failures))
+    }
+}
+
+/// One error for a request every host failed: the most telling one (refused
+/// credentials, then TLS and other failures, then "not found"), naming the
+/// others.
+fn combine(mut failures: Vec<(&str, Error)>) -> Error {
+    let rank = |e: &Error| match e {
+        Error::Unauthenticated(_) | Error::PermissionDenied(_) => 0,
+        Error::FailedPrecondition(_) => 1,
+        Error::NotFound(_) => 3,
+        _ => 2,
+    };
+    let Some(best) = (0..failures.len()).min_by_key(|&i| rank(&failures[i].1)) else {
+        return Error::internal("no registry host was tried");
+    };
+    let (_, primary) = failures.remove(best);
+    if failures.is_empty() {
+        return primary;
+    }
+    let others: Vec<String> = failures
+        .iter()
+        .map(|(host, e)| format!("{host}: {e}"))
+        .collect();
+    let suffix = format!(" (other hosts tried: {})", others.join("; "));
+    match primary {
+        Error::NotFound(m) => Error::NotFound(m + &suffix),
+        Error::InvalidArgument(m) => Error::InvalidArgument(m + &suffix),
+        Error::AlreadyExists(m) => Error::AlreadyExists(m + &suffix),
+        Error::FailedPrecondition(m) => Error::FailedPrecondition(m + &suffix),
+        Error::DeadlineExceeded(m) => Error::DeadlineExceeded(m + &suffix),
+        Error::Unimplemented(m) => Error::Unimplemented(m + &suffix),
+        Error::Unavailable(m) => Error::Unavailable(m + &suffix),
+        Error::PermissionDenied(m) => Error::PermissionDenied(m + &suffix),
+        Error::Unauthenticated(m) => Error::Unauthenticated(m + &suffix),
+        Error::Internal(e) => Error::Internal(e.context(suffix)),
+    }
+}
+
+impl Endpoint {
+    /// The grant to send: this pull's, else a cached one.
+    fn current_grant(&self, grants: &GrantCache) -> Option<Grant> {
+        let mut grant = self.grant.lock().unwrap_or_else(|e| e.into_inner());
+        if grant.is_none()
+            && let Some(key) = &self.key
+        {
+            *grant = grants.get(key);
+        }
+        grant.clone()
+    }
+
+    fn set_grant(&self, grant: Grant) {
+        *self.grant.lock().unwrap_or_else(|e| e.into_inner()) = Some(grant);
+    }
+
+    async fn get(
+        &self,
+        grants: &GrantCache,
+        url: &str,
+        accept: Option<&str>,
+        what: &str,
+    ) -> Result<Response> {
         let mut challenged = false;
         loop {
-            let mut req = self.http.get(url);
+            let mut req = self.http.get(url).headers(self.headers.clone());
             if let Some(accept) = accept {
                 req = req.header(ACCEPT, accept);
             }
-            let current = self
-                .authorization
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            match current {
-                AuthState::Anonymous => {}
-                AuthState::Bearer(token) => req = req.bearer_auth(token),
-                AuthState::Basic => req = self.auth.basic(req),
+            match self.current_grant(grants) {
+                None => {}
+                Some(Grant::Bearer(token)) => req = req.bearer_auth(token),
+                Some(Grant::Basic) => {
+                    if let Some(credentials) = &self.credentials {
+                        req = credentials.basic(req);
+                    }
+                }
             }
             let resp = req
                 .send()
@@ -218,10 +451,15 @@ impl Repository {
                 .map_err(|e| network_error(&self.host, what, e))?;
             if resp.status() == StatusCode::UNAUTHORIZED
                 && !challenged
-                && self.auth.registry_token.is_empty()
+                && let Some(key) = &self.key
             {
                 challenged = true;
-                if self.answer_challenge(resp.headers(), what).await? {
+                // Whatever was sent (a cached token, perhaps expired) is stale.
+                grants.forget(key);
+                if self
+                    .answer_challenge(grants, key, resp.headers(), what)
+                    .await?
+                {
                     continue;
                 }
                 return Err(status_error(resp, &self.host, what).await);
@@ -234,7 +472,13 @@ impl Repository {
     }
 
     /// Gets what a 401's challenge asks for; false if there is nothing to retry with.
-    async fn answer_challenge(&self, headers: &HeaderMap, what: &str) -> Result<bool> {
+    async fn answer_challenge(
+        &self,
+        grants: &GrantCache,
+        key: &GrantKey,
+        headers: &HeaderMap,
+        what: &str,
+    ) -> Result<bool> {
         let Some(challenge) = headers.get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()) else {
             return Ok(false);
         };
@@ -243,13 +487,14 @@ impl Repository {
         };
         match scheme.to_ascii_lowercase().as_str() {
             "bearer" => {
-                let token = self.fetch_token(&params, what).await?;
-                *self.authorization.lock().unwrap_or_else(|e| e.into_inner()) =
-                    AuthState::Bearer(token);
+                let (token, lifetime) = self.fetch_token(&params, what).await?;
+                self.set_grant(Grant::Bearer(token.clone()));
+                grants.put(key.clone(), Grant::Bearer(token), lifetime);
                 Ok(true)
             }
-            "basic" if self.auth.has_basic() => {
-                *self.authorization.lock().unwrap_or_else(|e| e.into_inner()) = AuthState::Basic;
+            "basic" if self.credentials.as_ref().is_some_and(|c| c.has_basic()) => {
+                self.set_grant(Grant::Basic);
+                grants.put_basic(key.clone());
                 Ok(true)
             }
             _ => Ok(false),
@@ -257,8 +502,13 @@ impl Repository {
     }
 
     /// The Docker token flow: GET the realm (with Basic credentials if any),
-    /// or POST a refresh token to it.
-    async fn fetch_token(&self, params: &[(String, String)], what: &str) -> Result<String> {
+    /// or POST a refresh token to it. Returns the token and how long it may
+    /// be reused.
+    async fn fetch_token(
+        &self,
+        params: &[(String, String)],
+        what: &str,
+    ) -> Result<(String, std::time::Duration)> {
         let param = |k: &str| {
             params
                 .iter()
@@ -275,10 +525,12 @@ impl Repository {
         let default_scope = format!("repository:{}:pull", self.path);
         let scope = param("scope").unwrap_or(&default_scope);
         let token_what = format!("a pull token for {what} from {realm}");
-        let req = if !self.auth.identity_token.is_empty() {
+        let anonymous = RegistryAuth::default();
+        let auth = self.credentials.as_ref().unwrap_or(&anonymous);
+        let req = if !auth.identity_token.is_empty() {
             self.http.post(realm).form(&[
                 ("grant_type", "refresh_token"),
-                ("refresh_token", self.auth.identity_token.as_str()),
+                ("refresh_token", auth.identity_token.as_str()),
                 ("service", service),
                 ("scope", scope),
                 ("client_id", "crust"),
@@ -288,17 +540,18 @@ impl Repository {
             if !service.is_empty() {
                 query.push(("service", service));
             }
-            if !self.auth.username.is_empty() {
-                query.push(("account", self.auth.username.as_str()));
+            if !auth.username.is_empty() {
+                query.push(("account", auth.username.as_str()));
             }
             let req = self.http.get(realm).query(&query);
-            if self.auth.has_basic() {
-                self.auth.basic(req)
+            if auth.has_basic() {
+                auth.basic(req)
             } else {
                 req
             }
         };
         let resp = req
+            .headers(self.headers.clone())
             .send()
             .await
             .map_err(|e| network_error(&self.host, &token_what, e))?;
@@ -312,6 +565,10 @@ impl Repository {
             token: String,
             #[serde(default)]
             access_token: String,
+            #[serde(default)]
+            expires_in: Option<u64>,
+            #[serde(default)]
+            issued_at: Option<String>,
         }
         let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             Error::Unavailable(format!(
@@ -319,6 +576,11 @@ impl Repository {
                 self.host
             ))
         })?;
+        let lifetime = token_lifetime(
+            parsed.expires_in,
+            parsed.issued_at.as_deref(),
+            std::time::SystemTime::now(),
+        );
         let token = if parsed.token.is_empty() {
             parsed.access_token
         } else {
@@ -330,7 +592,7 @@ impl Repository {
                 self.host
             )));
         }
-        Ok(token)
+        Ok((token, lifetime))
     }
 }
 
@@ -414,6 +676,20 @@ fn network_error(host: &str, what: &str, e: reqwest::Error) -> Error {
     if e.is_timeout() {
         msg.push_str(" (timed out)");
     }
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("certificate") {
+        // Not transient: one side does not accept the other's certificate.
+        msg.push_str(if lower.contains("invalid peer certificate") {
+            " (the registry's TLS certificate is not trusted: add its CA with `ca`, or set \
+             `skip_verify = true`, in its hosts.toml under the image config_path)"
+        } else if lower.contains("fatal alert") {
+            " (the registry refused the node's TLS client certificate, or the lack of one: \
+             set `client` in its hosts.toml under the image config_path)"
+        } else {
+            " (check the TLS certificate settings in its hosts.toml under the image config_path)"
+        });
+        return Error::FailedPrecondition(msg);
+    }
     Error::Unavailable(msg)
 }
 
@@ -481,79 +757,3 @@ async fn status_error(resp: Response, host: &str, what: &str) -> Error {
 
 #[cfg(test)]
 mod tests;
-
-#[cfg(test)]
-mod unit_tests {
-    use super::*;
-
-    #[test]
-    fn loopback_hosts_use_http() {
-        for h in [
-            "localhost",
-            "localhost:5000",
-            "127.0.0.1:5000",
-            "127.1.2.3",
-            "[::1]:5000",
-            "[::1]",
-        ] {
-            assert!(is_loopback(h), "{h}");
-        }
-        for h in [
-            "registry-1.docker.io",
-            "10.0.0.1:5000",
-            "quay.io",
-            "[fe80::1]:5000",
-            "localhost.example.com",
-        ] {
-            assert!(!is_loopback(h), "{h}");
-        }
-    }
-
-    #[test]
-    fn repository_urls() {
-        let c = RegistryClient::new().unwrap();
-        let auth = RegistryAuth::default();
-        let r = c.repository(&Reference::parse("busybox").unwrap(), &auth);
-        assert_eq!(r.base, "https://registry-1.docker.io/v2/library/busybox");
-        let r = c.repository(&Reference::parse("127.0.0.1:5000/a/b:1").unwrap(), &auth);
-        assert_eq!(r.base, "http://127.0.0.1:5000/v2/a/b");
-        let r = c.repository(&Reference::parse("quay.io/x/y").unwrap(), &auth);
-        assert_eq!(r.base, "https://quay.io/v2/x/y");
-    }
-
-    #[test]
-    fn parses_challenges() {
-        let (scheme, params) = parse_challenge(
-            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
-        )
-        .unwrap();
-        assert_eq!(scheme, "Bearer");
-        assert_eq!(
-            params,
-            vec![
-                ("realm".into(), "https://auth.docker.io/token".into()),
-                ("service".into(), "registry.docker.io".into()),
-                ("scope".into(), "repository:library/busybox:pull".into()),
-            ]
-        );
-        let (scheme, params) = parse_challenge(r#"Basic realm="Registry Realm""#).unwrap();
-        assert_eq!(scheme, "Basic");
-        assert_eq!(params, vec![("realm".into(), "Registry Realm".into())]);
-        let (_, params) =
-            parse_challenge(r#"Bearer realm=x, error="insufficient_scope", scope="a:b:pull,push""#)
-                .unwrap();
-        assert_eq!(params[2], ("scope".into(), "a:b:pull,push".into()));
-    }
-
-    #[test]
-    fn registry_error_messages() {
-        let body =
-            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
-        assert_eq!(registry_message(body).unwrap(), "manifest unknown");
-        assert_eq!(
-            registry_message(br#"{"errors":[{"code":"DENIED"}]}"#).unwrap(),
-            "denied"
-        );
-        assert!(registry_message(b"<html>").is_none());
-    }
-}

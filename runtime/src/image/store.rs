@@ -199,13 +199,14 @@ impl ImageStore {
         }
         state.leases = meta.load_leases()?.into_iter().collect();
 
+        let registry = RegistryClient::new(&options)?;
         let store = ImageStore {
             inner: Arc::new(Inner {
                 root,
                 options,
                 content,
                 snapshots,
-                registry: RegistryClient::new()?,
+                registry,
                 locks: KeyedLocks::default(),
                 meta,
                 state: Mutex::new(state),

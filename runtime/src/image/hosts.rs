@@ -1,0 +1,500 @@
+//! Registry host configuration in containerd's `certs.d` layout: which hosts
+//! serve a registry's images, in which order, with which TLS settings.
+//!
+//! For an image on registry `<host>` (with port, e.g. `127.0.0.1:5000`;
+//! `docker.io` for Docker Hub) the first directory that exists of
+//! `<config_path>/<host-with-port-as-_port_>` (containerd's spelling for
+//! `host:port`), `<config_path>/<host>` and `<config_path>/_default` holds the
+//! configuration. Its `hosts.toml`:
+//!
+//! ```toml
+//! server = "https://registry-1.docker.io"   # the upstream, tried last
+//! ca = "upstream-ca.pem"                     # top-level keys apply to `server`
+//!
+//! [host."https://mirror.example.com"]        # mirrors, tried in file order
+//!   capabilities = ["pull", "resolve"]       # default: pull, resolve, push
+//!   ca = ["ca.pem", "/etc/ssl/other.pem"]    # relative to the directory
+//!   skip_verify = false
+//!   client = [["client.pem", "client.key"]]
+//!   override_path = false                    # true: the URL path is the API root
+//!   [host."https://mirror.example.com".header]
+//!     x-custom = "value"
+//! ```
+//!
+//! Only hosts with `pull` serve manifests by digest and blobs; a tag is
+//! resolved only by hosts with both `pull` and `resolve`. A directory without
+//! `hosts.toml` is read the way Docker reads `certs.d`: `*.crt` are CA
+//! bundles and `*.cert` (with a `*.key` beside it) client certificates for
+//! the upstream. Without any directory the upstream alone is used: plain HTTP
+//! for loopback registries (unless TLS settings are given for them), HTTPS
+//! otherwise.
+
+use std::path::{Path, PathBuf};
+
+use toml::{Table, Value};
+
+use super::reference::DEFAULT_DOMAIN;
+use crate::{Error, Result};
+
+/// Host that serves the `docker.io` registry API.
+pub(crate) const DOCKER_HUB_HOST: &str = "registry-1.docker.io";
+/// The file in a host directory that configures it.
+const HOSTS_FILE: &str = "hosts.toml";
+/// The directory used for registries that have none of their own.
+const DEFAULT_DIR: &str = "_default";
+
+/// What a host may be asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Capabilities(u8);
+
+impl Capabilities {
+    /// Fetching manifests by digest and blobs.
+    pub(crate) const PULL: Capabilities = Capabilities(1);
+    /// Resolving tags to digests.
+    pub(crate) const RESOLVE: Capabilities = Capabilities(2);
+    /// Pushing (never used by crust; accepted for containerd's files).
+    pub(crate) const PUSH: Capabilities = Capabilities(4);
+    /// All of them, the default.
+    pub(crate) const ALL: Capabilities = Capabilities(7);
+
+    /// Both sets together.
+    pub(crate) const fn with(self, other: Capabilities) -> Capabilities {
+        Capabilities(self.0 | other.0)
+    }
+
+    /// Whether every capability of `wanted` is in `self`.
+    pub(crate) fn has(self, wanted: Capabilities) -> bool {
+        self.0 & wanted.0 == wanted.0
+    }
+}
+
+/// TLS settings of one host; hosts with equal settings share an HTTP client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct TlsSettings {
+    /// Extra CA bundles trusted besides the system roots.
+    pub(crate) ca: Vec<PathBuf>,
+    /// Accept any server certificate.
+    pub(crate) skip_verify: bool,
+    /// Client certificate and key files; an empty key means the certificate
+    /// file holds the key too. Only the first pair is presented.
+    pub(crate) client: Vec<(PathBuf, Option<PathBuf>)>,
+}
+
+/// One host to fetch from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RegistryHost {
+    /// `http` or `https`.
+    pub(crate) scheme: String,
+    /// `host[:port]`.
+    pub(crate) host: String,
+    /// The API root path, `/v2` unless `override_path` said otherwise; no
+    /// trailing slash (empty for the root).
+    pub(crate) path: String,
+    /// What the host may be asked for.
+    pub(crate) capabilities: Capabilities,
+    /// TLS settings.
+    pub(crate) tls: TlsSettings,
+    /// Extra headers sent with every request.
+    pub(crate) headers: Vec<(String, String)>,
+    /// Whether this is the registry's own server rather than a mirror.
+    pub(crate) upstream: bool,
+}
+
+impl RegistryHost {
+    /// `scheme://host`.
+    pub(crate) fn origin(&self) -> String {
+        format!("{}://{}", self.scheme, self.host)
+    }
+
+    /// The base URL of `repository` on this host: API root plus the
+    /// repository path the image has on its own registry.
+    pub(crate) fn repository_url(&self, repository: &str) -> String {
+        let mut url = self.origin();
+        for part in self.path.split('/').chain(repository.split('/')) {
+            if !part.is_empty() {
+                url.push('/');
+                url.push_str(part);
+            }
+        }
+        url
+    }
+}
+
+/// The hosts configured for one registry, mirrors first, upstream last.
+#[derive(Clone, Debug)]
+pub(crate) struct RegistryHosts {
+    /// In the order they are tried.
+    pub(crate) hosts: Vec<RegistryHost>,
+    /// The file (or Docker-style directory) they come from, if any.
+    pub(crate) source: Option<PathBuf>,
+}
+
+/// Reads the host configuration of registry `domain` (as in image
+/// references: `docker.io`, `127.0.0.1:5000`) under `config_path`.
+pub(crate) fn load(config_path: &Path, domain: &str) -> Result<RegistryHosts> {
+    let Some(dir) = host_dir(config_path, domain)? else {
+        return Ok(RegistryHosts {
+            hosts: vec![default_upstream(domain, TlsSettings::default())],
+            source: None,
+        });
+    };
+    let file = dir.join(HOSTS_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) => {
+            let hosts = parse(&text, &dir, domain).map_err(|why| {
+                Error::FailedPrecondition(format!(
+                    "registry host configuration {} is invalid: {why}",
+                    file.display()
+                ))
+            })?;
+            Ok(RegistryHosts {
+                hosts,
+                source: Some(file),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RegistryHosts {
+            hosts: vec![default_upstream(domain, docker_cert_files(&dir)?)],
+            source: Some(dir),
+        }),
+        Err(e) => Err(Error::FailedPrecondition(format!(
+            "reading registry host configuration {}: {e}",
+            file.display()
+        ))),
+    }
+}
+
+/// The first of containerd's candidate directories for `domain` that exists.
+fn host_dir(config_path: &Path, domain: &str) -> Result<Option<PathBuf>> {
+    if domain.is_empty() || domain.contains('/') || domain.starts_with('.') {
+        return Err(Error::invalid(format!(
+            "registry host {domain:?} cannot name a configuration directory"
+        )));
+    }
+    let mut candidates = Vec::with_capacity(3);
+    if let Some((host, port)) = domain.rsplit_once(':')
+        && !host.is_empty()
+        && !port.contains(']')
+    {
+        candidates.push(config_path.join(format!("{host}_{port}_")));
+    }
+    candidates.push(config_path.join(domain));
+    candidates.push(config_path.join(DEFAULT_DIR));
+    for dir in candidates {
+        match std::fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => return Ok(Some(dir)),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "reading registry host configuration {}: {e}",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The registry's own server when no configuration names one: HTTPS, but
+/// plain HTTP for a loopback registry unless TLS settings were given for it.
+fn default_upstream(domain: &str, tls: TlsSettings) -> RegistryHost {
+    let (scheme, host) = if domain == DEFAULT_DOMAIN {
+        ("https", DOCKER_HUB_HOST)
+    } else if is_loopback(domain) && tls == TlsSettings::default() {
+        ("http", domain)
+    } else {
+        ("https", domain)
+    };
+    RegistryHost {
+        scheme: scheme.to_string(),
+        host: host.to_string(),
+        path: "/v2".to_string(),
+        capabilities: Capabilities::ALL,
+        tls,
+        headers: Vec::new(),
+        upstream: true,
+    }
+}
+
+/// Docker's `certs.d` layout: `*.crt` CA bundles, `*.cert` client
+/// certificates with an optional `*.key` beside them.
+fn docker_cert_files(dir: &Path) -> Result<TlsSettings> {
+    let read_err = |e: std::io::Error| {
+        Error::FailedPrecondition(format!(
+            "reading registry certificates in {}: {e}",
+            dir.display()
+        ))
+    };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(read_err)?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_type().is_ok_and(|t| !t.is_dir()))
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    let mut tls = TlsSettings::default();
+    for name in names {
+        if name.ends_with(".crt") {
+            tls.ca.push(dir.join(&name));
+        } else if let Some(stem) = name.strip_suffix(".cert") {
+            let key = dir.join(format!("{stem}.key"));
+            let key = key.exists().then_some(key);
+            tls.client.push((dir.join(&name), key));
+        }
+    }
+    Ok(tls)
+}
+
+/// Whether `host[:port]` is a loopback address or `localhost`.
+pub(crate) fn is_loopback(host_port: &str) -> bool {
+    let host = if let Some(rest) = host_port.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host_port.split(':').next().unwrap_or("")
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => a.is_loopback(),
+        Ok(std::net::IpAddr::V6(a)) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// Parses a `hosts.toml` of directory `dir` for registry `domain`.
+fn parse(text: &str, dir: &Path, domain: &str) -> std::result::Result<Vec<RegistryHost>, String> {
+    let table: Table = text.parse().map_err(|e: toml::de::Error| {
+        let reason = e.message().trim_end_matches('.');
+        match e.span() {
+            Some(span) => {
+                let before = text.get(..span.start).unwrap_or(text);
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("line {line}, column {column}: {reason}")
+            }
+            None => reason.to_string(),
+        }
+    })?;
+    let mut hosts = Vec::new();
+    if let Some(mirrors) = table.get("host") {
+        let mirrors = mirrors
+            .as_table()
+            .ok_or("`host` must be a table of `[host.\"<url>\"]` tables")?;
+        for (url, value) in mirrors {
+            let fields = value
+                .as_table()
+                .ok_or_else(|| format!("`host.{url:?}` must be a table"))?;
+            let what = format!("[host.{url:?}]");
+            hosts.push(host_from(url, fields, dir, &what, false)?);
+        }
+    }
+    let upstream = match table.get("server") {
+        Some(Value::String(server)) if !server.is_empty() => {
+            host_from(server, &table, dir, "the top level", true)?
+        }
+        Some(Value::String(_)) | None => {
+            // containerd keeps the top-level TLS settings and headers for the
+            // default server but gives it every capability.
+            let fields = fields_of(&table, dir, "the top level")?;
+            let mut host = default_upstream(domain, fields.tls);
+            host.headers = fields.headers;
+            host
+        }
+        Some(_) => return Err("`server` must be a string".into()),
+    };
+    hosts.push(upstream);
+    for (key, _) in table.iter() {
+        if !matches!(key.as_str(), "server" | "host") && !FIELDS.contains(&key.as_str()) {
+            tracing::warn!(key = %key, "ignoring an unknown key in a registry hosts.toml");
+        }
+    }
+    Ok(hosts)
+}
+
+/// Keys of a host's settings.
+const FIELDS: &[&str] = &[
+    "capabilities",
+    "ca",
+    "client",
+    "skip_verify",
+    "header",
+    "override_path",
+    "dial_timeout",
+];
+
+/// A host's settings other than its URL.
+struct Fields {
+    capabilities: Capabilities,
+    tls: TlsSettings,
+    headers: Vec<(String, String)>,
+    override_path: bool,
+}
+
+/// A host from its URL (`server` or a `[host]` key) and settings.
+fn host_from(
+    url: &str,
+    fields: &Table,
+    dir: &Path,
+    what: &str,
+    upstream: bool,
+) -> std::result::Result<RegistryHost, String> {
+    let f = fields_of(fields, dir, what)?;
+    let full = if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("https://{url}")
+    };
+    let parsed =
+        reqwest::Url::parse(&full).map_err(|e| format!("{what}: bad host URL {url:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("{what}: host URL {url:?} must be http or https"));
+    }
+    let name = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("{what}: host URL {url:?} names no host"))?;
+    let host = match parsed.port() {
+        Some(port) => format!("{name}:{port}"),
+        None => name.to_string(),
+    };
+    let mut path = parsed.path().trim_end_matches('/').to_string();
+    if !f.override_path && !path.ends_with("/v2") {
+        path.push_str("/v2");
+    }
+    Ok(RegistryHost {
+        scheme: parsed.scheme().to_string(),
+        host,
+        path,
+        capabilities: f.capabilities,
+        tls: f.tls,
+        headers: f.headers,
+        upstream,
+    })
+}
+
+fn fields_of(t: &Table, dir: &Path, what: &str) -> std::result::Result<Fields, String> {
+    let capabilities = match t.get("capabilities") {
+        None => Capabilities::ALL,
+        Some(v) => {
+            let names = strings(v, what, "capabilities")?;
+            if names.is_empty() {
+                Capabilities::ALL
+            } else {
+                let mut caps = Capabilities(0);
+                for name in names {
+                    caps = caps.with(match name.to_ascii_lowercase().as_str() {
+                        "pull" => Capabilities::PULL,
+                        "resolve" => Capabilities::RESOLVE,
+                        "push" => Capabilities::PUSH,
+                        _ => {
+                            return Err(format!(
+                                "{what}: unknown capability {name:?} (known: pull, resolve, push)"
+                            ));
+                        }
+                    });
+                }
+                caps
+            }
+        }
+    };
+    let path_of = |p: &str| {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        }
+    };
+    let ca = match t.get("ca") {
+        None => Vec::new(),
+        Some(v) => strings(v, what, "ca")?.iter().map(|p| path_of(p)).collect(),
+    };
+    let client = match t.get("client") {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![(path_of(s), None)],
+        Some(Value::Array(items)) => {
+            let mut pairs = Vec::new();
+            for item in items {
+                match item {
+                    Value::String(s) => pairs.push((path_of(s), None)),
+                    Value::Array(pair) => match pair.as_slice() {
+                        [Value::String(cert), Value::String(key)] => {
+                            pairs.push((path_of(cert), Some(path_of(key))))
+                        }
+                        _ => {
+                            return Err(format!(
+                                "{what}: a `client` pair must be [\"cert\", \"key\"]"
+                            ));
+                        }
+                    },
+                    _ => return Err(format!("{what}: `client` entries must be strings or pairs")),
+                }
+            }
+            pairs
+        }
+        Some(_) => {
+            return Err(format!(
+                "{what}: `client` must be a path, a list of paths, or a list of [cert, key] pairs"
+            ));
+        }
+    };
+    let skip_verify = match t.get("skip_verify") {
+        None => false,
+        Some(Value::Boolean(b)) => *b,
+        Some(_) => return Err(format!("{what}: `skip_verify` must be true or false")),
+    };
+    let override_path = match t.get("override_path") {
+        None => false,
+        Some(Value::Boolean(b)) => *b,
+        Some(_) => return Err(format!("{what}: `override_path` must be true or false")),
+    };
+    let mut headers = Vec::new();
+    match t.get("header") {
+        None => {}
+        Some(Value::Table(h)) => {
+            for (name, value) in h {
+                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err(format!("{what}: {name:?} is not a valid header name"));
+                }
+                for v in strings(value, what, &format!("header {name}"))? {
+                    if reqwest::header::HeaderValue::from_str(&v).is_err() {
+                        return Err(format!(
+                            "{what}: the value of header {name} is not a valid header value"
+                        ));
+                    }
+                    headers.push((name.clone(), v));
+                }
+            }
+        }
+        Some(_) => return Err(format!("{what}: `header` must be a table")),
+    }
+    Ok(Fields {
+        capabilities,
+        tls: TlsSettings {
+            ca,
+            skip_verify,
+            client,
+        },
+        headers,
+        override_path,
+    })
+}
+
+/// A string or a list of strings.
+fn strings(v: &Value, what: &str, key: &str) -> std::result::Result<Vec<String>, String> {
+    let bad = || format!("{what}: `{key}` must be a string or a list of strings");
+    match v {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map(String::from).ok_or_else(bad))
+            .collect(),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

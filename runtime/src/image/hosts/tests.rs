@@ -1,0 +1,378 @@
+//! hosts.toml parsing (containerd's documented examples), directory lookup,
+//! ordering, capabilities and URL building.
+
+use super::*;
+
+/// A config directory removed when dropped.
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config_dir(tag: &str) -> Dir {
+    let dir = std::env::temp_dir().join(format!("crust-hosts-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Dir(dir)
+}
+
+fn write(root: &Path, host: &str, file: &str, text: &str) {
+    let dir = root.join(host);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(file), text).unwrap();
+}
+
+fn urls(hosts: &RegistryHosts, repository: &str) -> Vec<String> {
+    hosts
+        .hosts
+        .iter()
+        .map(|h| h.repository_url(repository))
+        .collect()
+}
+
+#[test]
+fn containerd_docker_io_example() {
+    let root = config_dir("dockerio");
+    write(
+        &root.0,
+        "docker.io",
+        "hosts.toml",
+        r#"
+server = "https://registry-1.docker.io"    # Exclude this to not use upstream
+
+[host."https://public-mirror.example.com"]
+  capabilities = ["pull"]                   # Requires less trust, won't resolve tag to digest from this host
+[host."https://docker-mirror.internal"]
+  capabilities = ["pull", "resolve"]
+  ca = "docker-mirror.crt"                  # Or absolute path /etc/containerd/certs.d/docker.io/docker-mirror.crt
+"#,
+    );
+    let hosts = load(&root.0, "docker.io").unwrap();
+    assert_eq!(
+        hosts.source.as_deref(),
+        Some(root.0.join("docker.io/hosts.toml").as_path())
+    );
+    assert_eq!(
+        urls(&hosts, "library/busybox"),
+        [
+            "https://public-mirror.example.com/v2/library/busybox",
+            "https://docker-mirror.internal/v2/library/busybox",
+            "https://registry-1.docker.io/v2/library/busybox",
+        ]
+    );
+    let h = &hosts.hosts;
+    assert!(h[0].capabilities.has(Capabilities::PULL));
+    assert!(!h[0].capabilities.has(Capabilities::RESOLVE));
+    assert!(
+        h[1].capabilities
+            .has(Capabilities::PULL.with(Capabilities::RESOLVE))
+    );
+    assert!(!h[1].capabilities.has(Capabilities::PUSH));
+    assert_eq!(h[1].tls.ca, [root.0.join("docker.io/docker-mirror.crt")]);
+    assert_eq!(h[2].capabilities, Capabilities::ALL);
+    assert!(h[2].upstream && !h[0].upstream && !h[1].upstream);
+}
+
+#[test]
+fn containerd_tls_and_header_examples() {
+    let root = config_dir("tls");
+    write(
+        &root.0,
+        "192.168.31.250:5000",
+        "hosts.toml",
+        r#"
+server = "https://registry.example.com"
+ca = "/etc/certs/upstream.pem"
+
+[host."https://192.168.31.250:5000"]
+  capabilities = ["pull", "resolve", "push"]
+  skip_verify = true
+  client = [["/etc/certs/client.cert", "client.key"], "both.pem"]
+  [host."https://192.168.31.250:5000".header]
+    x-custom-1 = "custom header"
+    x-custom-2 = ["a", "b"]
+"#,
+    );
+    let hosts = load(&root.0, "192.168.31.250:5000").unwrap();
+    let dir = root.0.join("192.168.31.250:5000");
+    let mirror = &hosts.hosts[0];
+    assert_eq!(mirror.host, "192.168.31.250:5000");
+    assert!(mirror.tls.skip_verify);
+    assert_eq!(
+        mirror.tls.client,
+        [
+            (
+                PathBuf::from("/etc/certs/client.cert"),
+                Some(dir.join("client.key"))
+            ),
+            (dir.join("both.pem"), None),
+        ]
+    );
+    assert_eq!(
+        mirror.headers,
+        [
+            ("x-custom-1".to_string(), "custom header".to_string()),
+            ("x-custom-2".to_string(), "a".to_string()),
+            ("x-custom-2".to_string(), "b".to_string()),
+        ]
+    );
+    let upstream = &hosts.hosts[1];
+    assert_eq!(upstream.origin(), "https://registry.example.com");
+    assert_eq!(upstream.tls.ca, [PathBuf::from("/etc/certs/upstream.pem")]);
+    assert!(!upstream.tls.skip_verify);
+}
+
+#[test]
+fn mirrors_keep_file_order_not_alphabetical() {
+    let root = config_dir("order");
+    write(
+        &root.0,
+        "registry.k8s.io",
+        "hosts.toml",
+        r#"
+[host."http://zeta.local:5000"]
+[host."http://alpha.local:5000"]
+  capabilities = ["pull"]
+[host."http://mid.local"]
+"#,
+    );
+    let hosts = load(&root.0, "registry.k8s.io").unwrap();
+    assert_eq!(
+        urls(&hosts, "pause"),
+        [
+            "http://zeta.local:5000/v2/pause",
+            "http://alpha.local:5000/v2/pause",
+            "http://mid.local/v2/pause",
+            "https://registry.k8s.io/v2/pause",
+        ]
+    );
+}
+
+#[test]
+fn a_mirror_keeps_the_image_path() {
+    let root = config_dir("path");
+    write(
+        &root.0,
+        "registry.k8s.io",
+        "hosts.toml",
+        "[host.\"http://127.0.0.1:5000\"]\ncapabilities = [\"pull\", \"resolve\"]\n",
+    );
+    let hosts = load(&root.0, "registry.k8s.io").unwrap();
+    assert_eq!(
+        format!("{}/manifests/3.10", hosts.hosts[0].repository_url("pause")),
+        "http://127.0.0.1:5000/v2/pause/manifests/3.10"
+    );
+}
+
+#[test]
+fn server_paths_and_override_path() {
+    let root = config_dir("override");
+    write(
+        &root.0,
+        "docker.io",
+        "hosts.toml",
+        r#"
+server = "registry-1.docker.io"
+[host."https://a.example/"]
+[host."https://b.example/v2/"]
+[host."https://c.example/prefix"]
+[host."https://d.example/api/v2/library"]
+  override_path = true
+[host."https://e.example"]
+  override_path = true
+"#,
+    );
+    let hosts = load(&root.0, "docker.io").unwrap();
+    assert_eq!(
+        urls(&hosts, "library/busybox"),
+        [
+            "https://a.example/v2/library/busybox",
+            "https://b.example/v2/library/busybox",
+            "https://c.example/prefix/v2/library/busybox",
+            "https://d.example/api/v2/library/library/busybox",
+            "https://e.example/library/busybox",
+            "https://registry-1.docker.io/v2/library/busybox",
+        ]
+    );
+}
+
+#[test]
+fn default_upstreams() {
+    let root = config_dir("defaults");
+    for (domain, want) in [
+        ("docker.io", "https://registry-1.docker.io/v2/r"),
+        ("quay.io", "https://quay.io/v2/r"),
+        ("127.0.0.1:5000", "http://127.0.0.1:5000/v2/r"),
+        ("localhost:5000", "http://localhost:5000/v2/r"),
+        ("[::1]:5000", "http://[::1]:5000/v2/r"),
+    ] {
+        let hosts = load(&root.0, domain).unwrap();
+        assert_eq!(hosts.source, None);
+        assert_eq!(urls(&hosts, "r"), [want], "{domain}");
+        assert_eq!(hosts.hosts[0].capabilities, Capabilities::ALL);
+    }
+    // Without `server`, the upstream is still tried last, with every
+    // capability and the top-level TLS settings.
+    write(
+        &root.0,
+        "quay.io",
+        "hosts.toml",
+        "capabilities = [\"pull\"]\nskip_verify = true\n[host.\"https://m.example\"]\n",
+    );
+    let hosts = load(&root.0, "quay.io").unwrap();
+    assert_eq!(
+        urls(&hosts, "r"),
+        ["https://m.example/v2/r", "https://quay.io/v2/r"]
+    );
+    assert_eq!(hosts.hosts[1].capabilities, Capabilities::ALL);
+    assert!(hosts.hosts[1].tls.skip_verify);
+    // A loopback registry with TLS settings is spoken to over HTTPS.
+    write(&root.0, "127.0.0.1:5000", "hosts.toml", "ca = \"ca.pem\"\n");
+    assert_eq!(
+        urls(&load(&root.0, "127.0.0.1:5000").unwrap(), "r"),
+        ["https://127.0.0.1:5000/v2/r"]
+    );
+    write(&root.0, "127.0.0.1:5001", "ca.crt", "x");
+    assert_eq!(
+        urls(&load(&root.0, "127.0.0.1:5001").unwrap(), "r"),
+        ["https://127.0.0.1:5001/v2/r"]
+    );
+}
+
+#[test]
+fn directory_lookup_order() {
+    let root = config_dir("lookup");
+    write(
+        &root.0,
+        "_default",
+        "hosts.toml",
+        "[host.\"http://default-mirror\"]\n",
+    );
+    let hosts = load(&root.0, "quay.io").unwrap();
+    assert_eq!(
+        urls(&hosts, "r"),
+        ["http://default-mirror/v2/r", "https://quay.io/v2/r"]
+    );
+    // A registry's own directory wins over _default.
+    write(&root.0, "quay.io", "hosts.toml", "[host.\"http://own\"]\n");
+    assert_eq!(
+        urls(&load(&root.0, "quay.io").unwrap(), "r"),
+        ["http://own/v2/r", "https://quay.io/v2/r"]
+    );
+    // host:port also as containerd's host_port_ spelling, which comes first.
+    write(
+        &root.0,
+        "h.local:5000",
+        "hosts.toml",
+        "[host.\"http://colon\"]\n",
+    );
+    assert_eq!(
+        urls(&load(&root.0, "h.local:5000").unwrap(), "r")[0],
+        "http://colon/v2/r"
+    );
+    write(
+        &root.0,
+        "h.local_5000_",
+        "hosts.toml",
+        "[host.\"http://underscore\"]\n",
+    );
+    assert_eq!(
+        urls(&load(&root.0, "h.local:5000").unwrap(), "r")[0],
+        "http://underscore/v2/r"
+    );
+}
+
+#[test]
+fn docker_certs_d_layout_without_hosts_toml() {
+    let root = config_dir("certsd");
+    write(&root.0, "reg.example:5000", "ca.crt", "x");
+    write(&root.0, "reg.example:5000", "client.cert", "x");
+    write(&root.0, "reg.example:5000", "client.key", "x");
+    write(&root.0, "reg.example:5000", "alone.cert", "x");
+    let dir = root.0.join("reg.example:5000");
+    let hosts = load(&root.0, "reg.example:5000").unwrap();
+    assert_eq!(hosts.hosts.len(), 1);
+    let h = &hosts.hosts[0];
+    assert_eq!(h.origin(), "https://reg.example:5000");
+    assert_eq!(h.tls.ca, [dir.join("ca.crt")]);
+    assert_eq!(
+        h.tls.client,
+        [
+            (dir.join("alone.cert"), None),
+            (dir.join("client.cert"), Some(dir.join("client.key"))),
+        ]
+    );
+}
+
+#[test]
+fn malformed_files_name_themselves() {
+    let root = config_dir("bad");
+    for (text, says) in [
+        ("server = ", "line 1, column 10: "),
+        ("\n[host.\"http://m\"]\nca = [\"a\", \n", "line 3, column"),
+        ("server = 5", "`server` must be a string"),
+        (
+            "[host.\"http://m\"]\ncapabilities = [\"pull\", \"fly\"]\n",
+            "unknown capability \"fly\"",
+        ),
+        ("[host.\"http://m\"]\nca = 3\n", "`ca` must be a string"),
+        (
+            "[host.\"http://m\"]\nskip_verify = \"yes\"\n",
+            "`skip_verify` must be true or false",
+        ),
+        ("[host.\"ftp://m\"]\n", "must be http or https"),
+        ("host = 1\n", "`host` must be a table"),
+        (
+            "[host.\"http://m\"]\nclient = [[\"a\"]]\n",
+            "a `client` pair must be",
+        ),
+        (
+            "[host.\"http://m\".header]\nx = 1\n",
+            "`header x` must be a string",
+        ),
+    ] {
+        write(&root.0, "quay.io", "hosts.toml", text);
+        match load(&root.0, "quay.io") {
+            Err(Error::FailedPrecondition(m)) => {
+                assert!(m.contains("quay.io/hosts.toml"), "{m}");
+                assert!(m.contains(says), "{text:?}: {m}");
+            }
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn capability_sets() {
+    let pr = Capabilities::PULL.with(Capabilities::RESOLVE);
+    assert!(Capabilities::ALL.has(pr));
+    assert!(pr.has(Capabilities::PULL));
+    assert!(!Capabilities::PULL.has(pr));
+    assert!(!Capabilities::RESOLVE.has(Capabilities::PULL));
+}
+
+#[test]
+fn loopback_hosts() {
+    for h in [
+        "localhost",
+        "localhost:5000",
+        "127.0.0.1:5000",
+        "127.1.2.3",
+        "[::1]:5000",
+        "[::1]",
+    ] {
+        assert!(is_loopback(h), "{h}");
+    }
+    for h in [
+        "registry-1.docker.io",
+        "10.0.0.1:5000",
+        "quay.io",
+        "[fe80::1]:5000",
+        "localhost.example.com",
+    ] {
+        assert!(!is_loopback(h), "{h}");
+    }
+}
