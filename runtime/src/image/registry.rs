@@ -177,22 +177,11 @@ impl Repository {
         })
     }
 
-    /// Fetches a small blob (a config) whole, refusing more than `max` bytes.
-    pub(crate) async fn blob_bytes(&self, digest: &str, max: u64, what: &str) -> Result<Vec<u8>> {
-        let resp = self.blob(digest, what).await?;
-        read_capped(resp, max, what, &self.host).await
-    }
-
     /// Starts fetching a blob; the caller streams the body with
-    /// [`Response::chunk`] (mapping errors with [`Repository::body_error`]).
+    /// [`Response::chunk`].
     pub(crate) async fn blob(&self, digest: &str, what: &str) -> Result<Response> {
         let url = format!("{}/blobs/{digest}", self.base);
         self.get(&url, None, what).await
-    }
-
-    /// Maps an error from reading a response body.
-    pub(crate) fn body_error(&self, e: reqwest::Error, what: &str) -> Error {
-        network_error(&self.host, what, e)
     }
 
     async fn get(&self, url: &str, accept: Option<&str>, what: &str) -> Result<Response> {
