@@ -420,6 +420,45 @@ async fn hostile_blobs(env: &mut TestEnv) -> Result<()> {
         &["not valid gzip"],
     )
     .await?;
+
+    // One bad layer stops the others at once (a stalled one would take the
+    // default 60 s progress timeout), and their half-written files go too.
+    let slow = CraftedLayer::new(
+        &RawTar::new()
+            .file("slow", &noise(384 << 10), 0o644)?
+            .finish(),
+        LayerFormat::Gzip,
+    )?;
+    let bad = CraftedLayer {
+        media_type: LayerFormat::Gzip.media_type().into(),
+        data: b"\x1f\x8b\x08\x00 not gzip either".to_vec(),
+        diff_id: sha256_digest(b"bad"),
+        urls: Vec::new(),
+    };
+    let image = CraftedImage::new(&[slow.clone(), bad]);
+    image.serve(&fake, "hostile/one-bad-layer", "1");
+    fake.route(
+        "GET",
+        &format!("/v2/hostile/one-bad-layer/blobs/{}", slow.digest()),
+        Reply {
+            stall_after: Some(slow.data.len() / 2),
+            ..Reply::ok("application/octet-stream", slow.data.clone())
+        },
+    );
+    let started = Instant::now();
+    expect_pull_refused(
+        env,
+        &format!("{}/hostile/one-bad-layer:1", fake.host()),
+        Code::InvalidArgument,
+        &["not valid gzip"],
+        "one bad layer among slow ones",
+    )
+    .await?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(30),
+        "the failed pull waited {:?} for the stalled layer",
+        started.elapsed()
+    );
     ensure!(
         env.cri.list_images().await?.is_empty(),
         "a refused pull left an image record"

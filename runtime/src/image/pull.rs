@@ -26,6 +26,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use super::content::Ingest;
 use super::digest::{chain_ids, hex_of, sha256_of};
@@ -136,12 +137,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::internal(format!("pull task failed: {e}")))?
 }
 
-/// Pulls `reference` into the store behind `inner`.
+/// Pulls `reference` into the store behind `inner`; what it logs carries
+/// the image's name.
 pub(crate) async fn pull(
     inner: &Arc<Inner>,
     reference: &str,
     auth: &RegistryAuth,
 ) -> Result<Image> {
+    let span = tracing::info_span!("pull", image = %reference);
+    pull_traced(inner, reference, auth).instrument(span).await
+}
+
+async fn pull_traced(inner: &Arc<Inner>, reference: &str, auth: &RegistryAuth) -> Result<Image> {
     let reference = Reference::parse(reference)?;
     let shown = reference.to_string();
     let what = format!("image {shown:?}");
@@ -529,11 +536,23 @@ async fn download_and_unpack(
     // Errors get the layer's name from the caller.
     let what = "the layer blob";
     let limit = inner.options.progress_timeout;
-    let request = registry.repo.blob(&job.digest, what);
-    let resp = match within(limit, registry.host, what, request).await {
+    let request = within(
+        limit,
+        registry.host,
+        what,
+        registry.repo.blob(&job.digest, what),
+    );
+    let asked = tokio::select! {
+        asked = request => asked,
+        _ = stop.wait() => return Err(stopped()),
+    };
+    let resp = match asked {
         Err(Error::NotFound(registry_said)) if !job.urls.is_empty() => {
             tracing::info!(layer = %job.digest, registry = %registry_said, "the registry lacks a non-distributable layer; trying its URLs");
-            foreign::fetch(&job.urls, limit, what).await?
+            tokio::select! {
+                fetched = foreign::fetch(&job.urls, limit, what) => fetched?,
+                _ = stop.wait() => return Err(stopped()),
+            }
         }
         other => other?,
     };

@@ -49,6 +49,7 @@ pub(crate) struct Transfer {
     expected: Option<u64>,
     received: u64,
     started: Instant,
+    last_data: Instant,
     last_log: Instant,
 }
 
@@ -65,6 +66,7 @@ impl Transfer {
             expected,
             received: 0,
             started: now,
+            last_data: now,
             last_log: now,
         }
     }
@@ -94,6 +96,7 @@ impl Transfer {
         };
         if let Some(c) = &chunk {
             self.received += c.len() as u64;
+            self.last_data = Instant::now();
             if self.last_log.elapsed() >= PROGRESS_LOG_INTERVAL {
                 self.last_log = Instant::now();
                 self.log_progress();
@@ -149,11 +152,12 @@ impl Transfer {
 
     fn stalled(&self) -> Error {
         Error::DeadlineExceeded(format!(
-            "{} stalled: registry {} sent nothing for {}s ({}; pull_progress_timeout)",
+            "{} stalled: registry {} sent nothing for {:.0}s ({}; pull_progress_timeout is {}s)",
             self.what,
             self.host,
-            self.limit.as_secs_f64(),
-            self.progress()
+            self.last_data.elapsed().as_secs_f64(),
+            self.progress(),
+            self.limit.as_secs_f64()
         ))
     }
 
@@ -181,4 +185,78 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Serves one response head and `body`, then stays silent for a while.
+    async fn server(head: &'static str, body: &'static [u8]) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(body).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        addr.to_string()
+    }
+
+    async fn get(addr: &str) -> Response {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://{addr}/blob"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_silent_body_is_a_deadline_naming_blob_and_host() {
+        let addr = server("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", b"hello").await;
+        let mut t = Transfer::new(
+            get(&addr).await,
+            "the blob",
+            Duration::from_millis(300),
+            Some(10),
+        );
+        assert_eq!(t.next().await.unwrap().unwrap(), "hello");
+        assert_eq!(t.received(), 5);
+        match t.next().await {
+            Err(Error::DeadlineExceeded(m)) => {
+                assert!(m.contains("the blob stalled"), "{m}");
+                assert!(m.contains(&addr), "{m}");
+                assert!(m.contains("5 of 10 bytes received"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn read_all_refuses_more_than_its_cap() {
+        let addr = server(
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+            b"0123456789",
+        )
+        .await;
+        let t = Transfer::new(get(&addr).await, "the config", Duration::from_secs(5), None);
+        match t.read_all(4).await {
+            Err(Error::InvalidArgument(m)) => assert!(m.contains("the config is larger"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let addr = server(
+            "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+            b"0123456789",
+        )
+        .await;
+        let t = Transfer::new(get(&addr).await, "the config", Duration::from_secs(5), None);
+        assert_eq!(t.read_all(10).await.unwrap(), b"0123456789");
+    }
 }
