@@ -155,7 +155,7 @@ impl Ingest {
         }
         if got != digest {
             return Err(Error::invalid(format!(
-                "blob {digest} does not match its digest: the registry served content hashing to {got}"
+                "blob {digest} does not match its digest: what was received hashes to {got}"
             )));
         }
         self.verified = Some(hex);

@@ -20,6 +20,10 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 /// Docker image config.
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
+/// Media types of the deprecated Docker schema 1 manifests (`v1+json`,
+/// `v1+prettyjws`) start with this.
+const DOCKER_SCHEMA1_PREFIX: &str = "application/vnd.docker.distribution.manifest.v1+";
+
 /// The `Accept` header of manifest requests: every kind this store understands.
 pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
@@ -27,6 +31,14 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, appl
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// Largest image config this store reads; real ones are a few KiB, rarely 1 MiB.
 pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+/// Most layers an image may have. Docker refuses to build more than 125,
+/// and overlayfs's mount options (one `lowerdir=` path per layer) must fit
+/// in a page, which holds about 130 of this store's snapshot paths.
+pub const MAX_LAYERS: usize = 128;
+/// Largest layer blob this store downloads. The biggest layers seen in the
+/// wild (machine-learning images) are tens of GiB; a descriptor claiming
+/// more than this is taken for a lie rather than a disk-filling download.
+pub const MAX_LAYER_BYTES: u64 = 256 << 30;
 
 /// How a layer blob is compressed, from its media type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,10 +47,13 @@ pub enum LayerCompression {
     None,
     /// A gzip-compressed tar.
     Gzip,
+    /// A zstd-compressed tar.
+    Zstd,
 }
 
-/// Maps a layer media type to its compression; zstd is [`Error::Unimplemented`],
-/// anything else is not a container layer ([`Error::InvalidArgument`]).
+/// Maps a layer media type to its compression; anything that is not a
+/// container layer is [`Error::InvalidArgument`]. (The unpacker goes by the
+/// blob's first bytes in the end, so a layer mislabelled gzip still works.)
 pub fn layer_compression(media_type: &str) -> Result<LayerCompression> {
     match media_type {
         "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -51,15 +66,20 @@ pub fn layer_compression(media_type: &str) -> Result<LayerCompression> {
         | "application/vnd.docker.image.rootfs.foreign.diff.tar" => Ok(LayerCompression::None),
         "application/vnd.oci.image.layer.v1.tar+zstd"
         | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
-            Err(Error::Unimplemented(
-                "zstd-compressed layers are not supported yet; push the image with gzip layers"
-                    .into(),
-            ))
+            Ok(LayerCompression::Zstd)
         }
         other => Err(Error::invalid(format!(
             "layer media type {other:?} is not a container image layer"
         ))),
     }
+}
+
+/// Whether a layer of this media type is non-distributable (OCI) or foreign
+/// (Docker): registries may lack it, and its descriptor's `urls` say where
+/// else it may be fetched.
+pub fn is_non_distributable(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
 }
 
 /// A content descriptor: what a manifest says about a blob it points to.
@@ -75,9 +95,13 @@ pub struct Descriptor {
     /// Platform of an index entry.
     #[serde(default)]
     pub platform: Option<PlatformSpec>,
+    /// Other places the blob may be fetched from (non-distributable layers).
+    #[serde(default)]
+    pub urls: Vec<String>,
 }
 
-/// The platform of an index entry.
+/// The platform of an index entry. `os.version` and `os.features` (Windows
+/// details) are not read: they play no part on linux.
 #[derive(Clone, Debug, Deserialize)]
 pub struct PlatformSpec {
     /// Operating system.
@@ -132,16 +156,25 @@ struct Envelope {
 /// Parses manifest bytes; `content_type` is the registry's `Content-Type`,
 /// used when the JSON does not name its own media type.
 pub fn parse_manifest(bytes: &[u8], content_type: Option<&str>, what: &str) -> Result<Manifest> {
-    let envelope: Envelope = serde_json::from_slice(bytes)
+    let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| Error::invalid(format!("{what}: manifest is not JSON: {e}")))?;
-    if envelope.schema_version == Some(1) {
-        return Err(Error::invalid(format!(
-            "{what}: Docker schema 1 manifests are not supported; push the image again with a current tool"
-        )));
-    }
+    let envelope: Envelope = serde_json::from_value(value).map_err(|e| {
+        Error::invalid(format!(
+            "{what}: manifest is JSON but not a manifest or index: {e}"
+        ))
+    })?;
     let header_type = content_type
         .map(|c| c.split(';').next().unwrap_or("").trim())
         .filter(|c| !c.is_empty() && *c != "application/json" && *c != "application/octet-stream");
+    let schema1 = |t: &str| t.starts_with(DOCKER_SCHEMA1_PREFIX);
+    if envelope.schema_version == Some(1)
+        || envelope.media_type.as_deref().is_some_and(schema1)
+        || header_type.is_some_and(schema1)
+    {
+        return Err(Error::Unimplemented(format!(
+            "{what}: Docker schema 1 manifests are deprecated and not supported; push the image again with a current tool (it then gets a schema 2 or OCI manifest)"
+        )));
+    }
     let media_type = match (envelope.media_type.as_deref(), header_type) {
         (Some(t), _) if !t.is_empty() => t.to_string(),
         (_, Some(t)) => t.to_string(),
@@ -258,7 +291,24 @@ mod tests {
         let v1 = br#"{"schemaVersion":1,"fsLayers":[]}"#;
         assert!(matches!(
             parse_manifest(v1, None, "x"),
-            Err(Error::InvalidArgument(_))
+            Err(Error::Unimplemented(m)) if m.contains("schema 1")
+        ));
+        let signed = br#"{"fsLayers":[],"signatures":[]}"#;
+        assert!(matches!(
+            parse_manifest(
+                signed,
+                Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),
+                "x"
+            ),
+            Err(Error::Unimplemented(_))
+        ));
+        assert!(matches!(
+            parse_manifest(b"[1,2]", None, "x"),
+            Err(Error::InvalidArgument(m)) if m.contains("not a manifest")
+        ));
+        assert!(matches!(
+            parse_manifest(br#"{"schemaVersion":2}"#, None, "x"),
+            Err(Error::InvalidArgument(m)) if m.contains("no media type")
         ));
     }
 
@@ -272,14 +322,42 @@ mod tests {
             layer_compression("application/vnd.oci.image.layer.v1.tar").unwrap(),
             LayerCompression::None
         );
-        assert!(matches!(
-            layer_compression("application/vnd.oci.image.layer.v1.tar+zstd"),
-            Err(Error::Unimplemented(_))
+        assert_eq!(
+            layer_compression("application/vnd.oci.image.layer.v1.tar+zstd").unwrap(),
+            LayerCompression::Zstd
+        );
+        assert_eq!(
+            layer_compression("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd")
+                .unwrap(),
+            LayerCompression::Zstd
+        );
+        assert!(is_non_distributable(
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        ));
+        assert!(is_non_distributable(
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        ));
+        assert!(!is_non_distributable(
+            "application/vnd.oci.image.layer.v1.tar+gzip"
         ));
         assert!(matches!(
             layer_compression("text/plain"),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn descriptors_keep_urls_and_ignore_windows_fields() {
+        let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:00","size":1,
+             "platform":{"os":"windows","architecture":"amd64","os.version":"10.0.17763.1","os.features":["win32k"]},
+             "urls":["https://example.invalid/x"],"annotations":{"a":"b"}}]}"#;
+        let Ok(Manifest::Index(index)) = parse_manifest(index, None, "x") else {
+            panic!("not an index");
+        };
+        let d = &index.manifests[0];
+        assert_eq!(d.urls, vec!["https://example.invalid/x"]);
+        assert_eq!(d.platform.as_ref().unwrap().os, "windows");
     }
 
     #[test]

@@ -27,6 +27,7 @@
 
 mod content;
 mod digest;
+mod foreign;
 mod hosts;
 mod locks;
 mod manifest;
@@ -38,10 +39,11 @@ mod reference;
 mod registry;
 mod snapshot;
 mod store;
+mod transfer;
 mod unpack;
 mod usage;
 
-pub use manifest::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
+pub use manifest::{MAX_CONFIG_BYTES, MAX_LAYER_BYTES, MAX_LAYERS, MAX_MANIFEST_BYTES};
 pub use options::ImageOptions;
 pub use platform::Platform;
 pub use record::{Image, ImageConfig, ImageLayer};

@@ -38,28 +38,44 @@ impl Platform {
         }
     }
 
-    /// Whether an index entry for `spec` runs here; `Some(true)` for an exact
-    /// variant match, `Some(false)` for a compatible one, `None` if it does not.
-    fn matches(&self, spec: &PlatformSpec) -> Option<bool> {
+    /// How well an index entry for `spec` fits this platform, higher is
+    /// better: [`EXACT`] for the same os, architecture and variant, less for
+    /// a variant that runs here too (the closer, the higher), `None` for one
+    /// that does not run here. `os.version` and `os.features` (Windows
+    /// details) play no part on linux.
+    fn rank(&self, spec: &PlatformSpec) -> Option<u32> {
         if spec.os != self.os || normalize_arch(&spec.architecture) != self.architecture {
             return None;
         }
         let theirs = spec.variant.as_deref().filter(|v| !v.is_empty());
         let ours = self.variant.as_deref();
-        match (ours, theirs) {
-            (a, b) if a == b => Some(true),
+        if ours == theirs {
+            return Some(EXACT);
+        }
+        match (self.architecture.as_str(), ours, theirs) {
             // arm64 images rarely name their variant; v8 is the baseline.
-            (Some("v8"), None) if self.architecture == "arm64" => Some(false),
-            // amd64 v1 is the baseline that runs everywhere.
-            (None, Some("v1")) if self.architecture == "amd64" => Some(false),
-            // Older 32-bit arm variants run on newer cores.
-            (Some(ours), Some(theirs)) if self.architecture == "arm" => {
-                (arm_level(theirs)? <= arm_level(ours)?).then_some(false)
+            ("arm64", Some("v8"), None) => Some(EXACT - 1),
+            // amd64 v1 is the baseline that runs everywhere; v2 and up need
+            // CPU features this node may lack.
+            ("amd64", None, Some("v1")) => Some(EXACT - 1),
+            // Older 32-bit arm variants run on newer cores, the closest is
+            // best; an arm image without a variant means v7.
+            ("arm", Some(ours), theirs) => {
+                let ours = arm_level(ours)?;
+                let (level, implied) = match theirs {
+                    Some(v) => (arm_level(v)?, 0),
+                    None => (7, 1),
+                };
+                let distance = ours.checked_sub(level)?;
+                Some(EXACT.saturating_sub(10 * distance + implied))
             }
             _ => None,
         }
     }
 }
+
+/// The rank of an exact platform match.
+const EXACT: u32 = 1000;
 
 impl fmt::Display for Platform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -84,21 +100,23 @@ fn arm_level(variant: &str) -> Option<u32> {
     variant.strip_prefix('v')?.parse().ok()
 }
 
-/// Picks the manifest for `platform` from an index's entries: an exact
-/// variant match wins over a merely compatible one, the first of equals wins.
+/// Picks the manifest for `platform` from an index's entries: the best
+/// ranked one (an exact variant match, else the closest compatible variant),
+/// the first of equals.
 pub(crate) fn select<'a>(
     manifests: &'a [Descriptor],
     platform: &Platform,
 ) -> Option<&'a Descriptor> {
-    let mut compatible = None;
+    let mut best: Option<(u32, &Descriptor)> = None;
     for d in manifests {
-        match d.platform.as_ref().and_then(|p| platform.matches(p)) {
-            Some(true) => return Some(d),
-            Some(false) if compatible.is_none() => compatible = Some(d),
-            _ => {}
+        let Some(rank) = d.platform.as_ref().and_then(|p| platform.rank(p)) else {
+            continue;
+        };
+        if best.is_none_or(|(r, _)| rank > r) {
+            best = Some((rank, d));
         }
     }
-    compatible
+    best.map(|(_, d)| d)
 }
 
 /// The platforms an index offers, for an error message: `linux/amd64, linux/arm/v7`.
@@ -132,6 +150,7 @@ mod tests {
                 architecture: arch.into(),
                 variant: variant.map(String::from),
             }),
+            urls: Vec::new(),
         }
     }
 
@@ -183,9 +202,10 @@ mod tests {
             select(&index, &p("arm", Some("v7"))).unwrap().digest,
             index[2].digest
         );
+        // The closest older variant wins.
         assert_eq!(
             select(&index[..3], &p("arm", Some("v8"))).unwrap().digest,
-            index[1].digest
+            index[2].digest
         );
         assert!(select(&index, &p("s390x", None)).is_none());
         assert!(select(&index[..1], &p("amd64", None)).is_none());
@@ -205,5 +225,48 @@ mod tests {
             select(&index, &p("amd64", None)).unwrap().digest,
             index[1].digest
         );
+    }
+
+    #[test]
+    fn arm_picks_the_closest_older_variant() {
+        let index = vec![
+            entry("linux", "arm", Some("v5"), 1),
+            entry("linux", "arm", Some("v6"), 2),
+            entry("linux", "arm", Some("v8"), 3),
+        ];
+        assert_eq!(
+            select(&index, &p("arm", Some("v7"))).unwrap().digest,
+            index[1].digest
+        );
+        assert!(select(&index[2..], &p("arm", Some("v7"))).is_none());
+        // No variant means v7: fine for v7 and v8, not for v6.
+        let bare = vec![entry("linux", "arm", None, 4)];
+        assert!(select(&bare, &p("arm", Some("v7"))).is_some());
+        assert!(select(&bare, &p("arm", Some("v6"))).is_none());
+        // An exact v7 beats the implied one.
+        let both = vec![
+            entry("linux", "arm", None, 4),
+            entry("linux", "arm", Some("v7"), 5),
+        ];
+        assert_eq!(
+            select(&both, &p("arm", Some("v7"))).unwrap().digest,
+            both[1].digest
+        );
+    }
+
+    #[test]
+    fn os_version_and_features_do_not_matter_on_linux() {
+        let e: Descriptor = serde_json::from_str(&format!(
+            r#"{{"mediaType":"x","digest":"sha256:{}","size":1,
+                "platform":{{"os":"linux","architecture":"amd64","os.version":"6.1","os.features":["x"]}}}}"#,
+            "01".repeat(32)
+        ))
+        .unwrap();
+        let index = vec![entry("windows", "amd64", None, 2), e];
+        assert_eq!(
+            select(&index, &p("amd64", None)).unwrap().digest,
+            index[1].digest
+        );
+        assert_eq!(describe(&index), "windows/amd64, linux/amd64");
     }
 }

@@ -7,26 +7,41 @@
 //! the uncompressed tar. Only when the blob digest, its size and the diff id
 //! all match are the blob and the snapshot committed. Up to
 //! `max_concurrent_downloads` layers (see [`super::ImageOptions`]) are in flight
-//! at a time.
+//! at a time; when one fails, the others stop, and the pull returns only once
+//! every half-written file of theirs is gone.
+//!
+//! What a manifest may declare is bounded before anything is fetched
+//! ([`MAX_LAYERS`], [`MAX_LAYER_BYTES`], [`MAX_CONFIG_BYTES`],
+//! [`MAX_MANIFEST_BYTES`]), and every transfer fails once it receives
+//! nothing for `progress_timeout` (see the transfer module).
+//!
+//! Blobs are locked by digest and snapshots by chain id while they are made,
+//! so concurrent pulls of one image, or of images sharing layers, fetch and
+//! unpack each blob once: the later one waits and then finds it present.
 
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt, stream};
-use tokio::sync::mpsc;
+use futures_util::{StreamExt, stream};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use super::content::Ingest;
 use super::digest::{chain_ids, hex_of, sha256_of};
+use super::foreign;
 use super::manifest::{
-    DOCKER_CONFIG, ImageManifest, MANIFEST_ACCEPT, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest,
-    OCI_CONFIG, layer_compression, parse_config, parse_manifest,
+    DOCKER_CONFIG, ImageManifest, MANIFEST_ACCEPT, MAX_CONFIG_BYTES, MAX_LAYER_BYTES, MAX_LAYERS,
+    MAX_MANIFEST_BYTES, Manifest, OCI_CONFIG, is_non_distributable, layer_compression,
+    parse_config, parse_manifest,
 };
 use super::platform::{self, Platform};
 use super::record::{Image, ImageConfig, ImageLayer};
 use super::reference::Reference;
 use super::registry::{RegistryAuth, Repository};
 use super::store::Inner;
+use super::transfer::{Transfer, within};
 use super::unpack::{ReadAbort, uncompressed_limit, unpack_layer};
 use crate::{Error, Result};
 
@@ -83,8 +98,37 @@ struct LayerJob {
     size: u64,
     diff_id: String,
     chain_id: String,
+    /// Where else the blob may be fetched when the registry lacks it
+    /// (non-distributable layers only).
+    urls: Vec<String>,
     /// `layer sha256:… of image "…"`, for messages.
     what: String,
+}
+
+/// The repository a pull fetches from, and its registry host for messages.
+struct Registry<'a> {
+    repo: &'a Repository,
+    host: &'a str,
+}
+
+/// Tells the layers of one pull to stop once one of them failed.
+#[derive(Clone)]
+struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the pull is stopping.
+    async fn wait(&mut self) {
+        // An error means the sender is gone, which only happens once the pull is over.
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+fn stopped() -> Error {
+    Error::Unavailable("stopped because another layer of the pull failed".into())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -93,12 +137,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| Error::internal(format!("pull task failed: {e}")))?
 }
 
-/// Pulls `reference` into the store behind `inner`.
+/// Pulls `reference` into the store behind `inner`; what it logs carries
+/// the image's name.
 pub(crate) async fn pull(
     inner: &Arc<Inner>,
     reference: &str,
     auth: &RegistryAuth,
 ) -> Result<Image> {
+    let span = tracing::info_span!("pull", image = %reference);
+    pull_traced(inner, reference, auth).instrument(span).await
+}
+
+async fn pull_traced(inner: &Arc<Inner>, reference: &str, auth: &RegistryAuth) -> Result<Image> {
     let reference = Reference::parse(reference)?;
     let shown = reference.to_string();
     let what = format!("image {shown:?}");
@@ -109,8 +159,14 @@ pub(crate) async fn pull(
         return Ok(image);
     }
     tracing::info!(image = %shown, "pulling");
-    let started = std::time::Instant::now();
+    let started = Instant::now();
+    let limit = inner.options.progress_timeout;
+    let host = reference.domain().to_string();
     let repo = inner.registry.repository(&reference, auth)?;
+    let registry = Registry {
+        repo: &repo,
+        host: &host,
+    };
     let mut pins = Pins {
         inner: inner.clone(),
         keys: Vec::new(),
@@ -121,9 +177,13 @@ pub(crate) async fn pull(
         .digest()
         .or(reference.tag())
         .ok_or_else(|| Error::internal("a parsed reference has neither tag nor digest"))?;
-    let top = repo
-        .manifest(top_ref, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, &what)
-        .await?;
+    let top = within(
+        limit,
+        &host,
+        &format!("the manifest of {what}"),
+        repo.manifest(top_ref, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, &what),
+    )
+    .await?;
     let top_digest = sha256_of(&top.bytes);
     if let Some(want) = reference.digest()
         && want != top_digest
@@ -147,21 +207,19 @@ pub(crate) async fn pull(
                     platform::describe(&index.manifests)
                 ))
             })?;
-            let m = fetch_platform_manifest(
-                inner,
-                &repo,
-                &mut pins,
-                &chosen.digest,
-                chosen.size,
-                &platform,
-                &what,
-            )
-            .await?;
+            let m = fetch_platform_manifest(inner, &registry, &mut pins, chosen, &platform, &what)
+                .await?;
             (m, chosen.digest.clone())
         }
     };
 
-    // The config.
+    // Bounds on what the manifest declares, before anything is fetched.
+    if manifest.layers.len() > MAX_LAYERS {
+        return Err(Error::invalid(format!(
+            "{what} has {} layers; at most {MAX_LAYERS} are accepted",
+            manifest.layers.len()
+        )));
+    }
     let config = &manifest.config;
     if config.media_type != OCI_CONFIG && config.media_type != DOCKER_CONFIG {
         return Err(Error::invalid(format!(
@@ -176,10 +234,23 @@ pub(crate) async fn pull(
             config.size
         )));
     }
+    for layer in &manifest.layers {
+        let layer_what = format!("layer {} of {what}", layer.digest);
+        layer_compression(&layer.media_type).map_err(|e| context(e, &layer_what))?;
+        hex_of(&layer.digest, &layer_what)?;
+        if layer.size > MAX_LAYER_BYTES {
+            return Err(Error::invalid(format!(
+                "{layer_what}: its descriptor says it is {} bytes, more than the {MAX_LAYER_BYTES} accepted",
+                layer.size
+            )));
+        }
+    }
+
+    // The config.
     pins.blob(&config.digest);
     let config_bytes = fetch_small_blob(
         inner,
-        &repo,
+        &registry,
         &config.digest,
         config.size,
         MAX_CONFIG_BYTES,
@@ -188,6 +259,12 @@ pub(crate) async fn pull(
     .await?;
     let config_file = parse_config(&config_bytes, &what)?;
     let diff_ids = config_file.rootfs.diff_ids;
+    if diff_ids.len() > MAX_LAYERS {
+        return Err(Error::invalid(format!(
+            "{what}: its config lists {} layers; at most {MAX_LAYERS} are accepted",
+            diff_ids.len()
+        )));
+    }
     if diff_ids.len() != manifest.layers.len() {
         return Err(Error::invalid(format!(
             "{what}: the manifest lists {} layers but the config {} diff ids",
@@ -202,8 +279,6 @@ pub(crate) async fn pull(
     let mut layers = Vec::with_capacity(manifest.layers.len());
     for ((layer, diff_id), chain_id) in manifest.layers.iter().zip(&diff_ids).zip(&chains) {
         let layer_what = format!("layer {} of {what}", layer.digest);
-        layer_compression(&layer.media_type).map_err(|e| context(e, &layer_what))?;
-        hex_of(&layer.digest, &layer_what)?;
         hex_of(diff_id, &layer_what)?;
         pins.blob(&layer.digest);
         pins.snapshot(chain_id);
@@ -218,14 +293,15 @@ pub(crate) async fn pull(
             size: layer.size,
             diff_id: diff_id.clone(),
             chain_id: chain_id.clone(),
+            urls: if is_non_distributable(&layer.media_type) {
+                layer.urls.clone()
+            } else {
+                Vec::new()
+            },
             what: layer_what,
         });
     }
-    stream::iter(jobs)
-        .map(|job| ensure_layer(inner, &repo, job))
-        .buffer_unordered(inner.options.max_concurrent_downloads.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
+    ensure_layers(inner, &registry, jobs).await?;
 
     let image = Image {
         id: config.digest.clone(),
@@ -235,7 +311,10 @@ pub(crate) async fn pull(
             None => reference.tagged_name().into_iter().collect(),
         },
         repo_digests: vec![reference.with_digest(&top_digest)],
-        size: config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>(),
+        size: manifest
+            .layers
+            .iter()
+            .fold(config.size, |sum, l| sum.saturating_add(l.size)),
         config: ImageConfig::from_parts(
             config_file.config,
             String::from_utf8_lossy(&config_bytes).into_owned(),
@@ -268,22 +347,27 @@ async fn store_blob(inner: &Arc<Inner>, digest: &str, data: Vec<u8>) -> Result<(
     blocking(move || inner.content.write(&digest, &data)).await
 }
 
-/// A small blob (manifest or config) from the content store, or fetched,
-/// verified and stored. The caller has pinned it.
+/// A small blob (a config) from the content store, or fetched, verified and
+/// stored. The caller has pinned it.
 async fn fetch_small_blob(
     inner: &Arc<Inner>,
-    repo: &Repository,
+    registry: &Registry<'_>,
     digest: &str,
     size: u64,
     max: u64,
     what: &str,
 ) -> Result<Vec<u8>> {
+    let _lock = inner.locks.lock(&format!("blob:{digest}")).await;
     if inner.content.has(digest) {
         let reader = inner.clone();
         let d = digest.to_string();
         return blocking(move || reader.content.read(&d, max)).await;
     }
-    let data = repo.blob_bytes(digest, max, what).await?;
+    let limit = inner.options.progress_timeout;
+    let resp = within(limit, registry.host, what, registry.repo.blob(digest, what)).await?;
+    let data = Transfer::new(resp, what, limit, Some(size))
+        .read_all(max)
+        .await?;
     check_small(&data, digest, size, what)?;
     store_blob(inner, digest, data.clone()).await?;
     Ok(data)
@@ -307,21 +391,23 @@ fn check_small(data: &[u8], digest: &str, size: u64, what: &str) -> Result<()> {
 
 async fn fetch_platform_manifest(
     inner: &Arc<Inner>,
-    repo: &Repository,
+    registry: &Registry<'_>,
     pins: &mut Pins,
-    digest: &str,
-    size: u64,
+    chosen: &super::manifest::Descriptor,
     platform: &Platform,
     what: &str,
 ) -> Result<ImageManifest> {
+    let digest = chosen.digest.as_str();
+    let size = chosen.size;
     let what = format!("the {platform} manifest of {what}");
     hex_of(digest, &what)?;
     if size > MAX_MANIFEST_BYTES {
         return Err(Error::invalid(format!(
-            "{what} is {size} bytes; refusing it"
+            "{what} is {size} bytes by its index entry, more than the {MAX_MANIFEST_BYTES} accepted; refusing it"
         )));
     }
     pins.blob(digest);
+    let _lock = inner.locks.lock(&format!("blob:{digest}")).await;
     let (bytes, content_type) = if inner.content.has(digest) {
         let reader = inner.clone();
         let d = digest.to_string();
@@ -330,9 +416,15 @@ async fn fetch_platform_manifest(
             None,
         )
     } else {
-        let fetched = repo
-            .manifest(digest, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, &what)
-            .await?;
+        let fetched = within(
+            inner.options.progress_timeout,
+            registry.host,
+            &what,
+            registry
+                .repo
+                .manifest(digest, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, &what),
+        )
+        .await?;
         check_small(&fetched.bytes, digest, size, &what)?;
         (fetched.bytes, fetched.content_type)
     };
@@ -348,16 +440,61 @@ async fn fetch_platform_manifest(
     Ok(manifest)
 }
 
+/// Makes every layer's snapshot present, up to `max_concurrent_downloads` at
+/// a time. On the first failure the others are told to stop, and this
+/// returns that failure once all of them have ended (and so removed their
+/// half-written files).
+async fn ensure_layers(
+    inner: &Arc<Inner>,
+    registry: &Registry<'_>,
+    jobs: Vec<LayerJob>,
+) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = Stop(stop_rx);
+    let mut running = stream::iter(jobs)
+        .map(|job| ensure_layer(inner, registry, job, stop.clone()))
+        .buffer_unordered(inner.options.max_concurrent_downloads.max(1));
+    let mut failure = None;
+    while let Some(done) = running.next().await {
+        if let Err(e) = done
+            && failure.is_none()
+        {
+            let _ = stop_tx.send(true);
+            failure = Some(e);
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
 /// Makes the snapshot of one layer present, downloading its blob if needed.
-async fn ensure_layer(inner: &Arc<Inner>, repo: &Repository, job: LayerJob) -> Result<()> {
-    let _snapshot_lock = inner.locks.lock(&format!("snap:{}", job.chain_id)).await;
+async fn ensure_layer(
+    inner: &Arc<Inner>,
+    registry: &Registry<'_>,
+    job: LayerJob,
+    mut stop: Stop,
+) -> Result<()> {
+    if stop.is_set() {
+        return Err(stopped());
+    }
+    let snapshot_key = format!("snap:{}", job.chain_id);
+    let _snapshot_lock = tokio::select! {
+        guard = inner.locks.lock(&snapshot_key) => guard,
+        _ = stop.wait() => return Err(stopped()),
+    };
     if inner.snapshots.exists(&job.chain_id) {
         tracing::debug!(layer = %job.digest, "already unpacked");
         return Ok(());
     }
-    let _blob_lock = inner.locks.lock(&format!("blob:{}", job.digest)).await;
+    let blob_key = format!("blob:{}", job.digest);
+    let _blob_lock = tokio::select! {
+        guard = inner.locks.lock(&blob_key) => guard,
+        _ = stop.wait() => return Err(stopped()),
+    };
     let what = job.what.clone();
+    let started = Instant::now();
+    let (digest, size) = (job.digest.clone(), job.size);
     let result = if inner.content.has(&job.digest) {
+        tracing::info!(layer = %digest, size, "unpacking a stored layer");
         let inner = inner.clone();
         blocking(move || {
             let blob = inner.content.open_blob(&job.digest)?;
@@ -365,8 +502,22 @@ async fn ensure_layer(inner: &Arc<Inner>, repo: &Repository, job: LayerJob) -> R
         })
         .await
     } else {
-        download_and_unpack(inner, repo, job).await
+        tracing::info!(layer = %digest, size, "downloading layer");
+        download_and_unpack(inner, registry, job, stop).await
     };
+    match &result {
+        Ok(()) => {
+            let secs = started.elapsed().as_secs_f64();
+            tracing::info!(
+                layer = %digest,
+                size,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                mib_per_s = format!("{:.1}", size as f64 / (1 << 20) as f64 / secs.max(0.001)),
+                "layer ready"
+            );
+        }
+        Err(e) => tracing::info!(layer = %digest, error = %e, "layer failed"),
+    }
     result.map_err(|e| context(e, &what))
 }
 
@@ -376,14 +527,42 @@ enum Chunk {
     End,
 }
 
-async fn download_and_unpack(inner: &Arc<Inner>, repo: &Repository, job: LayerJob) -> Result<()> {
+async fn download_and_unpack(
+    inner: &Arc<Inner>,
+    registry: &Registry<'_>,
+    job: LayerJob,
+    mut stop: Stop,
+) -> Result<()> {
     // Errors get the layer's name from the caller.
-    let mut resp = repo.blob(&job.digest, "the layer blob").await?;
-    if let Some(len) = resp.content_length()
+    let what = "the layer blob";
+    let limit = inner.options.progress_timeout;
+    let request = within(
+        limit,
+        registry.host,
+        what,
+        registry.repo.blob(&job.digest, what),
+    );
+    let asked = tokio::select! {
+        asked = request => asked,
+        _ = stop.wait() => return Err(stopped()),
+    };
+    let resp = match asked {
+        Err(Error::NotFound(registry_said)) if !job.urls.is_empty() => {
+            tracing::info!(layer = %job.digest, registry = %registry_said, "the registry lacks a non-distributable layer; trying its URLs");
+            tokio::select! {
+                fetched = foreign::fetch(&job.urls, limit, what) => fetched?,
+                _ = stop.wait() => return Err(stopped()),
+            }
+        }
+        other => other?,
+    };
+    let mut body = Transfer::new(resp, what, limit, Some(job.size));
+    if let Some(len) = body.content_length()
         && len != job.size
     {
         return Err(Error::invalid(format!(
-            "the registry offers {len} bytes where the manifest says {}",
+            "{} offers a body of {len} bytes where the manifest says {}",
+            body.host(),
             job.size
         )));
     }
@@ -395,16 +574,16 @@ async fn download_and_unpack(inner: &Arc<Inner>, repo: &Repository, job: LayerJo
     };
     let size = job.size;
     let download = async move {
-        let mut received = 0u64;
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| repo.body_error(e, "the layer blob"))?
-        {
-            received += chunk.len() as u64;
-            if received > size {
+        loop {
+            let next = tokio::select! {
+                next = body.next() => next?,
+                _ = stop.wait() => return Err(stopped()),
+            };
+            let Some(chunk) = next else { break };
+            if body.received() > size {
                 return Err(Error::invalid(format!(
-                    "the registry sent more than the {size} bytes the manifest declares"
+                    "{} sent more than the {size} bytes the manifest declares",
+                    body.host()
                 )));
             }
             if tx.send(Chunk::Data(chunk)).await.is_err() {
@@ -412,17 +591,21 @@ async fn download_and_unpack(inner: &Arc<Inner>, repo: &Repository, job: LayerJo
                 return Ok(());
             }
         }
-        if received != size {
+        if body.received() != size {
             return Err(Error::Unavailable(format!(
-                "the download ended after {received} of {size} bytes"
+                "the download from {} ended after {} of {size} bytes",
+                body.host(),
+                body.received()
             )));
         }
         let _ = tx.send(Chunk::End).await;
         Ok(())
     };
     let (downloaded, unpacked) = tokio::join!(download, unpacker);
+    let unpacked = unpacked.map_err(|e| Error::internal(format!("unpack task failed: {e}")))?;
+    // The download's error explains an unpacker that saw its input break off.
     downloaded?;
-    unpacked.map_err(|e| Error::internal(format!("unpack task failed: {e}")))?
+    unpacked
 }
 
 /// Unpacks a blob streaming in from the download while storing it, then

@@ -131,7 +131,7 @@ impl RegistryClient {
     pub(crate) fn new(options: &ImageOptions) -> Result<RegistryClient> {
         Ok(RegistryClient {
             config_path: options.config_path.clone(),
-            clients: HttpClients::new()?,
+            clients: HttpClients::new(options.progress_timeout)?,
             grants: Arc::new(GrantCache::default()),
         })
     }
@@ -288,30 +288,13 @@ impl Repository {
         })
     }
 
-    /// Fetches a small blob (a config) whole, refusing more than `max` bytes.
-    pub(crate) async fn blob_bytes(&self, digest: &str, max: u64, what: &str) -> Result<Vec<u8>> {
-        let (resp, host) = self
-            .get(Capabilities::PULL, &format!("blobs/{digest}"), None, what)
-            .await?;
-        read_capped(resp, max, what, host).await
-    }
-
     /// Starts fetching a blob; the caller streams the body with
-    /// [`Response::chunk`] (mapping errors with [`Repository::body_error`]).
+    /// [`Response::chunk`].
     pub(crate) async fn blob(&self, digest: &str, what: &str) -> Result<Response> {
         let (resp, _) = self
             .get(Capabilities::PULL, &format!("blobs/{digest}"), None, what)
             .await?;
         Ok(resp)
-    }
-
-    /// Maps an error from reading a response body.
-    pub(crate) fn body_error(&self, e: reqwest::Error, what: &str) -> Error {
-        let host = self
-            .endpoints
-            .get(self.served.load(Ordering::Relaxed))
-            .map_or(self.domain.as_str(), |ep| ep.host.as_str());
-        network_error(host, what, e)
     }
 
     /// GETs `suffix` under the repository from the first host with `wanted`

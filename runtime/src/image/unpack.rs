@@ -21,8 +21,11 @@
 //!   rootfs needs). Of the PAX `SCHILY.xattr.*` attributes only
 //!   `security.capability` and `user.*` are applied; `trusted.*` (overlay's
 //!   own), `security.selinux` and the rest are not the image's to set.
-//! - Output is bounded (see [`uncompressed_limit`]) and the sha256 of the
-//!   uncompressed tar (the layer's diff id) is computed on the way.
+//! - gzip, zstd and plain tar are told apart by the blob's first bytes and
+//!   decompressed as the blob streams in. Output is bounded (see
+//!   [`uncompressed_limit`]), so is the memory a zstd frame may ask for, and
+//!   the sha256 of the uncompressed tar (the layer's diff id) is computed on
+//!   the way.
 
 use std::ffi::CString;
 use std::fs::{self, File, FileTimes, OpenOptions};
@@ -64,6 +67,11 @@ const WHITEOUT_META_PREFIX: &str = ".wh..wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// Largest zstd window (log2 bytes) a layer may ask the decoder to keep:
+/// 128 MiB, zstd's own default limit, which covers every compression level
+/// including `--long`. A frame asking for more is refused rather than
+/// allowed to take gigabytes of memory.
+const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 
 /// An error the reader side wants reported as it is (a download that broke,
 /// a size limit) rather than as "not a valid tar stream".
@@ -98,8 +106,8 @@ fn read_error(e: io::Error) -> Error {
     Error::invalid(format!("the layer is not a valid tar stream: {e}"))
 }
 
-/// Unpacks the layer blob read from `blob` (gzip-compressed or plain tar,
-/// told apart by its first bytes) into the empty directory `dest`, producing
+/// Unpacks the layer blob read from `blob` (gzip- or zstd-compressed or
+/// plain tar, told apart by its first bytes) into the empty directory `dest`, producing
 /// at most `limit` uncompressed bytes. Returns the diff id (`sha256:<hex>`
 /// of the uncompressed tar). On error `dest` holds a partial layer the
 /// caller must discard.
@@ -143,13 +151,21 @@ fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 fn unpack_stream<R: BufRead>(blob: R, magic: &[u8], dest: &Path, limit: u64) -> Result<String> {
-    if magic.starts_with(&ZSTD_MAGIC) {
-        return Err(Error::Unimplemented(
-            "the layer is zstd-compressed, which is not supported yet".into(),
-        ));
-    }
-    let decoded: Box<dyn Read + '_> = if magic.starts_with(&GZIP_MAGIC) {
-        Box::new(MultiGzDecoder::new(blob))
+    let decoded: Box<dyn Read + '_> = if magic.starts_with(&ZSTD_MAGIC) {
+        let mut decoder = zstd::stream::read::Decoder::with_buffer(blob)
+            .map_err(|e| Error::internal(format!("starting a zstd decoder: {e}")))?;
+        decoder
+            .window_log_max(ZSTD_WINDOW_LOG_MAX)
+            .map_err(|e| Error::internal(format!("bounding the zstd window: {e}")))?;
+        Box::new(Decoding {
+            inner: decoder,
+            format: "zstd",
+        })
+    } else if magic.starts_with(&GZIP_MAGIC) {
+        Box::new(Decoding {
+            inner: MultiGzDecoder::new(blob),
+            format: "gzip",
+        })
     } else {
         Box::new(blob)
     };
@@ -177,6 +193,30 @@ fn unpack_stream<R: BufRead>(blob: R, magic: &[u8], dest: &Path, limit: u64) -> 
     io::copy(&mut diff, &mut io::sink()).map_err(read_error)?;
     unpacker.finish()?;
     Ok(finish(diff.hasher))
+}
+
+/// A decompressor whose own errors say that the data is corrupt, while
+/// errors of the reader below (a broken download) pass through as they are.
+struct Decoding<R> {
+    inner: R,
+    format: &'static str,
+}
+
+impl<R: Read> Read for Decoding<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            if e.get_ref().is_some_and(|inner| inner.is::<ReadAbort>())
+                || e.kind() == io::ErrorKind::Interrupted
+            {
+                e
+            } else {
+                ReadAbort::io(Error::invalid(format!(
+                    "the layer is not valid {} data: {e}",
+                    self.format
+                )))
+            }
+        })
+    }
 }
 
 /// Hashes the uncompressed stream and stops it at `limit` bytes.

@@ -16,8 +16,6 @@ use crate::{Error, Result};
 
 /// How long connecting to a registry may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a registry may stay silent in the middle of a response.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Clients kept; beyond that the cache starts over.
 const MAX_CLIENTS: usize = 64;
 
@@ -27,17 +25,22 @@ type FileStamp = (PathBuf, u64, Option<SystemTime>);
 /// The clients of one image store.
 #[derive(Debug)]
 pub(crate) struct HttpClients {
+    /// How long a registry may stay silent in the middle of a response (the
+    /// pull's progress timeout, so the two agree).
+    read_timeout: Duration,
     default: reqwest::Client,
     by_tls: Mutex<HashMap<(TlsSettings, Vec<FileStamp>), reqwest::Client>>,
 }
 
 impl HttpClients {
-    /// Builds the default client (system roots).
-    pub(crate) fn new() -> Result<HttpClients> {
-        let default = builder()
+    /// Builds the default client (system roots); `read_timeout` bounds silence
+    /// in the middle of any response.
+    pub(crate) fn new(read_timeout: Duration) -> Result<HttpClients> {
+        let default = builder(read_timeout)
             .build()
             .context("building the registry HTTP client")?;
         Ok(HttpClients {
+            read_timeout,
             default,
             by_tls: Mutex::new(HashMap::new()),
         })
@@ -68,7 +71,7 @@ impl HttpClients {
         {
             return Ok(client.clone());
         }
-        let client = build(tls, source)?;
+        let client = build(tls, source, self.read_timeout)?;
         let mut clients = self.by_tls.lock().unwrap_or_else(|e| e.into_inner());
         if clients.len() >= MAX_CLIENTS {
             clients.clear();
@@ -78,10 +81,10 @@ impl HttpClients {
     }
 }
 
-fn builder() -> reqwest::ClientBuilder {
+fn builder(read_timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(READ_TIMEOUT)
+        .read_timeout(read_timeout)
         .user_agent(concat!("crust/", env!("CARGO_PKG_VERSION")))
 }
 
@@ -99,8 +102,12 @@ fn file_error(path: &Path, source: Option<&Path>, e: &std::io::Error) -> Error {
     ))
 }
 
-fn build(tls: &TlsSettings, source: Option<&Path>) -> Result<reqwest::Client> {
-    let mut b = builder();
+fn build(
+    tls: &TlsSettings,
+    source: Option<&Path>,
+    read_timeout: Duration,
+) -> Result<reqwest::Client> {
+    let mut b = builder(read_timeout);
     for path in &tls.ca {
         let pem = std::fs::read(path).map_err(|e| file_error(path, source, &e))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)

@@ -365,22 +365,196 @@ fn decompression_bomb_is_stopped() {
 }
 
 #[test]
-fn garbage_and_zstd_are_refused() {
+fn garbage_is_refused_with_the_format_named() {
     let dest = TempDir::new("garbage");
     assert_invalid(
         unpack_layer(&b"\x1f\x8bnot really gzip"[..], &dest.0, 1 << 20),
-        "not a valid",
+        "not valid gzip",
     );
-    match unpack_layer(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0][..], &dest.0, 1 << 20) {
-        Err(Error::Unimplemented(_)) => {}
-        other => panic!("zstd: {other:?}"),
-    }
+    let dest = TempDir::new("garbage-zstd");
+    assert_invalid(
+        unpack_layer(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0][..], &dest.0, 1 << 20),
+        "not valid zstd",
+    );
+    let dest = TempDir::new("garbage-tar");
+    assert_invalid(
+        unpack_layer(&[7u8; 1024][..], &dest.0, 1 << 20),
+        "not a valid tar",
+    );
     // An empty blob is an empty layer.
     let empty = TempDir::new("empty");
     assert_eq!(
         unpack_layer(&b""[..], &empty.0, 1 << 20).unwrap(),
         sha256_of(b"")
     );
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).unwrap()
+}
+
+#[test]
+fn zstd_layers_unpack_with_the_same_diff_id() {
+    let tar = Layer::new()
+        .dir("etc/", 0o755)
+        .file("etc/hello", b"zstd\n", 0o644)
+        .tar();
+    let dest = TempDir::new("zstd");
+    assert_eq!(unpack(&zstd(&tar), &dest.0).unwrap(), sha256_of(&tar));
+    assert_eq!(fs::read(dest.0.join("etc/hello")).unwrap(), b"zstd\n");
+
+    // Several frames in a row make one stream, as with gzip members.
+    let (a, b) = tar.split_at(700);
+    let mut frames = zstd(a);
+    frames.extend(zstd(b));
+    let dest = TempDir::new("zstd-frames");
+    assert_eq!(unpack(&frames, &dest.0).unwrap(), sha256_of(&tar));
+}
+
+#[test]
+fn zstd_bombs_and_huge_windows_are_stopped() {
+    let zeros = vec![0u8; 4 << 20];
+    let tar = Layer::new().file("big", &zeros, 0o644).tar();
+    let z = zstd(&tar);
+    assert!(z.len() < 4 << 10, "zeros compress well: {}", z.len());
+    let dest = TempDir::new("zbomb");
+    assert_invalid(unpack_layer(&z[..], &dest.0, 1 << 20), "decompression bomb");
+
+    // A frame that asks for a 1 GiB window is refused before any memory is taken.
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    enc.window_log(30).unwrap();
+    enc.long_distance_matching(true).unwrap();
+    enc.write_all(&tar).unwrap();
+    let huge = enc.finish().unwrap();
+    let dest = TempDir::new("zwindow");
+    assert_invalid(unpack(&huge, &dest.0), "not valid zstd");
+}
+
+#[test]
+fn whiteouts_cannot_escape() {
+    let outside = TempDir::new("wh-outside");
+    fs::write(outside.0.join("canary"), b"alive").unwrap();
+    let dest = TempDir::new("wh-escape");
+    let tar = Layer::new().file("../.wh.canary", b"", 0o644).tar();
+    assert_invalid(unpack(&tar, &dest.0), "escapes");
+    for name in [".wh...", ".wh..", ".wh.", "a/.wh...", "a/.wh.."] {
+        let dest = TempDir::new("wh-nothing");
+        let tar = Layer::new().dir("a/", 0o755).file(name, b"", 0o644).tar();
+        assert_invalid(unpack(&tar, &dest.0), "whiteout of nothing");
+        assert!(dest.0.exists(), "{name} removed the layer directory");
+    }
+    // Neither a whiteout nor an opaque marker goes through a symlinked parent.
+    for name in ["evil/.wh.canary", "evil/.wh..wh..opq"] {
+        let dest = TempDir::new("wh-symlink");
+        let tar = Layer::new()
+            .link(EntryType::Symlink, "evil", outside.0.to_str().unwrap())
+            .file(name, b"", 0o644)
+            .tar();
+        assert_invalid(unpack(&tar, &dest.0), "not a directory");
+    }
+    assert_eq!(fs::read(outside.0.join("canary")).unwrap(), b"alive");
+    assert!(lgetxattr(&outside.0, "trusted.overlay.opaque").is_none());
+}
+
+#[test]
+fn links_pointing_outside_are_never_followed() {
+    let outside = TempDir::new("ln-outside");
+    let canary = outside.0.join("canary");
+    fs::write(&canary, b"alive").unwrap();
+    let canary_str = canary.to_str().unwrap();
+
+    // A hardlink to a symlink links the symlink itself.
+    let dest = TempDir::new("hl-sym");
+    let tar = Layer::new()
+        .link(EntryType::Symlink, "s", canary_str)
+        .link(EntryType::Link, "h", "s")
+        .tar();
+    unpack(&tar, &dest.0).unwrap();
+    assert!(
+        fs::symlink_metadata(dest.0.join("h"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // A file written where a symlink to the outside was replaces the symlink.
+    let dest = TempDir::new("sym-replaced");
+    let tar = Layer::new()
+        .link(EntryType::Symlink, "s", canary_str)
+        .file("s", b"pwned", 0o644)
+        .link(EntryType::Symlink, "d", outside.0.to_str().unwrap())
+        .dir("d/", 0o777)
+        .tar();
+    unpack(&tar, &dest.0).unwrap();
+    assert_eq!(fs::read(dest.0.join("s")).unwrap(), b"pwned");
+    assert!(fs::symlink_metadata(dest.0.join("d")).unwrap().is_dir());
+
+    // A hardlink to an absolute path outside, or through a chain of symlinks.
+    let dest = TempDir::new("hl-abs");
+    let tar = Layer::new().link(EntryType::Link, "h", canary_str).tar();
+    assert_invalid(unpack(&tar, &dest.0), "not a file in this layer");
+    let dest = TempDir::new("sym-chain");
+    let tar = Layer::new()
+        .link(EntryType::Symlink, "b", outside.0.to_str().unwrap())
+        .link(EntryType::Symlink, "a", "b")
+        .file("a/pwned", b"x", 0o644)
+        .tar();
+    assert_invalid(unpack(&tar, &dest.0), "not a directory");
+
+    // An absolute path stays inside the layer.
+    let dest = TempDir::new("abs");
+    let inside = format!("{}/pwned", outside.0.display());
+    let tar = Layer::new().file(&inside, b"inside", 0o644).tar();
+    unpack(&tar, &dest.0).unwrap();
+    assert_eq!(
+        fs::read(dest.0.join(inside.trim_start_matches('/'))).unwrap(),
+        b"inside"
+    );
+
+    assert_eq!(fs::read(&canary).unwrap(), b"alive");
+    assert_eq!(fs::metadata(&canary).unwrap().nlink(), 1);
+    assert_eq!(fs::read_dir(&outside.0).unwrap().count(), 1);
+    let mode = fs::metadata(&outside.0).unwrap().mode() & 0o7777;
+    assert_ne!(
+        mode, 0o777,
+        "the directory entry changed the outside directory"
+    );
+}
+
+#[test]
+fn long_names_with_dotdot_are_rejected() {
+    let dest = TempDir::new("pax-dotdot");
+    let tar = Layer::new()
+        .pax(&[("path", b"a/../../escape")])
+        .file("harmless", b"x", 0o644)
+        .tar();
+    assert_invalid(unpack(&tar, &dest.0), "escapes");
+
+    let dest = TempDir::new("gnu-dotdot");
+    let long = format!("{}/../../../escape", "d".repeat(120));
+    let mut name = long.into_bytes();
+    name.push(0);
+    let tar = Layer::new()
+        .push(
+            Layer::header(
+                "././@LongLink",
+                EntryType::GNULongName,
+                name.len() as u64,
+                0o644,
+            ),
+            &name,
+        )
+        .file("short", b"x", 0o644)
+        .tar();
+    assert_invalid(unpack(&tar, &dest.0), "escapes");
+
+    let dest = TempDir::new("pax-linkpath");
+    let tar = Layer::new()
+        .file("f", b"x", 0o644)
+        .pax(&[("linkpath", b"../../etc/passwd")])
+        .link(EntryType::Link, "h", "f")
+        .tar();
+    assert_invalid(unpack(&tar, &dest.0), "outside the layer");
 }
 
 #[test]
