@@ -13,12 +13,15 @@ DEBUG     := target/debug
 BUILD_PKGS := protobuf-compiler gcc
 RUN_PKGS   := runc containernetworking-plugins iptables
 TEST_PKGS  := docker-registry busybox-static apache2-utils openssl
-# The peer `make bench` compares crust with (optional: the report says if it is missing).
-BENCH_PKGS := containerd
+# The peer `make bench` compares crust with, and skopeo, the reference point of the
+# big-image pull (both optional: the report says if one is missing).
+BENCH_PKGS := containerd skopeo
 
-# make bench knobs: pods per runtime, cold pulls per image, where the JSON goes.
+# make bench knobs: pods per runtime, cold pulls per image, rounds of the big-image
+# pulls (5 layers, ~100 MiB; 0 skips them), where the JSON goes.
 BENCH_N     ?= 30
 BENCH_PULLS ?= 15
+BENCH_BIG_PULLS ?= 5
 BENCH_JSON  ?= $(CURDIR)/target/crust-bench/report.json
 
 .PHONY: all build release run test unit e2e bench lint install deps-build deps-run deps-test deps-bench
@@ -69,7 +72,7 @@ test: deps-test build
 bench: deps-bench release
 	$(CARGO) build --release -p crust-e2e --bin crust-bench
 	CRUST_BIN_DIR=$(CURDIR)/$(RELEASE) CRUST_BENCH_N=$(BENCH_N) CRUST_BENCH_PULLS=$(BENCH_PULLS) \
-		CRUST_BENCH_JSON=$(BENCH_JSON) $(RELEASE)/crust-bench
+		CRUST_BENCH_BIG_PULLS=$(BENCH_BIG_PULLS) CRUST_BENCH_JSON=$(BENCH_JSON) $(RELEASE)/crust-bench
 
 lint:
 	$(CARGO) fmt --all -- --check

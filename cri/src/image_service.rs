@@ -1,7 +1,9 @@
 //! CRI ImageService: thin handlers over the runtime's image store.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use crust_runtime::image::WritableLayers;
 use crust_runtime::{Error, Runtime};
 use k8s_cri::v1;
 use k8s_cri::v1::image_service_server;
@@ -10,15 +12,28 @@ use tonic::{Request, Response, Status};
 use crate::convert::image;
 use crate::instrument::rpc;
 
+/// How long one walk of the containers' writable layers answers ImageFsInfo.
+/// containerd refreshes its snapshot usage every 10 s too; kubelet's eviction
+/// manager asks about that often, and its stats and image GC in between.
+pub const WRITABLE_LAYERS_MAX_AGE: Duration = Duration::from_secs(10);
+
 /// The ImageService implementation.
 pub struct ImageService {
     runtime: Arc<Runtime>,
+    writable_layers: Arc<WritableLayers>,
 }
 
 impl ImageService {
     /// Serves the image store of `runtime`.
     pub fn new(runtime: Arc<Runtime>) -> Self {
-        ImageService { runtime }
+        let writable_layers = Arc::new(WritableLayers::new(
+            runtime.options().root.join("containers"),
+            WRITABLE_LAYERS_MAX_AGE,
+        ));
+        ImageService {
+            runtime,
+            writable_layers,
+        }
     }
 }
 
@@ -66,15 +81,15 @@ impl image_service_server::ImageService for ImageService {
     ) -> Reply<v1::ImageStatusResponse> {
         rpc("ImageStatus", async {
             let req = req.into_inner();
-            let found = self.runtime.images().get(&wanted(req.image)?);
+            let images = self.runtime.images();
+            let found = images.get(&wanted(req.image)?);
+            let pinned = found.as_ref().is_some_and(|i| images.is_pinned(i));
             Ok(v1::ImageStatusResponse {
                 info: match (&found, req.verbose) {
-                    (Some(i), true) => image::verbose_info(i),
+                    (Some(i), true) => image::verbose_info(i, pinned),
                     _ => Default::default(),
                 },
-                image: found
-                    .as_ref()
-                    .map(|i| image::image_to(i, self.runtime.images().is_pinned(i))),
+                image: found.as_ref().map(|i| image::image_to(i, pinned)),
             })
         })
         .await
@@ -114,23 +129,17 @@ impl image_service_server::ImageService for ImageService {
     ) -> Reply<v1::ImageFsInfoResponse> {
         rpc("ImageFsInfo", async {
             let images = self.runtime.images().clone();
-            let usage = tokio::task::spawn_blocking(move || images.usage())
-                .await
-                .map_err(|e| Error::internal(format!("usage task failed: {e}")))??;
+            let layers = self.writable_layers.clone();
+            let (image_fs, container_fs) = tokio::task::spawn_blocking(move || {
+                Ok::<_, Error>((images.usage()?, layers.usage()?))
+            })
+            .await
+            .map_err(|e| Error::internal(format!("usage task failed: {e}")))??;
+            // One entry each: kubelet reads the first of each list as the
+            // image filesystem and the container filesystem.
             Ok(v1::ImageFsInfoResponse {
-                image_filesystems: vec![v1::FilesystemUsage {
-                    timestamp: crust_runtime::clock::now_ns(),
-                    fs_id: Some(v1::FilesystemIdentifier {
-                        mountpoint: usage.mountpoint.to_string_lossy().into_owned(),
-                    }),
-                    used_bytes: Some(v1::UInt64Value {
-                        value: usage.used_bytes,
-                    }),
-                    inodes_used: Some(v1::UInt64Value {
-                        value: usage.inodes_used,
-                    }),
-                }],
-                container_filesystems: Vec::new(),
+                image_filesystems: vec![image::fs_usage_to(&image_fs)],
+                container_filesystems: vec![image::fs_usage_to(&container_fs)],
             })
         })
         .await

@@ -196,6 +196,8 @@ impl Runtime {
                 .insert(sb.id.clone(), Entry::new(sb));
         }
         let (containers, bad) = self.container_records.load_all()?;
+        let mut image_holders: std::collections::HashSet<String> =
+            bad.iter().map(|b| b.id.clone()).collect();
         for b in bad {
             tracing::error!(id = %b.id, error = %format!("{:#}", b.error), "unreadable container record kept aside");
         }
@@ -212,6 +214,10 @@ impl Runtime {
         }
         self.detach_orphan_networks();
         self.collect_orphans();
+        image_holders.extend(self.all_containers().iter().map(|c| c.snapshot().id));
+        if let Err(e) = self.images.release_all_except(&image_holders) {
+            tracing::warn!(error = %format!("{e:#}"), "could not release the image holds of vanished containers");
+        }
         tracing::info!(
             sandboxes = self.all_sandboxes().len(),
             containers = self.all_containers().len(),

@@ -1,7 +1,8 @@
 //! Image messages.
 
-use crust_runtime::image::{Image, RegistryAuth};
+use crust_runtime::image::{FsUsage, Image, RegistryAuth};
 use k8s_cri::v1;
+use serde_json::{Value, json};
 
 /// CRI AuthConfig → domain credentials.
 pub fn auth_from(a: Option<v1::AuthConfig>) -> RegistryAuth {
@@ -16,10 +17,11 @@ pub fn auth_from(a: Option<v1::AuthConfig>) -> RegistryAuth {
     }
 }
 
-/// Domain image → CRI Image. The image's user becomes `uid` when numeric,
-/// `username` otherwise.
+/// Domain image → CRI Image. The image's user (`User` in its config:
+/// `1000`, `1000:1000`, `name` or `name:group`) becomes `uid` when numeric,
+/// `username` otherwise; neither is set when the image names no user.
 pub fn image_to(i: &Image, pinned: bool) -> v1::Image {
-    let user = i.config.user.split(':').next().unwrap_or("");
+    let user = i.config.user.split(':').next().unwrap_or("").trim();
     let (uid, username) = match user.parse::<i64>() {
         Ok(n) => (Some(v1::Int64Value { value: n }), String::new()),
         Err(_) => (None, user.to_string()),
@@ -39,9 +41,111 @@ pub fn image_to(i: &Image, pinned: bool) -> v1::Image {
     }
 }
 
-/// The verbose `info` of ImageStatus: the image config as pulled.
-pub fn verbose_info(i: &Image) -> std::collections::HashMap<String, String> {
-    [("info".to_string(), i.config.raw.clone())]
+/// The verbose `info` of ImageStatus: one key, `info`, holding a JSON object
+/// with, like containerd's, `imageSpec` (the image config as pulled) and
+/// `chainID` (of the top layer), plus `id`, `repoTags`, `repoDigests`,
+/// `manifestDigests`, `size`, `pulledAt` (ns since the epoch), `pinned`, and
+/// `layers` (bottom first, each with `digest`, `size`, `diffID` and
+/// `chainID`).
+pub fn verbose_info(i: &Image, pinned: bool) -> std::collections::HashMap<String, String> {
+    let spec = serde_json::from_str::<Value>(&i.config.raw)
+        .unwrap_or_else(|_| Value::String(i.config.raw.clone()));
+    let layers: Vec<Value> = i
+        .layers
+        .iter()
+        .map(|l| {
+            json!({
+                "digest": l.digest,
+                "size": l.size,
+                "diffID": l.diff_id,
+                "chainID": l.chain_id,
+            })
+        })
+        .collect();
+    let info = json!({
+        "id": i.id,
+        "repoTags": i.repo_tags,
+        "repoDigests": i.repo_digests,
+        "manifestDigests": i.manifest_digests,
+        "size": i.size,
+        "pulledAt": i.pulled_at,
+        "pinned": pinned,
+        "chainID": i.layers.last().map(|l| l.chain_id.as_str()).unwrap_or_default(),
+        "layers": layers,
+        "imageSpec": spec,
+    });
+    [("info".to_string(), info.to_string())]
         .into_iter()
         .collect()
+}
+
+/// Domain disk use → CRI FilesystemUsage.
+pub fn fs_usage_to(u: &FsUsage) -> v1::FilesystemUsage {
+    v1::FilesystemUsage {
+        timestamp: u.timestamp,
+        fs_id: Some(v1::FilesystemIdentifier {
+            mountpoint: u.mountpoint.to_string_lossy().into_owned(),
+        }),
+        used_bytes: Some(v1::UInt64Value {
+            value: u.used_bytes,
+        }),
+        inodes_used: Some(v1::UInt64Value {
+            value: u.inodes_used,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crust_runtime::image::{ImageConfig, ImageLayer};
+
+    fn image(user: &str) -> Image {
+        Image {
+            id: format!("sha256:{}", "a".repeat(64)),
+            repo_tags: vec!["reg.io/a:1".into()],
+            repo_digests: Vec::new(),
+            size: 10,
+            config: ImageConfig {
+                user: user.into(),
+                raw: r#"{"config":{"User":"x"},"rootfs":{"type":"layers"}}"#.into(),
+                ..ImageConfig::default()
+            },
+            layers: vec![ImageLayer {
+                digest: format!("sha256:{}", "b".repeat(64)),
+                size: 5,
+                diff_id: format!("sha256:{}", "c".repeat(64)),
+                chain_id: format!("sha256:{}", "c".repeat(64)),
+            }],
+            manifest_digests: Vec::new(),
+            pulled_at: 1,
+        }
+    }
+
+    #[test]
+    fn user_becomes_uid_or_username() {
+        for (user, uid, name) in [
+            ("", None, ""),
+            ("1000", Some(1000), ""),
+            ("1000:1000", Some(1000), ""),
+            ("0", Some(0), ""),
+            ("nobody", None, "nobody"),
+            ("app:staff", None, "app"),
+            (":1000", None, ""),
+        ] {
+            let got = image_to(&image(user), false);
+            assert_eq!(got.uid.map(|u| u.value), uid, "{user:?}");
+            assert_eq!(got.username, name, "{user:?}");
+        }
+    }
+
+    #[test]
+    fn verbose_info_is_json_with_the_config() {
+        let info = verbose_info(&image(""), true);
+        let v: Value = serde_json::from_str(&info["info"]).unwrap();
+        assert_eq!(v["imageSpec"]["config"]["User"], "x");
+        assert_eq!(v["chainID"], format!("sha256:{}", "c".repeat(64)));
+        assert_eq!(v["layers"][0]["size"], 5);
+        assert_eq!(v["pinned"], true);
+    }
 }

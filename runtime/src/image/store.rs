@@ -26,7 +26,7 @@ use super::record::{Image, Lease, MetaFiles};
 use super::reference::Reference;
 use super::registry::{RegistryAuth, RegistryClient};
 use super::snapshot::Snapshots;
-use super::usage::{FsUsage, measure};
+use super::usage::{FsUsage, ImageTallies};
 use crate::{Error, Result};
 
 /// Shortest image id prefix accepted in place of a full id.
@@ -47,6 +47,7 @@ pub(crate) struct Inner {
     pub(crate) registry: RegistryClient,
     pub(crate) locks: KeyedLocks,
     meta: MetaFiles,
+    tallies: ImageTallies,
     state: Mutex<State>,
     meta_lock: Mutex<()>,
     gc_lock: Mutex<()>,
@@ -170,6 +171,13 @@ impl ImageStore {
                     ))
                 })?;
 
+        for name in options.pinned_images.iter().map(|n| n.trim()) {
+            let id_like = hex_of(name, "").is_ok()
+                || (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !id_like && Reference::parse(name).is_err() {
+                tracing::warn!(entry = %name, "pinned_images: this entry is neither an image reference nor an image id; it pins nothing");
+            }
+        }
         let content = ContentStore::open(&root.join("content"))?;
         let snapshots = Snapshots::open(&root.join("snapshots"))?;
         let meta = MetaFiles::open(&meta_dir)?;
@@ -209,6 +217,7 @@ impl ImageStore {
                 registry,
                 locks: KeyedLocks::default(),
                 meta,
+                tallies: ImageTallies::default(),
                 state: Mutex::new(state),
                 meta_lock: Mutex::new(()),
                 gc_lock: Mutex::new(()),
@@ -239,16 +248,17 @@ impl ImageStore {
         state.images.get(found.id()).cloned()
     }
 
-    /// Whether `image` is one of the configured pinned images (by id or by a
-    /// reference naming one of its tags or digests).
+    /// Whether `image` is one of the configured pinned images: an entry of
+    /// `pinned_images` names it by id (with or without `sha256:`), by one of
+    /// its tags (normalized: `busybox` is `docker.io/library/busybox:latest`)
+    /// or by one of its digest references (a tag next to the digest is
+    /// ignored, as in a pull).
     pub fn is_pinned(&self, image: &Image) -> bool {
-        self.inner.options.pinned_images.iter().any(|p| {
-            *p == image.id
-                || Reference::parse(p).is_ok_and(|r| {
-                    let name = r.to_string();
-                    image.repo_tags.contains(&name) || image.repo_digests.contains(&name)
-                })
-        })
+        self.inner
+            .options
+            .pinned_images
+            .iter()
+            .any(|p| names_image(p, image))
     }
 
     /// Every image.
@@ -258,9 +268,12 @@ impl ImageStore {
 
     /// Removes an image the way CRI's RemoveImage does. By tag: that tag, and
     /// the digest references of its repository if no other tag of that
-    /// repository remains; the image goes once it has no names left. By id
-    /// or digest reference: the image with all its names. Absent is fine.
-    /// Then collects what nothing references any more.
+    /// repository remains; the image goes once it has no names left (as in
+    /// CRI-O; containerd drops every name of the image whichever one is
+    /// given, which loses the other tags kubelet may still use). By id, id
+    /// prefix or digest reference: the image with all its names. Absent is
+    /// fine. Then collects what nothing references any more; snapshots a
+    /// container holds stay until it releases them.
     pub async fn remove(&self, reference_or_id: &str) -> Result<()> {
         let inner = self.inner.clone();
         let name = reference_or_id.to_string();
@@ -304,11 +317,59 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Drops the holds of every container not in `known` (what a crash in
+    /// the middle of a CreateContainer leaves) and collects what they held.
+    pub fn release_all_except(&self, known: &HashSet<String>) -> Result<()> {
+        let stale: Vec<String> = lock(&self.inner.state)
+            .leases
+            .keys()
+            .filter(|id| !known.contains(*id))
+            .cloned()
+            .collect();
+        let mut released = false;
+        for id in &stale {
+            tracing::info!(container = %id, "releasing the image hold of a container that no longer exists");
+            released |= self.inner.release(id)?;
+        }
+        if released {
+            self.inner.gc()?;
+        }
+        Ok(())
+    }
+
     /// Space and inodes used under `content/` and `snapshots/`; the
-    /// mountpoint reported is the snapshots directory.
+    /// mountpoint reported is the snapshots directory. Committed snapshots
+    /// are walked once and remembered (see the usage module), so this is
+    /// cheap enough for kubelet's periodic ImageFsInfo. Blocking.
     pub fn usage(&self) -> Result<FsUsage> {
-        let snapshots = self.inner.snapshots.dir();
-        measure(snapshots, &[&self.inner.root.join("content"), snapshots])
+        let snapshots = &self.inner.snapshots;
+        let committed: HashSet<PathBuf> = snapshots
+            .list()?
+            .iter()
+            .filter_map(|chain| snapshots.lookup(chain))
+            .collect();
+        self.inner.tallies.measure(
+            &self.inner.root.join("content"),
+            snapshots.dir(),
+            &committed,
+        )
+    }
+}
+
+/// Whether `name`, an entry of `pinned_images`, names `image`.
+fn names_image(name: &str, image: &Image) -> bool {
+    let name = name.trim();
+    if name == image.id || image.id.strip_prefix("sha256:") == Some(name) {
+        return true;
+    }
+    let Ok(r) = Reference::parse(name) else {
+        return false;
+    };
+    match r.digest() {
+        Some(d) => image.repo_digests.contains(&r.with_digest(d)),
+        None => r
+            .tagged_name()
+            .is_some_and(|t| image.repo_tags.contains(&t)),
     }
 }
 
@@ -627,6 +688,28 @@ mod tests {
             id_of(&format!("busybox@{d1}")).as_deref(),
             Some(a_hex.as_str())
         );
+        for name in [
+            "docker.io/library/busybox",
+            "docker.io/library/busybox:latest",
+            "index.docker.io/busybox:1",
+            "docker.io/busybox:1",
+        ] {
+            assert_eq!(id_of(name).as_deref(), Some(a_hex.as_str()), "{name}");
+        }
+        // A tag next to a digest is ignored, as in a pull.
+        assert_eq!(
+            id_of(&format!("busybox:no-such-tag@{d1}")).as_deref(),
+            Some(a_hex.as_str())
+        );
+        // Names are exact: another repository or registry is another image.
+        for name in [
+            "busybox:2",
+            "reg.io/busybox",
+            "docker.io/other/busybox",
+            &format!("reg.io/b@{d1}"),
+        ] {
+            assert_eq!(id_of(name), None, "{name}");
+        }
         assert_eq!(id_of("abcd").as_deref(), Some(a_hex.as_str()));
         assert_eq!(id_of("sha256:abce").as_deref(), Some(b_hex.as_str()));
         assert_eq!(id_of("abc"), None, "too short");
@@ -666,9 +749,71 @@ mod tests {
         // Absent names are fine.
         store.remove("busybox").await.unwrap();
         store.remove("not a reference").await.unwrap();
+        // By digest reference, the image goes with every tag.
+        let e_hex = format!("e{}", "0".repeat(63));
+        let e_digest = format!("reg.io/e@{d1}");
+        store
+            .inner
+            .commit_pull(image(&e_hex, &["reg.io/e:1", "reg.io/e:2"], &[&e_digest]))
+            .unwrap();
+        store.remove(&e_digest).await.unwrap();
+        assert!(store.get(&e_hex).is_none());
+        assert!(store.get("reg.io/e:2").is_none());
         // By id, everything goes.
         store.remove(&format!("sha256:{b_hex}")).await.unwrap();
         assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn pinned_by_id_tag_or_digest() {
+        let d = format!("sha256:{}", "1".repeat(64));
+        let hex = "a".repeat(64);
+        let img = image(
+            &hex,
+            &["docker.io/library/pause:3.10", "reg.io/x/y:1"],
+            &[&format!("reg.io/x/y@{d}")],
+        );
+        for (name, pinned) in [
+            ("pause:3.10", true),
+            ("docker.io/library/pause:3.10", true),
+            ("library/pause:3.10", true),
+            ("pause", false),
+            ("pause:3.9", false),
+            ("reg.io/x/y:1", true),
+            (&format!("reg.io/x/y@{d}"), true),
+            (&format!("reg.io/x/y:other@{d}"), true),
+            (&format!("reg.io/x/z@{d}"), false),
+            (&format!("sha256:{hex}"), true),
+            (&hex, true),
+            (&hex[..12], false),
+            ("NOT A REFERENCE", false),
+        ] {
+            assert_eq!(names_image(name, &img), pinned, "{name}");
+        }
+        let root = root("pinned");
+        let options = ImageOptions {
+            pinned_images: vec!["reg.io/x/y:1".into(), "bad ref".into()],
+            ..ImageOptions::default()
+        };
+        let store = ImageStore::open(&root.0, options).unwrap();
+        assert!(store.is_pinned(&img));
+        assert!(!store.is_pinned(&image(&hex, &["reg.io/x/y:2"], &[])));
+    }
+
+    #[test]
+    fn holds_of_unknown_containers_are_released() {
+        let root = root("stale-holds");
+        let store = ImageStore::open(&root.0, ImageOptions::default()).unwrap();
+        let img = image(&"a".repeat(64), &[], &[]);
+        for id in ["kept", "gone"] {
+            store.hold(id, &img).unwrap();
+        }
+        let known: HashSet<String> = ["kept".to_string()].into_iter().collect();
+        store.release_all_except(&known).unwrap();
+        assert!(root.0.join("meta/leases/kept.json").exists());
+        assert!(!root.0.join("meta/leases/gone.json").exists());
+        let leases: Vec<String> = lock(&store.inner.state).leases.keys().cloned().collect();
+        assert_eq!(leases, vec!["kept".to_string()]);
     }
 
     #[test]

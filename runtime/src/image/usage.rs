@@ -1,81 +1,317 @@
-//! Disk use of the image filesystem, for ImageFsInfo.
+//! Disk use of the image filesystem and of the containers' writable layers,
+//! for ImageFsInfo.
+//!
+//! kubelet asks every 10 s or so (its eviction manager), and again for stats
+//! scrapes and image garbage collection, so neither answer may walk every
+//! file of every image each time:
+//!
+//! - The image store ([`ImageTallies`]): blobs and committed snapshots never
+//!   change once written, so each committed snapshot directory is walked once
+//!   and its tally kept (keyed by its name and inode) until it is collected.
+//!   A call stats the content files (one per blob) and the snapshot
+//!   directories' top level, and walks only snapshots still being unpacked.
+//!   The answer is exact, and a pull or a removal shows in the next call.
+//! - The writable layers ([`WritableLayers`]): running containers change them
+//!   behind crustd's back, so they must be walked. One walk serves every call
+//!   for [`WritableLayers::max_age`]; concurrent callers wait for the same walk
+//!   instead of each starting one. The reported timestamp is when it ran.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::Result;
 
-/// Space and inodes the image store uses.
+/// Space and inodes used under a directory, as ImageFsInfo reports them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FsUsage {
-    /// The directory to report as the image filesystem's mountpoint.
+    /// The directory to report as the filesystem's mountpoint.
     pub mountpoint: PathBuf,
     /// Bytes allocated (st_blocks × 512, hardlinks counted once).
     pub used_bytes: u64,
     /// Inodes used (hardlinks counted once).
     pub inodes_used: u64,
+    /// When the figures were collected, in nanoseconds since the epoch.
+    pub timestamp: i64,
 }
 
-/// Adds up what lives under `dirs` (not following symlinks). Entries that
-/// vanish during the walk (a concurrent removal) are skipped.
-pub(crate) fn measure(mountpoint: &Path, dirs: &[&Path]) -> Result<FsUsage> {
-    let mut usage = FsUsage {
-        mountpoint: mountpoint.to_path_buf(),
-        ..FsUsage::default()
-    };
-    let mut seen = HashSet::new();
-    let mut stack: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
-    while let Some(path) = stack.pop() {
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("inspecting {}", path.display()))
-                    .into());
-            }
-        };
-        if seen.insert((meta.dev(), meta.ino())) {
-            usage.used_bytes += meta.blocks() * 512;
-            usage.inodes_used += 1;
-        }
-        if meta.is_dir() {
-            let entries = match fs::read_dir(&path) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(anyhow::Error::new(e)
-                        .context(format!("reading {}", path.display()))
-                        .into());
-                }
-            };
-            for entry in entries {
-                let entry = entry.with_context(|| format!("reading {}", path.display()))?;
-                stack.push(entry.path());
-            }
+/// Bytes and inodes of some files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    bytes: u64,
+    inodes: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.bytes += other.bytes;
+        self.inodes += other.inodes;
+    }
+
+    fn usage(self, mountpoint: &Path, timestamp: i64) -> FsUsage {
+        FsUsage {
+            mountpoint: mountpoint.to_path_buf(),
+            used_bytes: self.bytes,
+            inodes_used: self.inodes,
+            timestamp,
         }
     }
-    Ok(usage)
+}
+
+/// Walks `dir` (not following symlinks), counting every inode not in `seen`
+/// yet. Entries that vanish during the walk (a concurrent removal) are skipped.
+fn walk(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<Tally> {
+    let mut tally = Tally::default();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Some(meta) = lstat(&path)? else {
+            continue;
+        };
+        if seen.insert((meta.dev(), meta.ino())) {
+            tally.bytes += meta.blocks() * 512;
+            tally.inodes += 1;
+        }
+        if meta.is_dir() {
+            stack.extend(children(&path)?);
+        }
+    }
+    Ok(tally)
+}
+
+/// `symlink_metadata`, with a vanished path as `None`.
+fn lstat(path: &Path) -> Result<Option<fs::Metadata>> {
+    match fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e)
+            .context(format!("inspecting {}", path.display()))
+            .into()),
+    }
+}
+
+/// The entries of directory `path`; none if it vanished.
+fn children(path: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("reading {}", path.display()))
+                .into());
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", path.display()))?;
+        out.push(entry.path());
+    }
+    Ok(out)
+}
+
+/// Adds up what lives under `dirs` (not following symlinks, hardlinks once),
+/// reported with `mountpoint`.
+pub(crate) fn measure(mountpoint: &Path, dirs: &[&Path]) -> Result<FsUsage> {
+    let timestamp = crate::clock::now_ns();
+    let mut seen = HashSet::new();
+    let mut total = Tally::default();
+    for dir in dirs {
+        total.add(walk(dir, &mut seen)?);
+    }
+    Ok(total.usage(mountpoint, timestamp))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The image store's disk use, with the tallies of committed snapshots kept
+/// between calls (they never change until they are deleted).
+#[derive(Debug, Default)]
+pub(crate) struct ImageTallies {
+    /// By snapshot directory name and inode.
+    committed: Mutex<HashMap<(String, u64), Tally>>,
+}
+
+impl ImageTallies {
+    /// Space and inodes under `content` (walked: one file per blob) and
+    /// `snapshots`, whose direct subdirectories listed in `committed` are
+    /// immutable and walked only the first time they are seen; everything
+    /// else there (the index, unpacks in progress) is walked each time.
+    pub(crate) fn measure(
+        &self,
+        content: &Path,
+        snapshots: &Path,
+        committed: &HashSet<PathBuf>,
+    ) -> Result<FsUsage> {
+        let timestamp = crate::clock::now_ns();
+        let mut known = lock(&self.committed);
+        let mut kept = HashMap::with_capacity(known.len());
+        let mut seen = HashSet::new();
+        let mut total = walk(content, &mut seen)?;
+        if let Some(meta) = lstat(snapshots)? {
+            total.add(Tally {
+                bytes: meta.blocks() * 512,
+                inodes: 1,
+            });
+        }
+        for path in children(snapshots)? {
+            if !committed.contains(&path) {
+                total.add(walk(&path, &mut seen)?);
+                continue;
+            }
+            let Some(meta) = lstat(&path)? else {
+                continue;
+            };
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let key = (name, meta.ino());
+            let tally = match known.get(&key) {
+                Some(t) => *t,
+                // A snapshot has its own hardlinks only: a fresh `seen` keeps
+                // its tally independent of what else was walked.
+                None => walk(&path, &mut HashSet::new())?,
+            };
+            total.add(tally);
+            kept.insert(key, tally);
+        }
+        *known = kept;
+        Ok(total.usage(snapshots, timestamp))
+    }
+
+    /// How many snapshot tallies are kept (for tests).
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        lock(&self.committed).len()
+    }
+}
+
+/// The disk use of the containers' writable layers (upper and work
+/// directories) under one directory, walked at most once per `max_age`.
+#[derive(Debug)]
+pub struct WritableLayers {
+    dir: PathBuf,
+    max_age: Duration,
+    last: Mutex<Option<(Instant, FsUsage)>>,
+}
+
+impl WritableLayers {
+    /// Reports on everything under `dir` (crustd's `<root>/containers`),
+    /// reusing a walk for `max_age`.
+    pub fn new(dir: PathBuf, max_age: Duration) -> WritableLayers {
+        WritableLayers {
+            dir,
+            max_age,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// How long one walk's figures are reused.
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
+    /// The usage, from the last walk if it is recent enough, else from a new
+    /// one (blocking; run it off the async runtime). The mountpoint is `dir`.
+    pub fn usage(&self) -> Result<FsUsage> {
+        let mut last = lock(&self.last);
+        if let Some((at, usage)) = last.as_ref()
+            && at.elapsed() < self.max_age
+        {
+            return Ok(usage.clone());
+        }
+        let started = Instant::now();
+        let usage = measure(&self.dir, &[&self.dir])?;
+        *last = Some((started, usage.clone()));
+        Ok(usage)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("crust-usage-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+
     #[test]
     fn counts_hardlinks_once() {
-        let dir = std::env::temp_dir().join(format!("crust-usage-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("a"), vec![1u8; 10000]).unwrap();
-        fs::hard_link(dir.join("a"), dir.join("b")).unwrap();
-        let u = measure(&dir, &[&dir]).unwrap();
+        let d = dir("links");
+        fs::write(d.0.join("a"), vec![1u8; 10000]).unwrap();
+        fs::hard_link(d.0.join("a"), d.0.join("b")).unwrap();
+        let u = measure(&d.0, &[&d.0]).unwrap();
         assert_eq!(u.inodes_used, 2);
         assert!(u.used_bytes >= 10000);
-        assert_eq!(u.mountpoint, dir);
-        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(u.mountpoint, d.0);
+        assert!(u.timestamp > 0);
+    }
+
+    #[test]
+    fn committed_snapshots_are_walked_once() {
+        let d = dir("tallies");
+        let content = d.0.join("content");
+        let snapshots = d.0.join("snapshots");
+        fs::create_dir_all(content.join("blobs")).unwrap();
+        fs::write(content.join("blobs/x"), vec![1u8; 8192]).unwrap();
+        for n in ["1", "2"] {
+            fs::create_dir_all(snapshots.join(n)).unwrap();
+            fs::write(snapshots.join(n).join("f"), vec![2u8; 8192]).unwrap();
+        }
+        fs::create_dir_all(snapshots.join("by-chain")).unwrap();
+        let committed: HashSet<PathBuf> = [snapshots.join("1")].into_iter().collect();
+        let tallies = ImageTallies::default();
+        let first = tallies.measure(&content, &snapshots, &committed).unwrap();
+        let exact = measure(&snapshots, &[&content, &snapshots]).unwrap();
+        assert_eq!(first.used_bytes, exact.used_bytes);
+        assert_eq!(first.inodes_used, exact.inodes_used);
+        assert_eq!(first.mountpoint, snapshots);
+        assert_eq!(tallies.kept(), 1);
+
+        // A committed snapshot is not walked again (it never changes); the
+        // uncommitted one is.
+        fs::write(snapshots.join("1/g"), vec![3u8; 8192]).unwrap();
+        fs::write(snapshots.join("2/g"), vec![3u8; 8192]).unwrap();
+        let second = tallies.measure(&content, &snapshots, &committed).unwrap();
+        assert_eq!(second.inodes_used, first.inodes_used + 1);
+
+        // A collected snapshot goes from the figures and from the tallies.
+        fs::remove_dir_all(snapshots.join("1")).unwrap();
+        let third = tallies
+            .measure(&content, &snapshots, &HashSet::new())
+            .unwrap();
+        assert_eq!(third.inodes_used, second.inodes_used - 2);
+        assert_eq!(tallies.kept(), 0);
+    }
+
+    #[test]
+    fn writable_layers_are_walked_at_most_once_per_max_age() {
+        let d = dir("layers");
+        fs::write(d.0.join("a"), vec![1u8; 4096]).unwrap();
+        let cached = WritableLayers::new(d.0.clone(), Duration::from_secs(3600));
+        let first = cached.usage().unwrap();
+        fs::write(d.0.join("b"), vec![1u8; 4096]).unwrap();
+        assert_eq!(cached.usage().unwrap(), first, "reused within max_age");
+        let fresh = WritableLayers::new(d.0.clone(), Duration::ZERO);
+        let now = fresh.usage().unwrap();
+        assert_eq!(now.inodes_used, first.inodes_used + 1);
+        assert_eq!(now.mountpoint, d.0);
     }
 }

@@ -20,6 +20,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::big_image::BigImages;
 use super::containerd_config::{self, CRI_NAMESPACE, Layout};
 use super::machine;
 use super::options::Options;
@@ -38,7 +39,7 @@ const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 
 /// Runs the workload against a private containerd, or says why it could not.
-pub async fn run(images: &TestImages, options: &Options) -> RunResult {
+pub async fn run(images: &TestImages, big: Option<&BigImages>, options: &Options) -> RunResult {
     let mut result = RunResult::new("containerd");
     let Some(program) = requirements::find_program("containerd") else {
         result.outcome = Outcome::Unavailable(
@@ -58,7 +59,7 @@ pub async fn run(images: &TestImages, options: &Options) -> RunResult {
             return result;
         }
     };
-    let outcome = drive(&daemon, images, options, &mut result).await;
+    let outcome = drive(&daemon, images, big, options, &mut result).await;
     result.note(
         "containerd's CreateContainer only records the container and prepares its snapshot; its runc create runs in StartContainer, so compare CreateContainer+StartContainer",
     );
@@ -90,6 +91,7 @@ pub async fn run(images: &TestImages, options: &Options) -> RunResult {
 async fn drive(
     daemon: &Containerd,
     images: &TestImages,
+    big: Option<&BigImages>,
     options: &Options,
     result: &mut RunResult,
 ) -> Result<()> {
@@ -116,7 +118,7 @@ async fn drive(
         .pull_image(&pause)
         .await
         .with_context(|| format!("PullImage {pause}"))?;
-    workload::run(&target, images, options, result).await
+    workload::run(&target, images, big, options, result).await
 }
 
 /// A running private containerd; dropping it cleans up after it.

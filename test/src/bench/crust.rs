@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 
+use super::big_image::BigImages;
 use super::options::Options;
 use super::pods::PodFactory;
 use super::results::RunResult;
@@ -13,19 +14,24 @@ use crate::{CriClient, binaries};
 
 /// Runs the workload against a fresh crustd; the daemon guard then removes
 /// every pod through CRI, stops crustd and removes what is left on disk.
-pub async fn run(images: &TestImages, options: &Options) -> RunResult {
+pub async fn run(images: &TestImages, big: Option<&BigImages>, options: &Options) -> RunResult {
     let mut result = RunResult::new("crust");
-    if let Err(e) = run_inner(images, options, &mut result).await {
+    if let Err(e) = run_inner(images, big, options, &mut result).await {
         result.fail(&e);
     }
     result
 }
 
-async fn run_inner(images: &TestImages, options: &Options, result: &mut RunResult) -> Result<()> {
+async fn run_inner(
+    images: &TestImages,
+    big: Option<&BigImages>,
+    options: &Options,
+    result: &mut RunResult,
+) -> Result<()> {
     let binaries = binaries::locate()?;
     result.version = format!("crustd from {}", binaries.crustd.display());
     let mut daemon = Daemon::start("bench").await.context("starting crustd")?;
-    let outcome = drive(&daemon, images, options, result).await;
+    let outcome = drive(&daemon, images, big, options, result).await;
     if outcome.is_ok() {
         let leaks = daemon.leaks();
         if !leaks.is_empty() {
@@ -43,6 +49,7 @@ async fn run_inner(images: &TestImages, options: &Options, result: &mut RunResul
 async fn drive(
     daemon: &Daemon,
     images: &TestImages,
+    big: Option<&BigImages>,
     options: &Options,
     result: &mut RunResult,
 ) -> Result<()> {
@@ -62,5 +69,5 @@ async fn drive(
     if let Ok(v) = target.cri.version().await {
         result.version = format!("{} {}", v.runtime_name, v.runtime_version);
     }
-    workload::run(&target, images, options, result).await
+    workload::run(&target, images, big, options, result).await
 }

@@ -3,13 +3,16 @@
 //! (see [`super::namespaces`]); CreateContainer/StartContainer → `runc create`
 //! / `runc start`; StopContainer(0)+RemoveContainer → `runc kill KILL`, wait,
 //! `runc delete`; StopPodSandbox+RemovePodSandbox → unpin; cold PullImage →
-//! fetch, digest-check and unpack the layers (see [`super::registry_fetch`]).
+//! fetch, digest-check and unpack the layers (see [`super::registry_fetch`]);
+//! PullImage with layers present → the same for the missing layers only.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use super::big_image::BigImages;
 use super::machine;
 use super::metrics as m;
 use super::namespaces::{self, PinnedNamespaces};
@@ -22,14 +25,14 @@ use crate::registry::RegistryClient;
 use crate::{cgroups, cleanup, unique};
 
 /// Runs the floor measurements; everything made is removed when it returns.
-pub async fn run(images: &TestImages, options: &Options) -> RunResult {
+pub async fn run(images: &TestImages, big: Option<&BigImages>, options: &Options) -> RunResult {
     let mut result = RunResult::new("floor");
     result.version = format!(
         "bare {}",
         machine::tool_version("runc").unwrap_or_else(|| "runc".into())
     );
     let mut floor = Floor::new();
-    if let Err(e) = floor.measure(images, options, &mut result).await {
+    if let Err(e) = floor.measure(images, big, options, &mut result).await {
         result.fail(&e);
     }
     result
@@ -67,12 +70,16 @@ impl Floor {
     async fn measure(
         &mut self,
         images: &TestImages,
+        big: Option<&BigImages>,
         options: &Options,
         result: &mut RunResult,
     ) -> Result<()> {
         std::fs::create_dir_all(self.dir.join("ns"))
             .with_context(|| format!("creating {}", self.dir.display()))?;
         self.pulls(images, options, result).await?;
+        if let Some(big) = big {
+            self.big_pulls(big, options, result).await?;
+        }
         self.bundles = Some(RuncBundles::prepare(
             &self.dir.join("bundles"),
             &self.cgroup_parent,
@@ -93,7 +100,7 @@ impl Floor {
             "container floor: runc create / runc start of a busybox rootfs dir (runc spec, non-terminal sleep 3600, same resources); stop+remove = runc kill KILL, wait, runc delete",
         );
         result.note(
-            "pull floor: GET manifest, config and layers over HTTP, sha256-check, gunzip+untar each layer into its own dir",
+            "pull floor: GET manifest, config and layers over HTTP, sha256-check, gunzip+untar each layer into its own dir, one layer after the other; with layers present, only the missing ones",
         );
         Ok(())
     }
@@ -113,13 +120,62 @@ impl Floor {
                 let (repository, tag) = repository_and_tag(images, image)?;
                 let dest = self.dir.join("pull").join(format!("{round}-{repository}"));
                 let started = Instant::now();
-                registry_fetch::fetch_and_unpack(&client, &repository, &tag, &dest).await?;
+                registry_fetch::fetch_and_unpack(
+                    &client,
+                    &repository,
+                    &tag,
+                    &dest,
+                    &HashSet::new(),
+                )
+                .await?;
                 if round > 0 {
                     result.samples(key).push(started.elapsed());
                 }
                 std::fs::remove_dir_all(&dest)
                     .with_context(|| format!("removing {}", dest.display()))?;
             }
+        }
+        Ok(())
+    }
+
+    /// The big images: the first one cold, then the second with the first's
+    /// layers present (only its own top layer fetched and unpacked).
+    async fn big_pulls(
+        &mut self,
+        big: &BigImages,
+        options: &Options,
+        result: &mut RunResult,
+    ) -> Result<()> {
+        let client = RegistryClient::new(&big.registry)?;
+        let repository = super::big_image::REPOSITORY;
+        for round in 0..=options.big_pulls {
+            let dest = self.dir.join("pull").join(format!("{round}-big"));
+            let started = Instant::now();
+            registry_fetch::fetch_and_unpack(
+                &client,
+                repository,
+                &big.first.tag,
+                &dest.join("first"),
+                &HashSet::new(),
+            )
+            .await?;
+            let cold = started.elapsed();
+            let started = Instant::now();
+            registry_fetch::fetch_and_unpack(
+                &client,
+                repository,
+                &big.second.tag,
+                &dest.join("second"),
+                &big.shared_layers(),
+            )
+            .await?;
+            let shared = started.elapsed();
+            if round > 0 {
+                result.samples(m::PULL_BIG_COLD).push(cold);
+                result.samples(m::PULL_BIG_SHARED).push(shared);
+            }
+            std::fs::remove_dir_all(&dest)
+                .with_context(|| format!("removing {}", dest.display()))?;
         }
         Ok(())
     }

@@ -41,6 +41,10 @@ const fn memory(key: &'static str, label: &'static str) -> MetricDef {
 pub const PULL_BUSYBOX: &str = "pull_busybox_cold";
 /// Cold PullImage of the three-layer `layered` image.
 pub const PULL_LAYERED: &str = "pull_layered_cold";
+/// Cold PullImage of the first big image (5 layers, about 100 MiB of random bytes).
+pub const PULL_BIG_COLD: &str = "pull_big_cold";
+/// PullImage of the second big image with 4 of its 5 layers present.
+pub const PULL_BIG_SHARED: &str = "pull_big_shared";
 /// RunPodSandbox.
 pub const RUN_POD: &str = "run_pod_sandbox";
 /// CreateContainer alone.
@@ -82,6 +86,8 @@ pub const DAEMON_RSS_AFTER: &str = "daemon_rss_after";
 pub const DAEMON_PSS_AFTER: &str = "daemon_pss_after";
 /// Daemon USS after every pod was removed.
 pub const DAEMON_USS_AFTER: &str = "daemon_uss_after";
+/// Daemon VmRSS after the big-image pulls (and their removal).
+pub const DAEMON_RSS_AFTER_BIG: &str = "daemon_rss_after_big_pulls";
 /// (daemon RSS with N running - after warm-up) / N.
 pub const DAEMON_RSS_PER_POD: &str = "daemon_rss_growth_per_pod";
 /// Per running container: total shim VmRSS / workload containers.
@@ -105,6 +111,8 @@ pub const ALL: &[MetricDef] = &[
     latency(STOP_REMOVE_POD, "StopPodSandbox+RemovePodSandbox"),
     latency(PULL_BUSYBOX, "PullImage busybox, cold (1 layer)"),
     latency(PULL_LAYERED, "PullImage layered, cold (3 layers)"),
+    latency(PULL_BIG_COLD, "PullImage big, cold (5 layers, 100 MiB)"),
+    latency(PULL_BIG_SHARED, "PullImage big, 4 of 5 layers present"),
     latency(IP_NETNS_ADD, "ip netns add + lo up (floor alt.)"),
     latency(IP_NETNS_DEL, "ip netns del (floor alt.)"),
     memory(DAEMON_RSS_IDLE, "daemon RSS, idle after start"),
@@ -115,6 +123,7 @@ pub const ALL: &[MetricDef] = &[
     memory(DAEMON_PSS_RUNNING, "daemon PSS, N pods running"),
     memory(DAEMON_RSS_AFTER, "daemon RSS, after the runs"),
     memory(DAEMON_PSS_AFTER, "daemon PSS, after the runs"),
+    memory(DAEMON_RSS_AFTER_BIG, "daemon RSS, after the big pulls"),
     memory(DAEMON_RSS_PER_POD, "daemon RSS growth per running pod"),
     memory(PER_CONTAINER_RSS, "per-container RSS (shim)"),
     memory(PER_CONTAINER_PSS, "per-container PSS (shim)"),

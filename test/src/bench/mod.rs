@@ -6,8 +6,12 @@
 //! pods each with a `sleep` container all kept running (latencies of every
 //! step, daemon and shim memory at steady state), then teardown. The floor
 //! ([`floor`]) does the least work those operations stand for, directly.
-//! Runtimes run one after the other, never concurrently.
+//! Runtimes run one after the other, never concurrently. A last case pulls a
+//! 5-layer image of about 100 MiB of random bytes ([`big_image`]), cold and
+//! with 4 of its layers present, with `skopeo copy` ([`skopeo`]) of the same
+//! image as the reference point.
 
+pub mod big_image;
 pub mod containerd;
 pub mod containerd_config;
 pub mod crust;
@@ -23,6 +27,7 @@ pub mod registry_fetch;
 pub mod report;
 pub mod results;
 pub mod runc_bundle;
+pub mod skopeo;
 pub mod stats;
 pub mod suite;
 pub mod workload;

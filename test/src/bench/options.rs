@@ -1,8 +1,9 @@
 //! The benchmark's knobs, from the command line or the environment.
 //!
-//! `crust-bench [--n N] [--pulls N] [--json PATH] [--no-containerd]`, or
-//! `CRUST_BENCH_N`, `CRUST_BENCH_PULLS`, `CRUST_BENCH_JSON`,
-//! `CRUST_BENCH_NO_CONTAINERD=1`. Flags win over the environment.
+//! `crust-bench [--n N] [--pulls N] [--big-pulls N] [--json PATH] [--no-containerd]`,
+//! or `CRUST_BENCH_N`, `CRUST_BENCH_PULLS`, `CRUST_BENCH_BIG_PULLS`,
+//! `CRUST_BENCH_JSON`, `CRUST_BENCH_NO_CONTAINERD=1`. Flags win over the
+//! environment.
 
 use std::path::PathBuf;
 
@@ -12,6 +13,8 @@ use anyhow::{Context, Result, bail};
 pub const DEFAULT_N: usize = 30;
 /// Default number of cold pulls of each image per runtime.
 pub const DEFAULT_PULLS: usize = 15;
+/// Default number of rounds of the big-image pulls per runtime.
+pub const DEFAULT_BIG_PULLS: usize = 5;
 
 /// What to run and where to write the report.
 #[derive(Debug, Clone)]
@@ -21,6 +24,9 @@ pub struct Options {
     pub n: usize,
     /// Cold pulls of each image per runtime.
     pub pulls: usize,
+    /// Rounds of the big-image case (a cold pull of the first big image, then
+    /// the second sharing 4 of its 5 layers) per runtime; 0 skips the case.
+    pub big_pulls: usize,
     /// Where the JSON report goes.
     pub json: PathBuf,
     /// Whether to run containerd as the peer.
@@ -33,6 +39,7 @@ impl Options {
         let mut options = Self {
             n: env_number("CRUST_BENCH_N")?.unwrap_or(DEFAULT_N),
             pulls: env_number("CRUST_BENCH_PULLS")?.unwrap_or(DEFAULT_PULLS),
+            big_pulls: env_number("CRUST_BENCH_BIG_PULLS")?.unwrap_or(DEFAULT_BIG_PULLS),
             json: std::env::var_os("CRUST_BENCH_JSON")
                 .map(PathBuf::from)
                 .unwrap_or_else(default_json_path),
@@ -43,13 +50,14 @@ impl Options {
             match arg.as_str() {
                 "--n" => options.n = number(&arg, args.next())?,
                 "--pulls" => options.pulls = number(&arg, args.next())?,
+                "--big-pulls" => options.big_pulls = number(&arg, args.next())?,
                 "--json" => {
                     options.json = PathBuf::from(args.next().context("--json needs a path")?)
                 }
                 "--no-containerd" => options.containerd = false,
                 "-h" | "--help" => {
                     println!(
-                        "usage: crust-bench [--n N] [--pulls N] [--json PATH] [--no-containerd]"
+                        "usage: crust-bench [--n N] [--pulls N] [--big-pulls N] [--json PATH] [--no-containerd]"
                     );
                     std::process::exit(0);
                 }

@@ -2,6 +2,7 @@
 //! layer over plain HTTP, check each digest, and unpack each layer (gunzip +
 //! untar) into its own directory. No metadata, no locking, no snapshots.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
@@ -11,12 +12,14 @@ use crate::image_builder::sha256_digest;
 use crate::registry::RegistryClient;
 
 /// Fetches `repository:tag` from the registry behind `client` and unpacks its
-/// layers under `dest/<index>`.
+/// layers under `dest/<index>`, except the layers whose digests are in
+/// `present` (already fetched and unpacked, as for an image sharing them).
 pub async fn fetch_and_unpack(
     client: &RegistryClient,
     repository: &str,
     tag: &str,
     dest: &Path,
+    present: &HashSet<String>,
 ) -> Result<()> {
     let manifest = client.get_manifest(repository, tag).await?;
     let parsed: Value = serde_json::from_slice(&manifest.data).context("parsing manifest")?;
@@ -29,6 +32,9 @@ pub async fn fetch_and_unpack(
         .context("manifest has no layers")?;
     for (i, layer) in layers.iter().enumerate() {
         let digest = layer["digest"].as_str().context("layer without digest")?;
+        if present.contains(digest) {
+            continue;
+        }
         let media_type = layer["mediaType"].as_str().unwrap_or_default();
         let blob = fetch_checked(client, repository, digest).await?;
         let dir = dest.join(i.to_string());

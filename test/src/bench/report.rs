@@ -1,5 +1,6 @@
 //! The report: a table of every metric for crust, containerd and the floor
-//! with the ratios crust/containerd and crust/floor, and the same as JSON.
+//! with the ratios crust/containerd and crust/floor, the big-image pulls next
+//! to `skopeo copy`, and the same as JSON.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -19,6 +20,10 @@ pub const CRUST: &str = "crust";
 pub const CONTAINERD: &str = "containerd";
 /// The floor's column.
 pub const FLOOR: &str = "floor";
+/// The reference point of the big-image pulls.
+pub const SKOPEO: &str = super::skopeo::SKOPEO;
+/// The metrics `skopeo copy` is a reference point for.
+const SKOPEO_METRICS: [&str; 2] = [metrics::PULL_BIG_COLD, metrics::PULL_BIG_SHARED];
 
 /// Everything the benchmark found.
 #[derive(Debug, Clone)]
@@ -27,8 +32,10 @@ pub struct Report {
     pub machine: Machine,
     /// The knobs it ran with.
     pub options: Options,
-    /// One result per column (crust, containerd, floor), in any order.
+    /// One result per column (crust, containerd, floor, skopeo), in any order.
     pub results: Vec<RunResult>,
+    /// Remarks on the whole run (e.g. what the big images are).
+    pub notes: Vec<String>,
     /// How long the whole benchmark took.
     pub elapsed: Duration,
     /// `/proc/loadavg` at the end.
@@ -70,8 +77,8 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "N = {} pods per runtime (one `sleep 3600` container each, all kept running until the last started), {} cold pulls per image, one warm-up round each; runtimes run one after the other",
-            self.options.n, self.options.pulls
+            "N = {} pods per runtime (one `sleep 3600` container each, all kept running until the last started), {} cold pulls per image, {} rounds of the big-image pulls, one warm-up round each; runtimes run one after the other",
+            self.options.n, self.options.pulls, self.options.big_pulls
         );
         let _ = writeln!(
             out,
@@ -80,6 +87,9 @@ impl Report {
             self.load_at_end,
             self.elapsed.as_secs_f64()
         );
+        for note in &self.notes {
+            let _ = writeln!(out, "{note}");
+        }
         for r in &self.results {
             let status = match &r.outcome {
                 Outcome::Completed => "completed".to_string(),
@@ -107,6 +117,7 @@ impl Report {
         for def in metrics::ALL.iter().filter(|d| d.kind == Kind::Memory) {
             self.memory_row(&mut out, def);
         }
+        self.skopeo_rows(&mut out);
         for r in &self.results {
             if r.notes.is_empty() {
                 continue;
@@ -163,6 +174,43 @@ impl Report {
         );
     }
 
+    /// The big-image pulls next to `skopeo copy` of the same images.
+    fn skopeo_rows(&self, out: &mut String) {
+        if SKOPEO_METRICS
+            .iter()
+            .all(|k| self.value(SKOPEO, k, false).is_none())
+        {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\nreference point: skopeo copy of the same image (fetch + digest check + write, no unpack), ms"
+        );
+        let _ = writeln!(
+            out,
+            "{:<39} {:>4} {:>10} {:>10} {:>10} {:>12} {:>11}",
+            "", "", CRUST, CONTAINERD, SKOPEO, "crust/skopeo", "ctrd/skopeo"
+        );
+        for def in metrics::ALL
+            .iter()
+            .filter(|d| SKOPEO_METRICS.contains(&d.key))
+        {
+            for (stat, p99) in [("p50", false), ("p99", true)] {
+                let [c, d, s] = [CRUST, CONTAINERD, SKOPEO].map(|n| self.value(n, def.key, p99));
+                let label = if p99 { "" } else { def.label };
+                let _ = writeln!(
+                    out,
+                    "{label:<39} {stat:>4} {:>10} {:>10} {:>10} {:>12} {:>11}",
+                    number(c, 1.0),
+                    number(d, 1.0),
+                    number(s, 1.0),
+                    ratio(c, s),
+                    ratio(d, s)
+                );
+            }
+        }
+    }
+
     /// The report as JSON: machine, options, each column's figures and notes,
     /// and the ratios per metric.
     pub fn to_json(&self) -> Value {
@@ -180,7 +228,11 @@ impl Report {
             };
             for (stat, p99) in stats {
                 let c = self.value(CRUST, def.key, *p99);
-                for (other, name) in [(CONTAINERD, "containerd"), (FLOOR, "floor")] {
+                for (other, name) in [
+                    (CONTAINERD, "containerd"),
+                    (FLOOR, "floor"),
+                    (SKOPEO, "skopeo"),
+                ] {
                     if let (Some(c), Some(o)) = (c, self.value(other, def.key, *p99))
                         && o > 0.0
                     {
@@ -196,6 +248,8 @@ impl Report {
             "machine": self.machine.to_json(),
             "n": self.options.n,
             "pulls": self.options.pulls,
+            "big_pulls": self.options.big_pulls,
+            "notes": self.notes,
             "elapsed_seconds": self.elapsed.as_secs_f64(),
             "load_at_end": self.load_at_end,
             "runtimes": columns,

@@ -1,6 +1,7 @@
 //! The measured CRI workload, the same for every runtime behind a CRI socket:
 //! idle memory, cold pulls, a warm-up round, N pods each with a `sleep`
-//! container kept running, memory at steady state, then teardown of them all.
+//! container kept running, memory at steady state, teardown of them all, and
+//! last the big-image pulls (cold, then with 4 of 5 layers present).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use k8s_cri::v1::{ContainerState, PodSandboxConfig};
 
+use super::big_image::{BigImage, BigImages};
 use super::memory::{self, ProcessMemory};
 use super::metrics as m;
 use super::options::Options;
@@ -48,6 +50,7 @@ struct RunningPod {
 pub async fn run(
     target: &CriTarget,
     images: &TestImages,
+    big: Option<&BigImages>,
     options: &Options,
     result: &mut RunResult,
 ) -> Result<()> {
@@ -98,7 +101,74 @@ pub async fn run(
         ],
         after,
     );
+    if let Some(big) = big {
+        big_pulls(target, big, options, result).await?;
+        tokio::time::sleep(SETTLE).await;
+        let after_big =
+            ProcessMemory::of(target.daemon_pid).context("daemon memory, after big pulls")?;
+        result.memory(m::DAEMON_RSS_AFTER_BIG, after_big.rss_kib);
+    }
     Ok(())
+}
+
+/// `options.big_pulls` rounds (after one unrecorded round) of: remove both
+/// big images, pull the first (cold), pull the second (4 of its 5 layers
+/// present). Both are removed at the end.
+async fn big_pulls(
+    target: &CriTarget,
+    big: &BigImages,
+    options: &Options,
+    result: &mut RunResult,
+) -> Result<()> {
+    let mut warm_seen = false;
+    for round in 0..=options.big_pulls {
+        remove_big(target, &big.first).await?;
+        remove_big(target, &big.second).await?;
+        if !warm_seen && has_any_blob(target, &big.first.layers) {
+            warm_seen = true;
+            result.note(
+                "a big layer was still in the content store after RemoveImage: big pulls were not fully cold",
+            );
+        }
+        let started = Instant::now();
+        pull_big(target, &big.first).await?;
+        let cold = started.elapsed();
+        let started = Instant::now();
+        pull_big(target, &big.second).await?;
+        let shared = started.elapsed();
+        if round > 0 {
+            result.samples(m::PULL_BIG_COLD).push(cold);
+            result.samples(m::PULL_BIG_SHARED).push(shared);
+        }
+    }
+    remove_big(target, &big.first).await?;
+    remove_big(target, &big.second).await
+}
+
+async fn pull_big(target: &CriTarget, image: &BigImage) -> Result<()> {
+    target
+        .cri
+        .pull_image(&image.reference)
+        .await
+        .with_context(|| format!("PullImage {}", image.reference))?;
+    Ok(())
+}
+
+async fn remove_big(target: &CriTarget, image: &BigImage) -> Result<()> {
+    target
+        .cri
+        .remove_image(&image.reference)
+        .await
+        .with_context(|| format!("RemoveImage {}", image.reference))
+}
+
+fn has_any_blob(target: &CriTarget, digests: &[String]) -> bool {
+    digests.iter().any(|d| {
+        target
+            .content_blobs
+            .join(d.trim_start_matches("sha256:"))
+            .exists()
+    })
 }
 
 /// Pulls busybox and then the layered image `options.pulls` times each (after
