@@ -657,7 +657,8 @@ fn network_error(host: &str, what: &str, e: reqwest::Error) -> Error {
         source = s.source();
     }
     if e.is_timeout() {
-        msg.push_str(" (timed out)");
+        msg.push_str(" (the registry sent nothing for the pull progress timeout)");
+        return Error::DeadlineExceeded(msg);
     }
     let lower = msg.to_ascii_lowercase();
     if lower.contains("certificate") {

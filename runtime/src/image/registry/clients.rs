@@ -16,6 +16,8 @@ use crate::{Error, Result};
 
 /// How long connecting to a registry may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much later than the pull's progress deadline the HTTP read timeout fires.
+const READ_TIMEOUT_SLACK: Duration = Duration::from_secs(5);
 /// Clients kept; beyond that the cache starts over.
 const MAX_CLIENTS: usize = 64;
 
@@ -33,9 +35,12 @@ pub(crate) struct HttpClients {
 }
 
 impl HttpClients {
-    /// Builds the default client (system roots); `read_timeout` bounds silence
-    /// in the middle of any response.
-    pub(crate) fn new(read_timeout: Duration) -> Result<HttpClients> {
+    /// Builds the default client (system roots); `progress_timeout` bounds
+    /// silence in the middle of any response. The pull's own deadline on the
+    /// same timeout fires first with a more precise message; this one is the
+    /// backstop for requests outside it (tokens).
+    pub(crate) fn new(progress_timeout: Duration) -> Result<HttpClients> {
+        let read_timeout = progress_timeout + READ_TIMEOUT_SLACK;
         let default = builder(read_timeout)
             .build()
             .context("building the registry HTTP client")?;
