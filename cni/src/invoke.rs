@@ -71,10 +71,6 @@ pub fn run(call: &Call<'_>) -> Result<Value> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting CNI plugin {}", binary.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A plugin may exit without reading its config; that is its business.
-        let _ = stdin.write_all(&input);
-    }
     let mut stdout = child
         .stdout
         .take()
@@ -93,6 +89,15 @@ pub fn run(call: &Call<'_>) -> Result<Value> {
         let _ = (&mut stderr).take(MAX_OUTPUT).read_to_end(&mut buf);
         buf
     });
+    // Written from a thread of its own, so neither a plugin that prints before
+    // reading all of a large config nor one that never reads it can hold
+    // crustd past the time limit. A plugin may exit without reading its
+    // config; that is its business.
+    if let Some(mut stdin) = child.stdin.take() {
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
     let deadline = Instant::now() + call.timeout;
     let status = loop {
         if let Some(status) = child.try_wait().context("waiting for the CNI plugin")? {

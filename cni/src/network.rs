@@ -59,8 +59,9 @@ pub struct PodNetwork {
     pub result: Value,
 }
 
-/// Identity of a config file version: path, mtime, length.
-type Signature = (PathBuf, Option<SystemTime>, u64);
+/// Identity of a config file version: path, inode, mtime, length (the inode
+/// catches a file replaced by rename with the same size and timestamp).
+type Signature = (PathBuf, u64, Option<SystemTime>, u64);
 
 /// The last config file read and what came of it.
 type Loaded = Option<(Signature, Result<Arc<NetworkList>, String>)>;
@@ -98,6 +99,7 @@ impl Cni {
         let meta = std::fs::metadata(&file).ok();
         let sig: Signature = (
             file.clone(),
+            meta.as_ref().map_or(0, std::os::unix::fs::MetadataExt::ino),
             meta.as_ref().and_then(|m| m.modified().ok()),
             meta.as_ref().map_or(0, |m| m.len()),
         );

@@ -328,7 +328,7 @@ impl runtime_service_server::RuntimeService for RuntimeService {
                 .and_then(|c| c.network_config)
                 .map(|n| n.pod_cidr)
                 .unwrap_or_default();
-            self.runtime.set_pod_cidr(&cidr);
+            self.runtime.set_pod_cidr(&cidr)?;
             Ok(v1::UpdateRuntimeConfigResponse {})
         })
         .await

@@ -13,7 +13,11 @@ use crate::names::Names;
 use crate::sandbox::Sandbox;
 use crate::store::RecordDir;
 use crate::sys::runc::Runc;
-use crate::{Error, Result, ids};
+use crate::{Error, Result, fsutil, ids};
+
+/// File under the root holding the pod CIDR kubelet last set: kubelet sends it
+/// again only when it changes, so a restarted crustd must remember it.
+const POD_CIDR_FILE: &str = "pod-cidr";
 
 /// Where things live and which helpers to run.
 #[derive(Clone, Debug)]
@@ -107,6 +111,18 @@ impl Runtime {
         };
         let images = Arc::new(ImageStore::open(&opts.root, opts.images.clone())?);
         let cni = Arc::new(crust_cni::Cni::new(opts.cni.clone())?);
+        let pod_cidr = match std::fs::read_to_string(opts.root.join(POD_CIDR_FILE)) {
+            Ok(text) => text.trim().to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!(
+                        "reading {}",
+                        opts.root.join(POD_CIDR_FILE).display()
+                    ))
+                    .into());
+            }
+        };
         let rt = Arc::new(Runtime {
             sandbox_records: RecordDir::open(opts.root.join("meta").join("sandboxes"))?,
             container_records: RecordDir::open(opts.root.join("meta").join("containers"))?,
@@ -118,7 +134,7 @@ impl Runtime {
             sandbox_names: Names::default(),
             container_names: Names::default(),
             cni,
-            pod_cidr: Mutex::new(String::new()),
+            pod_cidr: Mutex::new(pod_cidr),
         });
         rt.recover()?;
         Ok(rt)
@@ -267,13 +283,26 @@ impl Runtime {
     }
 
     /// Records the pod CIDR kubelet sets with UpdateRuntimeConfig (given to CNI
-    /// plugins that declare the `ipRanges` capability).
-    pub fn set_pod_cidr(&self, cidr: &str) {
+    /// plugins that declare the `ipRanges` capability), on disk too, so it
+    /// survives a restart of crustd. Several CIDRs (dual stack) are separated
+    /// by commas; empty means none.
+    pub fn set_pod_cidr(&self, cidr: &str) -> Result<()> {
+        let cidr = cidr.trim();
+        for part in cidr.split(',').filter(|p| !p.is_empty()) {
+            if !is_cidr(part.trim()) {
+                return Err(Error::invalid(format!(
+                    "pod CIDR {part:?} is not an address range such as 10.244.1.0/24"
+                )));
+            }
+        }
         let mut current = self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner());
         if *current != cidr {
+            fsutil::write_atomic(&self.opts.root.join(POD_CIDR_FILE), cidr.as_bytes())
+                .context("recording the pod CIDR")?;
             tracing::info!(pod_cidr = %cidr, "pod CIDR updated");
             *current = cidr.to_string();
         }
+        Ok(())
     }
 
     /// Removes directories, mounts and runc state that belong to no known object:
@@ -324,5 +353,34 @@ impl Runtime {
                 }
             }
         }
+    }
+}
+
+/// Whether `s` is `<address>/<prefix length>` with a prefix that fits the address.
+fn is_cidr(s: &str) -> bool {
+    let Some((addr, len)) = s.split_once('/') else {
+        return false;
+    };
+    let Ok(len) = len.parse::<u8>() else {
+        return false;
+    };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => len <= 32,
+        Ok(std::net::IpAddr::V6(_)) => len <= 128,
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_cidr;
+
+    #[test]
+    fn cidrs() {
+        assert!(is_cidr("10.244.1.0/24"));
+        assert!(is_cidr("fd00::/64"));
+        assert!(!is_cidr("10.244.1.0/33"));
+        assert!(!is_cidr("10.244.1.0"));
+        assert!(!is_cidr("pods/24"));
     }
 }

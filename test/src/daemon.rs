@@ -42,6 +42,9 @@ pub struct DaemonPaths {
     pub certs_d: PathBuf,
     /// The `[cni] conf_dirs` directory; starts with a loopback-only network.
     pub net_d: PathBuf,
+    /// A `[cni] plugin_dirs` entry of the test's own (searched after the
+    /// system ones), for plugins a test scripts itself; starts empty.
+    pub cni_bin: PathBuf,
     /// crustd's captured stdout and stderr, across restarts.
     pub log: PathBuf,
     /// Where the test's pods get their log directories (like /var/log/pods).
@@ -57,6 +60,7 @@ impl DaemonPaths {
             config: base.join("config.toml"),
             certs_d: base.join("certs.d"),
             net_d: base.join("net.d"),
+            cni_bin: base.join("cni-bin"),
             log: base.join("crustd.log"),
             pod_logs: base.join("pods"),
             base,
@@ -93,6 +97,7 @@ impl Daemon {
             &paths.pod_logs,
             &paths.certs_d,
             &paths.net_d,
+            &paths.cni_bin,
         ] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -350,12 +355,13 @@ const LOOPBACK_NETWORK: &str =
 
 /// Writes the test's crustd config: registry hosts and CNI networks from the
 /// test's own directories (never the host's /etc/crust/certs.d or
-/// /etc/cni/net.d), Debian's CNI plugins, plus `image_keys`.
+/// /etc/cni/net.d), Debian's CNI plugins and the test's own, plus `image_keys`.
 fn write_config(paths: &DaemonPaths, image_keys: &str) -> Result<()> {
     let text = format!(
-        "[image]\nconfig_path = {:?}\n{image_keys}\n\n[cni]\nconf_dirs = [{:?}]\nplugin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n",
+        "[image]\nconfig_path = {:?}\n{image_keys}\n\n[cni]\nconf_dirs = [{:?}]\nplugin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\", {:?}]\n",
         paths.certs_d.to_string_lossy(),
-        paths.net_d.to_string_lossy()
+        paths.net_d.to_string_lossy(),
+        paths.cni_bin.to_string_lossy()
     );
     std::fs::write(&paths.config, text)
         .with_context(|| format!("writing {}", paths.config.display()))
