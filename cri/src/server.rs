@@ -40,6 +40,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         .context("recovery task")?
         .map_err(|e| anyhow::anyhow!("opening the runtime: {e:#}"))?;
 
+    spawn_network_gc(runtime.clone());
     let listener = bind(&cfg.socket).await?;
     tracing::info!(socket = %cfg.socket.display(), "serving CRI");
     let cfg = Arc::new(cfg);
@@ -58,6 +59,24 @@ pub async fn run(cfg: Config) -> Result<()> {
     served.context("serving CRI")?;
     tracing::info!("crustd stopped; containers keep running under their shims");
     Ok(())
+}
+
+/// How often network attachments without a sandbox are retried for DEL.
+const NETWORK_GC_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn spawn_network_gc(runtime: Arc<crust_runtime::Runtime>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(NETWORK_GC_PERIOD);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let rt = runtime.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || rt.collect_network_orphans()).await
+            {
+                tracing::warn!(error = %e, "network garbage collection task failed");
+            }
+        }
+    });
 }
 
 async fn bind(path: &Path) -> Result<UnixListener> {

@@ -88,6 +88,9 @@ pub struct Runtime {
     pub(crate) sandbox_records: RecordDir<Sandbox>,
     pub(crate) container_records: RecordDir<Container>,
     pub(crate) cni: Arc<crust_cni::Cni>,
+    /// Ids of sandboxes being created: their network attachments exist before
+    /// the sandbox is recorded and must not be collected as orphans.
+    pub(crate) creating_sandboxes: Mutex<std::collections::HashSet<String>>,
     pub(crate) pod_cidr: Mutex<String>,
 }
 
@@ -134,6 +137,7 @@ impl Runtime {
             sandbox_names: Names::default(),
             container_names: Names::default(),
             cni,
+            creating_sandboxes: Mutex::default(),
             pod_cidr: Mutex::new(pod_cidr),
         });
         rt.recover()?;
@@ -258,23 +262,50 @@ impl Runtime {
     /// Runs CNI DEL for attachments whose sandbox was never recorded (crustd died
     /// between ADD and saving the sandbox) or is gone, so no IP, veth or port
     /// mapping leaks.
+    /// Also runs periodically (see [`Runtime::collect_network_orphans`]), so a DEL
+    /// that failed while a create rolled back is retried.
     fn detach_orphan_networks(&self) {
-        let known: std::collections::HashSet<String> = self
-            .sandboxes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let mut known = self.sandbox_ids();
+        known.extend(
+            self.creating_sandboxes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
         for id in self.cni.attached_ids() {
             if known.contains(&id) {
                 continue;
             }
             tracing::warn!(%id, "detaching the network of a pod sandbox that no longer exists");
             if let Err(e) = self.cni.del(&id) {
-                tracing::warn!(%id, error = %e, "CNI DEL of an orphan attachment failed; retried at the next start");
+                tracing::warn!(%id, error = %e, "CNI DEL of an orphan attachment failed; it is retried");
             }
         }
+    }
+
+    /// Retries CNI DEL for attachments no sandbox owns any more; crustd calls it
+    /// every minute.
+    pub fn collect_network_orphans(&self) {
+        self.detach_orphan_networks();
+    }
+
+    fn sandbox_ids(&self) -> std::collections::HashSet<String> {
+        self.sandboxes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn container_ids(&self) -> std::collections::HashSet<String> {
+        self.containers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// NetworkReady: Ok, or why pods cannot be networked.
@@ -308,20 +339,8 @@ impl Runtime {
     /// Removes directories, mounts and runc state that belong to no known object:
     /// what an interrupted create or a crash between steps left behind.
     fn collect_orphans(&self) {
-        let known_containers: std::collections::HashSet<String> = self
-            .containers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        let known_sandboxes: std::collections::HashSet<String> = self
-            .sandboxes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let known_containers = self.container_ids();
+        let known_sandboxes = self.sandbox_ids();
         if let Ok(ids) = self.runc.list() {
             for id in ids.iter().filter(|id| !known_containers.contains(*id)) {
                 tracing::warn!(%id, "deleting runc container that belongs to no known container");

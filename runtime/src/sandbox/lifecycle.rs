@@ -60,6 +60,7 @@ impl Runtime {
             self.cni.network().map_err(network::net_error)?;
         }
         let id = ids::new_id();
+        let _creating = CreatingGuard::new(self, &id);
         let dir = self.opts.state.join("sandboxes").join(&id);
         let mut undo = Cleanup::default();
         fs::DirBuilder::new()
@@ -299,5 +300,34 @@ impl Runtime {
                 tracing::warn!(id = %sb.id, error = %format!("{e:#}"), "could not record sandbox state");
             }
         }
+    }
+}
+
+/// Marks a sandbox as being created for as long as it lives.
+struct CreatingGuard<'a> {
+    rt: &'a Runtime,
+    id: String,
+}
+
+impl<'a> CreatingGuard<'a> {
+    fn new(rt: &'a Runtime, id: &str) -> Self {
+        rt.creating_sandboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string());
+        CreatingGuard {
+            rt,
+            id: id.to_string(),
+        }
+    }
+}
+
+impl Drop for CreatingGuard<'_> {
+    fn drop(&mut self) {
+        self.rt
+            .creating_sandboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
     }
 }
