@@ -3,6 +3,7 @@
 //! across its plugin chain, with each plugin's result handed to the next as
 //! `prevResult`.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,9 @@ pub struct PodNetwork {
 /// catches a file replaced by rename with the same size and timestamp).
 type Signature = (PathBuf, u64, Option<SystemTime>, u64);
 
+/// A plugin binary as it was when asked for its versions: path and mtime.
+type BinaryStamp = (PathBuf, Option<SystemTime>);
+
 /// The last config file read and what came of it.
 type Loaded = Option<(Signature, Result<Arc<NetworkList>, String>)>;
 
@@ -71,6 +75,8 @@ pub struct Cni {
     settings: Settings,
     cache: Cache,
     loaded: Mutex<Loaded>,
+    /// The versions each plugin binary said it speaks (VERSION), by path and mtime.
+    versions: Mutex<HashMap<BinaryStamp, Option<Vec<String>>>>,
 }
 
 /// The interface name every pod gets.
@@ -84,6 +90,7 @@ impl Cni {
             settings,
             cache,
             loaded: Mutex::new(None),
+            versions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -136,11 +143,21 @@ impl Cni {
         let net = self.network()?;
         for i in 0..net.plugins.len() {
             let t = net.plugin_type(i);
-            if invoke::find_plugin(t, &self.settings.plugin_dirs).is_none() {
+            let Some(binary) = invoke::find_plugin(t, &self.settings.plugin_dirs) else {
                 return Err(Error::NotReady(format!(
                     "CNI plugin {t:?} of network {:?} is not installed in {}",
                     net.name,
                     join(&self.settings.plugin_dirs)
+                )));
+            };
+            if let Some(supported) = self.supported_versions(&net, i, &binary)
+                && !supported.iter().any(|v| *v == net.cni_version)
+            {
+                return Err(Error::NotReady(format!(
+                    "CNI plugin {t:?} speaks CNI {}, but network {:?} asks for {}",
+                    supported.join(", "),
+                    net.name,
+                    net.cni_version
                 )));
             }
         }
@@ -161,6 +178,42 @@ impl Cni {
             }
         }
         Ok(())
+    }
+
+    /// The versions plugin `i` reports with VERSION (asked once per binary
+    /// version); None when it does not say.
+    fn supported_versions(
+        &self,
+        net: &NetworkList,
+        i: usize,
+        binary: &Path,
+    ) -> Option<Vec<String>> {
+        let key = (
+            binary.to_path_buf(),
+            std::fs::metadata(binary).and_then(|m| m.modified()).ok(),
+        );
+        if let Some(known) = self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return known.clone();
+        }
+        let conf = serde_json::json!({ "cniVersion": net.cni_version });
+        let call = self.call("VERSION", net, i, "", "", "", &conf);
+        let reported = invoke::run(&call).ok().and_then(|v| {
+            v.get("supportedVersions")?
+                .as_array()?
+                .iter()
+                .map(|s| s.as_str().map(String::from))
+                .collect::<Option<Vec<String>>>()
+        });
+        self.versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, reported.clone());
+        reported
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -505,6 +558,33 @@ mod tests {
         d.plugin("first", "");
         cni.status().unwrap();
         assert!(d.log("first").contains("STATUS "));
+    }
+
+    #[test]
+    fn plugins_that_do_not_speak_the_version_make_the_network_not_ready() {
+        let d = Dirs::new("version");
+        let p = d.base.join("bin").join("old");
+        std::fs::write(
+            &p,
+            "#!/bin/sh\n[ \"$CNI_COMMAND\" = VERSION ] && echo '{\"cniVersion\":\"0.4.0\",\"supportedVersions\":[\"0.3.1\",\"0.4.0\"]}'\nexit 0\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            d.base.join("conf/10-a.conflist"),
+            r#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"old"}]}"#,
+        )
+        .unwrap();
+        let cni = Cni::new(d.settings()).unwrap();
+        assert!(
+            matches!(cni.status(), Err(Error::NotReady(m)) if m.contains("speaks CNI 0.3.1, 0.4.0"))
+        );
+        std::fs::write(
+            d.base.join("conf/10-a.conflist"),
+            r#"{"cniVersion":"0.4.0","name":"n","plugins":[{"type":"old"}]}"#,
+        )
+        .unwrap();
+        cni.status().unwrap();
     }
 
     #[test]
