@@ -34,9 +34,99 @@ const FORWARDING_SYSCTLS: [&str; 2] = [
     "/proc/sys/net/ipv6/conf/all/forwarding",
 ];
 
-/// Test networks alive in this process, and the forwarding sysctls found
-/// before the first of them was claimed.
-static FORWARDING: Mutex<(usize, Vec<(PathBuf, String)>)> = Mutex::new((0, Vec::new()));
+/// Test networks alive in this process, the forwarding sysctls found before
+/// the first of them was claimed, and whether portmap's shared NAT chains
+/// existed then.
+static FORWARDING: Mutex<HostState> = Mutex::new(HostState {
+    networks: 0,
+    sysctls: Vec::new(),
+    portmap_chains_existed: true,
+});
+
+/// What the test networks change on the host, to put back at the end.
+struct HostState {
+    networks: usize,
+    sysctls: Vec<(PathBuf, String)>,
+    portmap_chains_existed: bool,
+}
+
+/// The shared NAT scaffolding portmap creates on first use and never removes:
+/// the jumps into its chains (as `iptables -D` arguments), then the chains.
+const PORTMAP_JUMPS: [&[&str]; 3] = [
+    &[
+        "PREROUTING",
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "LOCAL",
+        "-j",
+        "CNI-HOSTPORT-DNAT",
+    ],
+    &[
+        "OUTPUT",
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "LOCAL",
+        "-j",
+        "CNI-HOSTPORT-DNAT",
+    ],
+    &[
+        "POSTROUTING",
+        "-m",
+        "comment",
+        "--comment",
+        "CNI portfwd requiring masquerade",
+        "-j",
+        "CNI-HOSTPORT-MASQ",
+    ],
+];
+const PORTMAP_CHAINS: [&str; 3] = [
+    "CNI-HOSTPORT-DNAT",
+    "CNI-HOSTPORT-MASQ",
+    "CNI-HOSTPORT-SETMARK",
+];
+
+fn nat(args: &[&str]) -> bool {
+    std::process::Command::new("iptables")
+        .args(["-w", "-t", "nat"])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Removes portmap's shared chains, if they hold no per-pod rule any more.
+fn remove_portmap_scaffolding() -> Vec<String> {
+    let dnat = std::process::Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S", "CNI-HOSTPORT-DNAT"])
+        .output();
+    let rules = match dnat {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("-A "))
+            .count(),
+        _ => return Vec::new(),
+    };
+    if rules > 0 {
+        return vec![format!(
+            "CNI-HOSTPORT-DNAT still holds {rules} rules; portmap chains kept"
+        )];
+    }
+    for jump in PORTMAP_JUMPS {
+        let mut args = vec!["-D"];
+        args.extend_from_slice(jump);
+        while nat(&args) {}
+    }
+    let mut problems = Vec::new();
+    for chain in PORTMAP_CHAINS {
+        if !(nat(&["-F", chain]) && nat(&["-X", chain])) {
+            problems.push(format!("could not remove the NAT chain {chain}"));
+        }
+    }
+    problems
+}
 
 /// One test's private network: its bridge, subnets, host-local data dir and
 /// the conflist it installs in crustd's `net.d`.
@@ -405,27 +495,33 @@ fn restore_nat(restore: &str, script: &str) -> Result<()> {
 /// is claimed.
 fn acquire_forwarding() {
     let mut state = FORWARDING.lock().unwrap_or_else(|p| p.into_inner());
-    if state.0 == 0 {
-        state.1 = FORWARDING_SYSCTLS
+    if state.networks == 0 {
+        state.sysctls = FORWARDING_SYSCTLS
             .iter()
             .filter_map(|p| {
                 let v = std::fs::read_to_string(p).ok()?;
                 Some((PathBuf::from(p), v.trim().to_string()))
             })
             .collect();
+        state.portmap_chains_existed = nat(&["-S", "CNI-HOSTPORT-DNAT"]);
     }
-    state.0 += 1;
+    state.networks += 1;
 }
 
-/// Puts the forwarding sysctls back when the last test network is gone.
+/// Puts the forwarding sysctls back, and removes portmap's NAT chains if the
+/// tests created them, when the last test network is gone.
 fn release_forwarding() -> Vec<String> {
     let mut state = FORWARDING.lock().unwrap_or_else(|p| p.into_inner());
-    state.0 = state.0.saturating_sub(1);
-    if state.0 > 0 {
+    state.networks = state.networks.saturating_sub(1);
+    if state.networks > 0 {
         return Vec::new();
     }
     let mut problems = Vec::new();
-    for (path, value) in std::mem::take(&mut state.1) {
+    if !state.portmap_chains_existed {
+        problems.extend(remove_portmap_scaffolding());
+        state.portmap_chains_existed = true;
+    }
+    for (path, value) in std::mem::take(&mut state.sysctls) {
         let now = std::fs::read_to_string(&path).unwrap_or_default();
         if now.trim() != value
             && let Err(e) = std::fs::write(&path, &value)
