@@ -333,11 +333,6 @@ impl Cni {
         Ok(())
     }
 
-    /// The result ADD recorded for a pod, if any.
-    pub fn recorded_result(&self, container_id: &str) -> Option<Value> {
-        self.cache.load(container_id).ok().flatten()?.result
-    }
-
     /// Ids of every pod with a recorded attachment (for garbage collection of
     /// attachments whose sandbox is gone).
     pub fn attached_ids(&self) -> Vec<String> {

@@ -36,29 +36,11 @@ pub struct NamespaceOptions {
     pub user_namespace: bool,
 }
 
-/// DNS settings written into the pod's resolv.conf.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DnsConfig {
-    /// Name servers.
-    pub servers: Vec<String>,
-    /// Search domains.
-    pub searches: Vec<String>,
-    /// resolv.conf options.
-    pub options: Vec<String>,
-}
-
-/// A port the pod exposes on the host (used by CNI portmap later).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortMapping {
-    /// "tcp", "udp" or "sctp".
-    pub protocol: String,
-    /// Port inside the pod.
-    pub container_port: i32,
-    /// Port on the host.
-    pub host_port: i32,
-    /// Host address to bind.
-    pub host_ip: String,
-}
+/// DNS settings written into the pod's resolv.conf (and given to CNI plugins
+/// that declare the `dns` capability).
+pub use crust_cni::capabilities::Dns as DnsConfig;
+/// A port the pod exposes on the host (given to the portmap plugin).
+pub use crust_cni::capabilities::PortMapping;
 
 /// The domain form of CRI's PodSandboxConfig (plus the runtime handler).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

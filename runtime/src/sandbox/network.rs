@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crust_cni::Attachment;
-use crust_cni::capabilities::{Bandwidth, Capabilities, Dns, PortMapping, parse_rate};
+use crust_cni::capabilities::{Bandwidth, Capabilities, parse_rate};
 use crust_cni::nsfs::{Kind, sysctl_kind};
 
 use super::config::SandboxConfig;
@@ -34,19 +34,10 @@ pub fn attachment(
                 .port_mappings
                 .iter()
                 .filter(|p| p.host_port > 0)
-                .map(|p| PortMapping {
-                    host_port: p.host_port,
-                    container_port: p.container_port,
-                    protocol: p.protocol.clone(),
-                    host_ip: p.host_ip.clone(),
-                })
+                .cloned()
                 .collect(),
             bandwidth: bandwidth(cfg)?,
-            dns: cfg.dns.as_ref().map(|d| Dns {
-                servers: d.servers.clone(),
-                searches: d.searches.clone(),
-                options: d.options.clone(),
-            }),
+            dns: cfg.dns.clone(),
             ip_ranges: if pod_cidr.is_empty() {
                 Vec::new()
             } else {

@@ -1,6 +1,6 @@
 //! runc invocations crustd makes itself (the shim makes `runc create`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
@@ -113,11 +113,6 @@ impl Runc {
             .map(String::from)
             .collect())
     }
-
-    /// The state directory path of container `id` (exists while runc knows it).
-    pub fn state_dir(&self, id: &str) -> PathBuf {
-        self.root.join(id)
-    }
 }
 
 fn check(out: &std::process::Output, what: &str) -> Result<()> {
@@ -140,10 +135,4 @@ pub fn runc_error(stderr: &[u8]) -> String {
         Some(i) => line[i + 4..].trim_matches('"').to_string(),
         None => line.to_string(),
     }
-}
-
-/// True if `path` is an executable file.
-pub fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
