@@ -9,12 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use crate::binaries::{self, Binaries};
 use crate::cri_client::CriClient;
-use crate::{cgroups, cleanup, requirements, unique};
+use crate::{cgroups, cleanup, processes, requirements, unique};
 
 /// How long crustd may take to serve its socket after being started.
 pub const STARTUP_LIMIT: Duration = Duration::from_secs(30);
@@ -264,19 +262,9 @@ impl Daemon {
 
     /// Stops crustd: SIGTERM, up to 5 s to exit, then SIGKILL; always reaps it.
     fn stop_process(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.child.take() {
+            processes::stop_child(child, Duration::from_secs(5));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     fn log_marker(&self, what: &str) {

@@ -56,6 +56,21 @@ pub fn find_program_using(program: &str, dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// Stops a child we started: SIGTERM, up to `grace` to exit, then SIGKILL;
+/// always reaps it.
+pub fn stop_child(mut child: std::process::Child, grace: Duration) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Sends SIGKILL to `pid` and waits up to `limit` for it to disappear (it must
 /// not be our child, or it lingers as a zombie until reaped).
 pub fn kill_and_wait(pid: i32, limit: Duration) -> bool {

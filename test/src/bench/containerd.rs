@@ -17,8 +17,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use super::big_image::BigImages;
 use super::containerd_config::{self, CRI_NAMESPACE, Layout};
@@ -302,19 +300,9 @@ impl Containerd {
 
     /// SIGTERM, up to 10 s to exit, then SIGKILL; always reaps.
     fn stop_process(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.child.take() {
+            processes::stop_child(child, Duration::from_secs(10));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     /// Removes the shim sockets that appeared in `/run/containerd/s` during the
