@@ -53,48 +53,10 @@ pub fn to_status(e: Error) -> Status {
 /// When the client stops waiting for this call, from its `grpc-timeout` header.
 pub fn deadline<T>(req: &tonic::Request<T>) -> Option<Instant> {
     let value = req.metadata().get("grpc-timeout")?.to_str().ok()?;
-    Some(Instant::now() + parse_grpc_timeout(value)?)
-}
-
-/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
-fn parse_grpc_timeout(v: &str) -> Option<std::time::Duration> {
-    use std::time::Duration;
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    Some(Instant::now() + crate::deadline::parse_grpc_timeout(value)?)
 }
 
 /// The answer of an RPC crust does not implement yet.
 pub fn unimplemented(method: &str) -> Status {
     Status::unimplemented(format!("{method} is not implemented by crust yet"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn grpc_timeouts() {
-        assert_eq!(
-            parse_grpc_timeout("3675u"),
-            Some(Duration::from_micros(3675))
-        );
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("S"), None);
-        assert_eq!(parse_grpc_timeout("123456789m"), None);
-        assert_eq!(parse_grpc_timeout("10x"), None);
-    }
 }

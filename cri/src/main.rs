@@ -2,6 +2,7 @@
 
 mod config;
 mod convert;
+mod deadline;
 mod image_service;
 mod instrument;
 mod runtime_service;

@@ -6,17 +6,25 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
+use tonic::codegen::Service;
+use tonic::codegen::http::{Request, Response};
 
 use crate::config::Config;
+use crate::deadline::Deadlines;
 use crate::image_service::ImageService;
 use crate::runtime_service::RuntimeService;
 
 /// Largest CRI message accepted or sent (ExecSync output may be 2×16 MiB).
 const MAX_MESSAGE: usize = 64 << 20;
+/// Largest header block accepted, as tonic's server allows.
+const MAX_HEADER_LIST: u32 = 16 << 20;
 
 /// Opens the runtime, recovers its state, and serves CRI until a signal arrives.
 pub async fn run(cfg: Config) -> Result<()> {
@@ -50,15 +58,68 @@ pub async fn run(cfg: Config) -> Result<()> {
     let image_svc = ImageServiceServer::new(ImageService::new(runtime))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let served = tonic::transport::Server::builder()
-        .add_service(runtime_svc)
-        .add_service(image_svc)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown())
-        .await;
+    let routes = tonic::service::Routes::new(runtime_svc).add_service(image_svc);
+    serve(listener, Deadlines::new(routes)).await;
     let _ = std::fs::remove_file(&cfg.socket);
-    served.context("serving CRI")?;
     tracing::info!("crustd stopped; containers keep running under their shims");
     Ok(())
+}
+
+/// How long in-flight RPCs may take to finish once a shutdown signal arrived.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves HTTP/2 gRPC connections from `listener` with `service` until
+/// SIGTERM or SIGINT; then stops accepting, lets the RPCs in flight finish
+/// (up to [`SHUTDOWN_GRACE`]) and returns.
+async fn serve<S>(listener: UnixListener, service: S)
+where
+    S: Service<
+            Request<hyper::body::Incoming>,
+            Response = Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let stop = shutdown();
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a CRI connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let connection = http2::Builder::new(TokioExecutor::new())
+            .max_header_list_size(MAX_HEADER_LIST)
+            .serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service.clone()),
+            );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "CRI connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "RPCs still running {}s after the shutdown signal are dropped",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
 }
 
 /// How often network attachments without a sandbox are retried for DEL.

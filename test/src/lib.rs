@@ -40,6 +40,7 @@ pub mod mountinfo;
 pub mod network;
 pub mod pod_config;
 pub mod processes;
+pub mod raw_grpc;
 pub mod registry;
 pub mod requirements;
 pub mod secured_registry;
