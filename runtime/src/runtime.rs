@@ -12,6 +12,7 @@ use crate::image::{ImageOptions, ImageStore};
 use crate::names::Names;
 use crate::sandbox::Sandbox;
 use crate::store::RecordDir;
+use crate::sys::cgroup::CgroupHost;
 use crate::sys::runc::Runc;
 use crate::{Error, Result, fsutil, ids};
 
@@ -92,6 +93,8 @@ pub struct Runtime {
     /// the sandbox is recorded and must not be collected as orphans.
     pub(crate) creating_sandboxes: Mutex<std::collections::HashSet<String>>,
     pub(crate) pod_cidr: Mutex<String>,
+    /// What the host's cgroups can enforce, read at start.
+    pub(crate) cgroups: CgroupHost,
 }
 
 impl Runtime {
@@ -126,6 +129,13 @@ impl Runtime {
                     .into());
             }
         };
+        let cgroups = CgroupHost::detect();
+        for (controller, fields) in cgroups.missing() {
+            tracing::warn!(
+                controller,
+                "this host's cgroups lack {controller}: {fields} in container requests are ignored"
+            );
+        }
         let rt = Arc::new(Runtime {
             sandbox_records: RecordDir::open(opts.root.join("meta").join("sandboxes"))?,
             container_records: RecordDir::open(opts.root.join("meta").join("containers"))?,
@@ -139,6 +149,7 @@ impl Runtime {
             cni,
             creating_sandboxes: Mutex::default(),
             pod_cidr: Mutex::new(pod_cidr),
+            cgroups,
         });
         rt.recover()?;
         Ok(rt)

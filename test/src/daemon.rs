@@ -101,11 +101,12 @@ impl Daemon {
         }
         std::fs::write(paths.net_d.join(LOOPBACK_NETWORK_FILE), LOOPBACK_NETWORK)
             .context("writing the default CNI network")?;
-        write_config(&paths, "")?;
+        let cgroup_parent = format!("/crust-e2e-{suffix}");
+        write_config(&paths, &cgroup_parent, "")?;
         let mut daemon = Self {
             paths,
             binaries,
-            cgroup_parent: format!("/crust-e2e-{suffix}"),
+            cgroup_parent,
             child: None,
             starts: 0,
             failed: false,
@@ -165,7 +166,7 @@ impl Daemon {
     /// Rewrites crustd's config with `image_keys` (TOML lines for the `[image]`
     /// table, e.g. `pinned_images = ["..."]`) and restarts it on the same state.
     pub async fn reconfigure(&mut self, image_keys: &str) -> Result<()> {
-        write_config(&self.paths, image_keys)?;
+        write_config(&self.paths, &self.cgroup_parent, image_keys)?;
         self.restart().await
     }
 
@@ -343,10 +344,11 @@ const LOOPBACK_NETWORK: &str =
 
 /// Writes the test's crustd config: registry hosts and CNI networks from the
 /// test's own directories (never the host's /etc/crust/certs.d or
-/// /etc/cni/net.d), Debian's CNI plugins and the test's own, plus `image_keys`.
-fn write_config(paths: &DaemonPaths, image_keys: &str) -> Result<()> {
+/// /etc/cni/net.d), Debian's CNI plugins and the test's own, the test's
+/// cgroup tree for pods that name no cgroup parent, plus `image_keys`.
+fn write_config(paths: &DaemonPaths, cgroup_parent: &str, image_keys: &str) -> Result<()> {
     let text = format!(
-        "[image]\nconfig_path = {:?}\n{image_keys}\n\n[cni]\nconf_dirs = [{:?}]\nplugin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\", {:?}]\n",
+        "[image]\nconfig_path = {:?}\n{image_keys}\n\n[cni]\nconf_dirs = [{:?}]\nplugin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\", {:?}]\n\n[runtime]\ncgroup_parent = {cgroup_parent:?}\n",
         paths.certs_d.to_string_lossy(),
         paths.net_d.to_string_lossy(),
         paths.cni_bin.to_string_lossy()

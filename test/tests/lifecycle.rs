@@ -183,13 +183,20 @@ async fn full_lifecycle(env: &mut TestEnv) -> Result<()> {
         .map(|i| i.image.clone())
         .unwrap_or_default();
     ensure!(
-        shown_image == busybox.reference || shown_image == image.id,
-        "status image {shown_image:?}"
+        shown_image == busybox.reference,
+        "status image {shown_image:?}, expected the name the client gave, {}",
+        busybox.reference
     );
     ensure!(
-        running.image_ref == image.id || running.image_ref == busybox.digest_reference(),
-        "status image_ref {:?}",
-        running.image_ref
+        running.image_ref == busybox.digest_reference(),
+        "status image_ref {:?}, expected {}",
+        running.image_ref,
+        busybox.digest_reference()
+    );
+    ensure!(
+        running.image_id == image.id,
+        "status image_id {:?}",
+        running.image_id
     );
     let log_file = pod.log_file(&main);
     ensure!(
@@ -571,4 +578,52 @@ async fn exits_on_its_own(env: &mut TestEnv) -> Result<()> {
         "RemovePodSandbox left its containers: {left:?}"
     );
     env.assert_no_leaks()
+}
+
+#[test]
+fn container_status_names_the_image_as_the_user_did() {
+    run(
+        "container_status_names_the_image_as_the_user_did",
+        image_as_named,
+    );
+}
+
+/// kubelet creates containers from the image id and passes the name the pod
+/// spec used as `user_specified_image`; ContainerStatus shows that name (what
+/// `kubectl describe` prints), `image_ref` the digested reference and
+/// `image_id` the id. Without a user-specified name, an id shows as the
+/// image's tag.
+async fn image_as_named(env: &mut TestEnv) -> Result<()> {
+    let busybox = env.images.busybox.clone();
+    let id = env.pull(&busybox.reference).await?;
+    let pod = env.run_pod("image-names").await?;
+    for (name, user_specified, shown) in [
+        (
+            "kubelet",
+            busybox.reference.as_str(),
+            busybox.reference.as_str(),
+        ),
+        ("by-id", "", busybox.reference.as_str()),
+    ] {
+        let mut config = env.container_config(&pod, name, &id)?;
+        config.command = vec!["true".into()];
+        if let Some(image) = config.image.as_mut() {
+            image.user_specified_image = user_specified.into();
+        }
+        let container = env.create_container(&pod, &config).await?;
+        let status = env.cri.container_status(&container).await?;
+        let image = status.image.clone().unwrap_or_default();
+        ensure!(
+            image.image == shown,
+            "{name}: ContainerStatus shows the image as {:?}, expected {shown:?}",
+            image.image
+        );
+        ensure!(
+            status.image_ref == busybox.digest_reference() && status.image_id == id,
+            "{name}: image_ref {:?}, image_id {:?}",
+            status.image_ref,
+            status.image_id
+        );
+    }
+    Ok(())
 }

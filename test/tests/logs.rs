@@ -221,3 +221,55 @@ async fn reopen_log(env: &mut TestEnv) -> Result<()> {
     env.cri.remove_pod_sandbox(&pod.id).await?;
     env.assert_no_leaks()
 }
+
+#[test]
+fn failed_create_leaves_no_log_file() {
+    run("failed_create_leaves_no_log_file", failed_create);
+}
+
+/// kubelet numbers a container's attempts by the files in its log directory,
+/// so a CreateContainer that fails (here: runc cannot find the program) must
+/// not leave the log file behind; the next attempt then succeeds and logs.
+async fn failed_create(env: &mut TestEnv) -> Result<()> {
+    env.pull(&env.images.busybox.reference).await?;
+    let pod = env.run_pod("failed-create").await?;
+    let mut config = env.container_config(&pod, "app", &env.images.busybox.reference)?;
+    config.command = vec!["/no/such/program".into()];
+    let log_dir = pod.log_file(&config);
+    let log_dir = log_dir.parent().context("log path has no directory")?;
+    expect_code(
+        env.cri
+            .create_container(&pod.id, &config, &pod.config)
+            .await,
+        Code::FailedPrecondition,
+        "CreateContainer of a program the image lacks",
+    )?;
+    let left: Vec<_> = std::fs::read_dir(log_dir)?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    ensure!(
+        left.is_empty(),
+        "the failed create left {left:?} in {}",
+        log_dir.display()
+    );
+
+    config.command = vec!["echo".into(), "second attempt".into()];
+    if let Some(metadata) = config.metadata.as_mut() {
+        metadata.attempt = 1;
+    }
+    config.log_path = "app/1.log".into();
+    let id = env.start_container(&pod, &config).await?;
+    env.wait_for_state(
+        &id,
+        ContainerState::ContainerExited,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let records = cri_log::read_log(&pod.log_file(&config))?;
+    ensure!(
+        records.iter().any(|r| r.content == "second attempt"),
+        "the second attempt's log: {records:?}"
+    );
+    Ok(())
+}

@@ -1,12 +1,14 @@
 //! LinuxContainerResources land where the kernel enforces them: memory and
 //! CPU limits in the container's cgroup (v1 controllers or the v2 unified
-//! hierarchy), and oom_score_adj on the container's processes, never below
+//! hierarchy), even when kubelet's hugepage limits come along on a host
+//! without the hugetlb controller, and oom_score_adj on the container's processes, never below
 //! crustd's own (root without CAP_SYS_RESOURCE cannot lower it).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
 use crust_e2e::cgroups;
+use crust_e2e::cri::HugepageLimit;
 use crust_e2e::pod_config::resources_mut;
 use crust_e2e::{Pod, TestEnv, run};
 
@@ -68,6 +70,16 @@ async fn limits(env: &mut TestEnv) -> Result<()> {
         r.cpu_shares = 256;
         r.cpu_quota = 20_000;
         r.cpu_period = 100_000;
+        // As kubelet sends them: a limit of 0 for every page size it knows,
+        // whether or not the host has the hugetlb controller (this one has
+        // not; the limits are then dropped and the others still apply).
+        r.hugepage_limits = ["2MB", "1GB"]
+            .into_iter()
+            .map(|page_size| HugepageLimit {
+                page_size: page_size.into(),
+                limit: 0,
+            })
+            .collect();
     }
     let id = env.start_container(&pod, &config).await?;
     let pid = env.container_pid(&id).await?;

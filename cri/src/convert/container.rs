@@ -176,8 +176,13 @@ pub fn state_from(v: i32) -> Result<ContainerState> {
 }
 
 fn image_spec(c: &Container) -> v1::ImageSpec {
+    let image = if c.image_name.is_empty() {
+        &c.config.image
+    } else {
+        &c.image_name
+    };
     v1::ImageSpec {
-        image: c.config.image.clone(),
+        image: image.clone(),
         annotations: to_hash(&c.config.image_annotations),
         user_specified_image: c.config.user_specified_image.clone(),
         runtime_handler: String::new(),

@@ -129,11 +129,7 @@ impl Runtime {
         undo.push("unmount the rootfs", move || mount::unmount(&r));
 
         let user = user::resolve(&rootfs, &cfg.security, &image.config.user)?;
-        let image_name = if cfg.user_specified_image.is_empty() {
-            cfg.image.clone()
-        } else {
-            cfg.user_specified_image.clone()
-        };
+        let image_name = display_image_name(&cfg, &image);
         let min_oom =
             (!process::has_capability(process::CAP_SYS_RESOURCE)).then(process::own_oom_score_adj);
         let oci = spec::build(&spec::SpecInput {
@@ -145,7 +141,7 @@ impl Runtime {
             user: &user,
             rootfs: &rootfs,
             target_pid,
-            cgroup_v2: process::cgroup_v2_only(),
+            cgroups: &self.cgroups,
             min_oom_score_adj: min_oom,
             default_cgroup_parent: &self.opts.default_cgroup_parent,
             bounding_set: process::capability_bounding_set(),
@@ -163,6 +159,13 @@ impl Runtime {
         if let Some(parent) = log_path.as_deref().and_then(Path::parent) {
             fs::create_dir_all(parent)
                 .with_context(|| format!("creating the log directory {}", parent.display()))?;
+        }
+        // kubelet numbers a container's attempts by the files in its log
+        // directory: a create that fails must not leave one behind.
+        if let Some(log) = log_path.clone().filter(|p| !p.exists()) {
+            undo.push("remove the log file", move || {
+                fsutil::remove_file_if_exists(&log)
+            });
         }
 
         let created = shim::spawn(&Launch {
@@ -196,6 +199,7 @@ impl Runtime {
             config: cfg,
             image_id: image.id.clone(),
             image_ref,
+            image_name,
             created_at: clock::now_ns(),
             started_at: 0,
             finished_at: 0,
@@ -504,6 +508,24 @@ impl Runtime {
     }
 }
 
+/// The image as people name it, for ContainerStatus and annotations: what
+/// the user wrote in the pod spec (kubelet passes it as
+/// `user_specified_image` and the image id as `image`), else the name the
+/// client gave, else the image's first tag when the client gave an id.
+fn display_image_name(cfg: &ContainerConfig, image: &crate::image::Image) -> String {
+    if !cfg.user_specified_image.is_empty() {
+        return cfg.user_specified_image.clone();
+    }
+    let hex = cfg.image.trim_start_matches("sha256:");
+    let by_id = !hex.is_empty()
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && image.id.trim_start_matches("sha256:").starts_with(hex);
+    match image.repo_tags.first() {
+        Some(tag) if by_id => tag.clone(),
+        _ => cfg.image.clone(),
+    }
+}
+
 /// The CRI log file of a container: the pod's log directory joined with the
 /// container's log path; None when either is empty.
 pub(crate) fn container_log_path(log_directory: &str, log_path: &str) -> Option<PathBuf> {
@@ -553,6 +575,32 @@ mod tests {
         assert_eq!(parse_signal("9"), Some(9));
         assert_eq!(parse_signal(""), None);
         assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+
+    #[test]
+    fn image_names_people_read() {
+        let image = crate::image::Image {
+            id: format!("sha256:{}", "ab".repeat(32)),
+            repo_tags: vec!["registry.k8s.io/pause:3.10".into()],
+            repo_digests: Vec::new(),
+            size: 0,
+            config: Default::default(),
+            layers: Vec::new(),
+            manifest_digests: Vec::new(),
+            pulled_at: 0,
+        };
+        let named = |image_field: &str, user: &str| {
+            let cfg = ContainerConfig {
+                image: image_field.into(),
+                user_specified_image: user.into(),
+                ..Default::default()
+            };
+            display_image_name(&cfg, &image)
+        };
+        assert_eq!(named(&image.id, "pause:3.10"), "pause:3.10");
+        assert_eq!(named(&image.id, ""), "registry.k8s.io/pause:3.10");
+        assert_eq!(named("abab", ""), "registry.k8s.io/pause:3.10");
+        assert_eq!(named("pause:3.10", ""), "pause:3.10");
     }
 
     #[test]

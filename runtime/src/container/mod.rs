@@ -54,6 +54,10 @@ pub struct Container {
     pub image_id: String,
     /// Digested reference of the image (repo digest, else the id).
     pub image_ref: String,
+    /// The image as people name it (see ContainerStatus.image); empty in
+    /// records written before crust kept it.
+    #[serde(default)]
+    pub image_name: String,
     /// Creation time (ns).
     pub created_at: i64,
     /// Start time (ns), 0 before start.

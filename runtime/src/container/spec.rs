@@ -20,6 +20,7 @@ use super::config::{ContainerConfig, Profile, Propagation};
 use crate::image::ImageConfig;
 use crate::sandbox::Sandbox;
 use crate::sandbox::config::NamespaceMode;
+use crate::sys::cgroup::CgroupHost;
 use crate::{Error, Result};
 
 /// PATH for images that set none.
@@ -196,8 +197,9 @@ pub struct SpecInput<'a> {
     pub rootfs: &'a Path,
     /// Init pid of the TARGET container, when the PID namespace mode is TARGET.
     pub target_pid: Option<i32>,
-    /// True on a cgroup v2-only host.
-    pub cgroup_v2: bool,
+    /// What the host's cgroups can enforce: limits of controllers it lacks
+    /// are left out.
+    pub cgroups: &'a CgroupHost,
     /// Lowest oom_score_adj the runtime may give (its own, without CAP_SYS_RESOURCE).
     pub min_oom_score_adj: Option<i64>,
     /// cgroup parent when the pod names none.
@@ -542,7 +544,7 @@ fn namespaces(input: &SpecInput<'_>) -> Result<Vec<LinuxNamespace>> {
             )?);
         }
     }
-    if input.cgroup_v2 && !input.config.security.privileged {
+    if input.cgroups.v2 && !input.config.security.privileged {
         out.push(namespace(LinuxNamespaceType::Cgroup, None)?);
     }
     Ok(out)
@@ -564,28 +566,33 @@ fn cgroups_path(input: &SpecInput<'_>) -> PathBuf {
 
 fn resources(input: &SpecInput<'_>) -> Result<oci_spec::runtime::LinuxResources> {
     let r = &input.config.resources;
+    let host = input.cgroups;
     let sec = &input.config.security;
     let mut cpu = LinuxCpuBuilder::default();
-    if r.cpu_shares > 0 {
-        cpu = cpu.shares(r.cpu_shares as u64);
+    if host.cpu {
+        if r.cpu_shares > 0 {
+            cpu = cpu.shares(r.cpu_shares as u64);
+        }
+        if r.cpu_quota != 0 {
+            cpu = cpu.quota(r.cpu_quota);
+        }
+        if r.cpu_period > 0 {
+            cpu = cpu.period(r.cpu_period as u64);
+        }
     }
-    if r.cpu_quota != 0 {
-        cpu = cpu.quota(r.cpu_quota);
-    }
-    if r.cpu_period > 0 {
-        cpu = cpu.period(r.cpu_period as u64);
-    }
-    if !r.cpuset_cpus.is_empty() {
-        cpu = cpu.cpus(r.cpuset_cpus.clone());
-    }
-    if !r.cpuset_mems.is_empty() {
-        cpu = cpu.mems(r.cpuset_mems.clone());
+    if host.cpuset {
+        if !r.cpuset_cpus.is_empty() {
+            cpu = cpu.cpus(r.cpuset_cpus.clone());
+        }
+        if !r.cpuset_mems.is_empty() {
+            cpu = cpu.mems(r.cpuset_mems.clone());
+        }
     }
     let mut memory = LinuxMemoryBuilder::default();
-    if r.memory_limit_in_bytes > 0 {
+    if host.memory && r.memory_limit_in_bytes > 0 {
         memory = memory.limit(r.memory_limit_in_bytes);
     }
-    if r.memory_swap_limit_in_bytes > 0 {
+    if host.memory_swap && r.memory_swap_limit_in_bytes > 0 {
         memory = memory.swap(r.memory_swap_limit_in_bytes);
     }
     let mut device_rules: Vec<LinuxDeviceCgroup> = vec![
@@ -624,6 +631,7 @@ fn resources(input: &SpecInput<'_>) -> Result<oci_spec::runtime::LinuxResources>
     let hugepages = r
         .hugepage_limits
         .iter()
+        .filter(|_| host.hugetlb)
         .map(|(size, limit)| {
             LinuxHugepageLimitBuilder::default()
                 .page_size(size.clone())
@@ -639,7 +647,7 @@ fn resources(input: &SpecInput<'_>) -> Result<oci_spec::runtime::LinuxResources>
     if !hugepages.is_empty() {
         b = b.hugepage_limits(hugepages);
     }
-    if !r.unified.is_empty() {
+    if host.v2 && !r.unified.is_empty() {
         b = b.unified(r.unified.clone().into_iter().collect::<HashMap<_, _>>());
     }
     b.build().map_err(internal)
@@ -987,7 +995,21 @@ mod tests {
         }
     }
 
+    /// A v1 host with every controller.
+    const FULL_V1: CgroupHost = CgroupHost {
+        v2: false,
+        cpu: true,
+        cpuset: true,
+        memory: true,
+        memory_swap: true,
+        hugetlb: true,
+    };
+
     fn build_with(cfg: &ContainerConfig) -> Result<Spec> {
+        build_on(cfg, &FULL_V1)
+    }
+
+    fn build_on(cfg: &ContainerConfig, cgroups: &CgroupHost) -> Result<Spec> {
         let sb = sandbox();
         let img = image();
         let user = ResolvedUser::default();
@@ -1000,7 +1022,7 @@ mod tests {
             user: &user,
             rootfs: Path::new("/run/crust/containers/cid/rootfs"),
             target_pid: None,
-            cgroup_v2: false,
+            cgroups,
             min_oom_score_adj: Some(0),
             default_cgroup_parent: "/crust",
             bounding_set: (1u64 << 41) - 1 - (1u64 << 24),
@@ -1178,5 +1200,39 @@ mod tests {
         let mut c = config();
         c.security.privileged = true;
         assert!(matches!(build_with(&c), Err(Error::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn limits_of_missing_controllers_are_dropped() {
+        let mut c = config();
+        c.resources.hugepage_limits = vec![("2MB".into(), 0), ("1GB".into(), 0)];
+        c.resources.memory_limit_in_bytes = 64 << 20;
+        c.resources.memory_swap_limit_in_bytes = 64 << 20;
+        c.resources.cpu_shares = 512;
+        c.resources.unified = [("memory.high".to_string(), "1000000".to_string())].into();
+        let resources = |spec: &Spec| spec.linux().clone().unwrap().resources().clone().unwrap();
+
+        let full = resources(&build_with(&c).unwrap());
+        assert_eq!(full.hugepage_limits().as_ref().map(Vec::len), Some(2));
+        assert_eq!(full.memory().as_ref().unwrap().swap(), Some(64 << 20));
+        assert!(full.unified().is_none(), "unified keys are for v2 hosts");
+
+        let no_hugetlb_no_swap = CgroupHost {
+            hugetlb: false,
+            memory_swap: false,
+            ..FULL_V1
+        };
+        let r = resources(&build_on(&c, &no_hugetlb_no_swap).unwrap());
+        assert!(r.hugepage_limits().is_none());
+        let memory = r.memory().unwrap();
+        assert_eq!((memory.limit(), memory.swap()), (Some(64 << 20), None));
+        assert_eq!(r.cpu().as_ref().unwrap().shares(), Some(512));
+
+        let v2 = CgroupHost {
+            v2: true,
+            ..FULL_V1
+        };
+        let r = resources(&build_on(&c, &v2).unwrap());
+        assert_eq!(r.unified().as_ref().map(|u| u.len()), Some(1));
     }
 }

@@ -106,7 +106,9 @@ fn resolve_with(
     if let Some(g) = sec.run_as_group {
         gid = to_id(g, "run_as_group")?;
     }
-    let mut additional = Vec::new();
+    // The primary group comes first, as the peers report it: it is among the
+    // groups the process holds, whichever policy applies.
+    let mut additional = vec![gid];
     if !sec.supplemental_groups_strict
         && let Some(name) = &name
     {
@@ -211,7 +213,7 @@ mod tests {
         let u = resolve_with(&p, &g, &sec, "app").unwrap();
         assert_eq!(
             (u.uid, u.gid, u.additional_gids.clone()),
-            (1000, 1001, vec![2000])
+            (1000, 1001, vec![1001, 2000])
         );
         let u = resolve_with(&p, &g, &sec, "1000:staff").unwrap();
         assert_eq!((u.uid, u.gid), (1000, 50));
@@ -230,13 +232,16 @@ mod tests {
             ..Default::default()
         };
         let u = resolve_with(&p, &g, &sec, "root").unwrap();
-        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 7, vec![2000, 9]));
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids),
+            (1000, 7, vec![7, 2000, 9])
+        );
         let sec = SecurityContext {
             run_as_username: "app".into(),
             supplemental_groups_strict: true,
             ..Default::default()
         };
         let u = resolve_with(&p, &g, &sec, "").unwrap();
-        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 1001, vec![]));
+        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 1001, vec![1001]));
     }
 }
