@@ -101,6 +101,13 @@ impl LayerBuilder {
         Ok(self)
     }
 
+    /// Adds a hard link `path` to the file `target` (an earlier entry's path).
+    pub fn hardlink(&mut self, path: &str, target: &str) -> Result<&mut Self> {
+        let mut header = header(tar::EntryType::Link, 0o755, 0);
+        self.tar.append_link(&mut header, path, target)?;
+        Ok(self)
+    }
+
     /// Adds the whiteout that deletes `path` (`dir/.wh.name`) from lower layers.
     pub fn whiteout(&mut self, path: &str) -> Result<&mut Self> {
         let (parent, name) = path.rsplit_once('/').map_or(("", path), |(p, n)| (p, n));
@@ -241,6 +248,10 @@ pub struct RunConfig {
     pub cmd: Vec<String>,
     /// `WorkingDir`, if any.
     pub working_dir: Option<String>,
+    /// `User` (`uid`, `name`, `uid:gid`, `name:group`), if any.
+    pub user: Option<String>,
+    /// `StopSignal` (e.g. `SIGQUIT`), if any.
+    pub stop_signal: Option<String>,
 }
 
 /// A built image: manifest, config and layer blobs.
@@ -275,6 +286,12 @@ pub fn build_image(
     }
     if let Some(dir) = &run.working_dir {
         config.insert("WorkingDir".into(), json!(dir));
+    }
+    if let Some(user) = &run.user {
+        config.insert("User".into(), json!(user));
+    }
+    if let Some(signal) = &run.stop_signal {
+        config.insert("StopSignal".into(), json!(signal));
     }
     let history: Vec<Value> = layers
         .iter()

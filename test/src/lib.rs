@@ -26,6 +26,7 @@ pub mod bench;
 pub mod binaries;
 pub mod cgroups;
 pub mod cleanup;
+pub mod conformance;
 pub mod crafted;
 pub mod cri_client;
 pub mod cri_log;
