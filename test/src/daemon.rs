@@ -178,9 +178,7 @@ impl Daemon {
 
     /// The last `lines` lines of crustd's output.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.paths.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        processes::log_tail(&self.paths.log, lines)
     }
 
     /// What crustd failed to clean up after itself: mounts, bundles, runc state,

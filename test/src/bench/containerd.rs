@@ -186,9 +186,7 @@ impl Containerd {
 
     /// The last `lines` lines of containerd's output.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.layout.log()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        crate::processes::log_tail(&self.layout.log(), lines)
     }
 
     /// What containerd still holds once every pod is removed: mounts, shims,

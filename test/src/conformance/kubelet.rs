@@ -297,9 +297,7 @@ impl Kubelet {
 
     /// The last `n` lines of kubelet's log.
     pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        processes::log_tail(&self.log, n)
     }
 }
 
