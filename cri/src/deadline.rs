@@ -10,12 +10,18 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::Service;
 use tonic::codegen::http::{HeaderMap, Request, Response};
+
+/// When the client stops waiting for a call: computed once from its
+/// `grpc-timeout` when the call arrives, and put in the request's extensions
+/// for the RPCs that hand it to the runtime (kubelet's create retries).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientDeadline(pub Instant);
 
 /// Wraps a gRPC service so each call ends at the client's deadline.
 #[derive(Clone, Debug)]
@@ -43,8 +49,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let limit = grpc_timeout(req.headers());
+        if let Some(limit) = limit {
+            req.extensions_mut()
+                .insert(ClientDeadline(Instant::now() + limit));
+        }
         let method = req.uri().path().to_string();
         let call = self.inner.call(req);
         Box::pin(async move {
@@ -71,7 +81,7 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
-pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     if v.len() < 2 || v.len() > 9 {
         return None;
     }
@@ -149,5 +159,28 @@ mod tests {
         assert!(Status::from_header_map(response.headers()).is_none());
         let response = svc.call(request(None)).await.unwrap();
         assert!(Status::from_header_map(response.headers()).is_none());
+    }
+
+    #[tokio::test]
+    async fn the_deadline_reaches_the_handler() {
+        let mut svc = Deadlines::new(tower::service_fn(|req: Request<()>| async move {
+            let mut response = Response::new(Body::default());
+            if let Some(ClientDeadline(at)) = req.extensions().get::<ClientDeadline>() {
+                let left = at.saturating_duration_since(Instant::now());
+                response
+                    .headers_mut()
+                    .insert("left-ms", left.as_millis().to_string().parse().unwrap());
+            }
+            Ok::<_, Infallible>(response)
+        }));
+        let response = svc.call(request(Some("10S"))).await.unwrap();
+        let left: u64 = response.headers()["left-ms"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((9_000..=10_000).contains(&left), "{left} ms left");
+        let response = svc.call(request(None)).await.unwrap();
+        assert!(response.headers().get("left-ms").is_none());
     }
 }

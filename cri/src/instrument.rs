@@ -50,10 +50,12 @@ pub fn to_status(e: Error) -> Status {
     }
 }
 
-/// When the client stops waiting for this call, from its `grpc-timeout` header.
+/// When the client stops waiting for this call (its `grpc-timeout`, as
+/// [`crate::deadline::Deadlines`] read it when the call arrived).
 pub fn deadline<T>(req: &tonic::Request<T>) -> Option<Instant> {
-    let value = req.metadata().get("grpc-timeout")?.to_str().ok()?;
-    Some(Instant::now() + crate::deadline::parse_grpc_timeout(value)?)
+    req.extensions()
+        .get::<crate::deadline::ClientDeadline>()
+        .map(|d| d.0)
 }
 
 /// The answer of an RPC crust does not implement yet.
