@@ -27,6 +27,29 @@ pub struct Config {
     pub cni: CniSection,
     /// Container runtime settings.
     pub runtime: RuntimeSection,
+    /// Exec, attach and port-forward streaming server settings.
+    pub stream: StreamSection,
+}
+
+/// `[stream]`: the server kubelet and crictl connect to for exec, attach and
+/// port-forward sessions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    /// IP address to listen on.
+    pub address: String,
+    /// TCP port; 0 picks any free port.
+    pub port: u16,
+    /// PEM certificate chain; serves HTTPS when set (with `tls_key`).
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: String,
+    /// Seconds a URL from Exec, Attach or PortForward stays usable.
+    pub token_timeout: u64,
+    /// Seconds a session may carry no data before it is closed.
+    pub idle_timeout: u64,
+    /// Exec, attach and port-forward streams served at the same time.
+    pub max_streams: usize,
 }
 
 /// `[cni]`: where the pod network's config and plugins are.
@@ -132,6 +155,21 @@ impl Config {
         if self.cni.conf_dirs.is_empty() || self.cni.plugin_dirs.is_empty() {
             bail!("cni.conf_dirs and cni.plugin_dirs must each name at least one directory");
         }
+        if self.stream.address.parse::<std::net::IpAddr>().is_err() {
+            bail!(
+                "stream.address must be an IP address, got {:?}",
+                self.stream.address
+            );
+        }
+        if self.stream.tls_cert.is_empty() != self.stream.tls_key.is_empty() {
+            bail!("stream.tls_cert and stream.tls_key must be set together");
+        }
+        if self.stream.token_timeout == 0 || self.stream.idle_timeout == 0 {
+            bail!("stream.token_timeout and stream.idle_timeout must be at least 1 second");
+        }
+        if self.stream.max_streams == 0 {
+            bail!("stream.max_streams must be at least 1");
+        }
         if self.runtime.shm_size < 4096 {
             bail!("runtime.shm_size must be at least 4096 bytes");
         }
@@ -228,5 +266,7 @@ mod tests {
         assert!(Config::parse("nonsense = 1").is_err());
         assert!(Config::parse("root = \"relative\"").is_err());
         assert!(Config::parse("[runtime]\nshm_size = \"big\"").is_err());
+        assert!(Config::parse("[stream]\naddress = \"localhost\"").is_err());
+        assert!(Config::parse("[stream]\ntls_cert = \"/etc/crust/cert.pem\"").is_err());
     }
 }

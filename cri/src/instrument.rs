@@ -44,6 +44,7 @@ pub fn to_status(e: Error) -> Status {
         Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
         Error::Unimplemented(m) => Status::unimplemented(m),
         Error::Unavailable(m) => Status::unavailable(m),
+        Error::ResourceExhausted(m) => Status::resource_exhausted(m),
         Error::PermissionDenied(m) => Status::permission_denied(m),
         Error::Unauthenticated(m) => Status::unauthenticated(m),
         Error::Internal(e) => Status::internal(format!("{e:#}")),

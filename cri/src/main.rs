@@ -7,6 +7,7 @@ mod image_service;
 mod instrument;
 mod runtime_service;
 mod server;
+mod stream;
 
 use std::path::PathBuf;
 

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crust_runtime::container::ContainerFilter;
+use crust_runtime::container::{AttachRequest, ContainerFilter, ExecRequest};
 use crust_runtime::sandbox::SandboxFilter;
 use crust_runtime::{Error, Runtime};
 use k8s_cri::v1;
@@ -13,6 +13,8 @@ use tonic::{Request, Response, Status};
 use crate::config::Config;
 use crate::convert::{self, container, sandbox};
 use crate::instrument::{deadline, rpc, unimplemented};
+use crate::stream::StreamServer;
+use crate::stream::tokens::Pending;
 
 /// The CRI API version crust implements.
 const API_VERSION: &str = "v1";
@@ -21,12 +23,27 @@ const API_VERSION: &str = "v1";
 pub struct RuntimeService {
     runtime: Arc<Runtime>,
     config: Arc<Config>,
+    streams: Arc<StreamServer>,
 }
 
 impl RuntimeService {
-    /// Serves `runtime`; `config` is reported by verbose Status.
-    pub fn new(runtime: Arc<Runtime>, config: Arc<Config>) -> Self {
-        RuntimeService { runtime, config }
+    /// Serves `runtime`; `config` is reported by verbose Status; Exec, Attach
+    /// and PortForward hand out URLs on `streams`.
+    pub fn new(runtime: Arc<Runtime>, config: Arc<Config>, streams: Arc<StreamServer>) -> Self {
+        RuntimeService {
+            runtime,
+            config,
+            streams,
+        }
+    }
+
+    /// A URL on the streaming server for `req`.
+    fn stream_url(&self, req: Pending) -> crust_runtime::Result<String> {
+        self.streams.url(req).ok_or_else(|| {
+            Error::ResourceExhausted(
+                "too many exec, attach and port-forward URLs are waiting for their clients; retry shortly".into(),
+            )
+        })
     }
 }
 
@@ -274,19 +291,76 @@ impl runtime_service_server::RuntimeService for RuntimeService {
         .await
     }
 
-    async fn exec(&self, _req: Request<v1::ExecRequest>) -> Reply<v1::ExecResponse> {
-        Err(unimplemented("Exec (streaming)"))
+    async fn exec(&self, req: Request<v1::ExecRequest>) -> Reply<v1::ExecResponse> {
+        rpc("Exec", async {
+            let req = req.into_inner();
+            let exec = ExecRequest {
+                cmd: req.cmd,
+                tty: req.tty,
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+            };
+            let container_id = self.runtime.check_exec(&req.container_id, &exec).await?;
+            let url = self.stream_url(Pending::Exec {
+                container_id,
+                req: exec,
+            })?;
+            Ok(v1::ExecResponse { url })
+        })
+        .await
     }
 
-    async fn attach(&self, _req: Request<v1::AttachRequest>) -> Reply<v1::AttachResponse> {
-        Err(unimplemented("Attach"))
+    async fn attach(&self, req: Request<v1::AttachRequest>) -> Reply<v1::AttachResponse> {
+        rpc("Attach", async {
+            let req = req.into_inner();
+            if req.tty && req.stderr {
+                return Err(Error::invalid(
+                    "tty and stderr cannot both be set: a terminal has one output stream",
+                ));
+            }
+            let attach = AttachRequest {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+            };
+            let (container_id, stdin_once) = self
+                .runtime
+                .check_attach(&req.container_id, &attach)
+                .await?;
+            let url = self.stream_url(Pending::Attach {
+                container_id,
+                req: attach,
+                tty: req.tty,
+                stdin_once,
+            })?;
+            Ok(v1::AttachResponse { url })
+        })
+        .await
     }
 
     async fn port_forward(
         &self,
-        _req: Request<v1::PortForwardRequest>,
+        req: Request<v1::PortForwardRequest>,
     ) -> Reply<v1::PortForwardResponse> {
-        Err(unimplemented("PortForward"))
+        rpc("PortForward", async {
+            let req = req.into_inner();
+            let ports = req
+                .port
+                .iter()
+                .map(|&p| {
+                    u16::try_from(p).ok().filter(|&p| p > 0).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "port {p} cannot be forwarded: a port is a number from 1 to 65535"
+                        ))
+                    })
+                })
+                .collect::<crust_runtime::Result<Vec<u16>>>()?;
+            let sandbox_id = self.runtime.check_port_forward(&req.pod_sandbox_id)?;
+            let url = self.stream_url(Pending::PortForward { sandbox_id, ports })?;
+            Ok(v1::PortForwardResponse { url })
+        })
+        .await
     }
 
     async fn container_stats(

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::deadline::Deadlines;
 use crate::image_service::ImageService;
 use crate::runtime_service::RuntimeService;
+use crate::stream::StreamServer;
 
 /// Largest CRI message accepted or sent (ExecSync output may be 2×16 MiB).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -49,12 +50,14 @@ pub async fn run(cfg: Config) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("opening the runtime: {e:#}"))?;
 
     spawn_network_gc(runtime.clone());
+    let streams = Arc::new(StreamServer::start(&cfg.stream, runtime.clone()).await?);
     let listener = bind(&cfg.socket).await?;
     tracing::info!(socket = %cfg.socket.display(), "serving CRI");
     let cfg = Arc::new(cfg);
-    let runtime_svc = RuntimeServiceServer::new(RuntimeService::new(runtime.clone(), cfg.clone()))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let runtime_svc =
+        RuntimeServiceServer::new(RuntimeService::new(runtime.clone(), cfg.clone(), streams))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
     let image_svc = ImageServiceServer::new(ImageService::new(runtime))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

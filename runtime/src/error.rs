@@ -28,6 +28,9 @@ pub enum Error {
     /// A dependency (a registry, the daemon during recovery) is unreachable for now.
     #[error("{0}")]
     Unavailable(String),
+    /// A limit that protects the daemon is reached; retrying later may work.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The caller's credentials were refused.
     #[error("{0}")]
     PermissionDenied(String),

@@ -38,32 +38,10 @@ const EXPECTED_FAILURES: &[(&str, &str)] = &[
         "[k8s.io] Container runtime should support basic operations on container runtime should support listing stats for containers filtered by labels [Conformance]",
         STATS,
     ),
-    (
-        "[k8s.io] Streaming runtime should support streaming interfaces runtime should support exec with tty=false and stdin=false [Conformance]",
-        STREAMING,
-    ),
-    (
-        "[k8s.io] Streaming runtime should support streaming interfaces runtime should support exec with tty=true and stdin=true [Conformance]",
-        STREAMING,
-    ),
-    (
-        "[k8s.io] Streaming runtime should support streaming interfaces runtime should support attach [Conformance]",
-        STREAMING,
-    ),
-    (
-        "[k8s.io] Streaming runtime should support streaming interfaces runtime should support portforward [Conformance]",
-        STREAMING,
-    ),
-    (
-        "[k8s.io] Streaming runtime should support streaming interfaces runtime should support portforward in host network",
-        STREAMING,
-    ),
 ];
 
 /// Why the stats specs fail today.
 const STATS: &str = "issue 9: ContainerStats and ListContainerStats are not implemented yet";
-/// Why the streaming specs fail today.
-const STREAMING: &str = "issue 8: Exec, Attach and PortForward streams are not implemented yet";
 
 /// Environment variable holding a ginkgo regular expression of specs to skip
 /// by name (the Makefile's `CRITEST_SKIP`, which says why for each).

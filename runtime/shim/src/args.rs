@@ -18,11 +18,15 @@ pub struct Args {
     pub log_path: Option<PathBuf>,
     /// Whether the container gets a pseudo-terminal.
     pub tty: bool,
+    /// Whether the container's stdin stays open for attach clients.
+    pub stdin: bool,
+    /// Whether that stdin closes when the first attached client detaches.
+    pub stdin_once: bool,
 }
 
 /// Usage text included in argument errors.
 pub const USAGE: &str = "usage: crust-shim --id <id> --bundle <dir> --runc <path> \
---runc-root <dir> [--log-path <file>] [--tty]";
+--runc-root <dir> [--log-path <file>] [--tty] [--stdin] [--stdin-once]";
 
 /// Parses the arguments (without the program name).
 ///
@@ -38,6 +42,8 @@ where
     let mut runc_root = None;
     let mut log_path = None;
     let mut tty = false;
+    let mut stdin = false;
+    let mut stdin_once = false;
 
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
@@ -48,11 +54,17 @@ where
             Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(OsString::from(v))),
             _ => (arg.clone(), None),
         };
-        if name == "--tty" {
+        let switch = match name.as_str() {
+            "--tty" => Some(&mut tty),
+            "--stdin" => Some(&mut stdin),
+            "--stdin-once" => Some(&mut stdin_once),
+            _ => None,
+        };
+        if let Some(switch) = switch {
             if inline.is_some() {
-                return Err(format!("--tty takes no value; {USAGE}"));
+                return Err(format!("{name} takes no value; {USAGE}"));
             }
-            tty = true;
+            *switch = true;
             continue;
         }
         let slot = match name.as_str() {
@@ -88,6 +100,8 @@ where
         runc_root: required(runc_root, "--runc-root")?.into(),
         log_path: log_path.filter(|p| !p.is_empty()).map(PathBuf::from),
         tty,
+        stdin,
+        stdin_once,
     })
 }
 
@@ -112,6 +126,8 @@ mod tests {
             "--log-path",
             "/l/0.log",
             "--tty",
+            "--stdin",
+            "--stdin-once",
         ]))
         .expect("valid");
         assert_eq!(
@@ -123,6 +139,8 @@ mod tests {
                 runc_root: "/r".into(),
                 log_path: Some("/l/0.log".into()),
                 tty: true,
+                stdin: true,
+                stdin_once: true,
             }
         );
     }

@@ -15,6 +15,7 @@
 //! megabyte of memory.
 
 mod args;
+mod attach;
 mod control;
 mod crilog;
 mod fsutil;
@@ -36,6 +37,7 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signa
 use nix::unistd::{ForkResult, fork, pipe2};
 
 use crate::args::Args;
+use crate::attach::{ATTACH_SOCK, Hub};
 use crate::control::SHIM_SOCK;
 use crate::crilog::{LogSink, Stream};
 use crate::fsutil::{atomic_write, remove_if_exists};
@@ -88,6 +90,7 @@ fn run(args: &Args) -> i32 {
             ));
             let status = supervisor.run();
             let _ = remove_if_exists(Path::new(SHIM_SOCK));
+            let _ = remove_if_exists(Path::new(ATTACH_SOCK));
             status
         }
         Err(msg) => {
@@ -246,6 +249,11 @@ fn limit_malloc_arenas() {
 /// Creates the container and starts pumps and the control socket.
 fn launch(args: &Args) -> Result<Supervisor, String> {
     let sink = Arc::new(LogSink::new(args.log_path.clone()));
+    let hub = Hub::new(args.stdin_once);
+    let outputs = pump::Outputs {
+        sink: sink.clone(),
+        hub: hub.clone(),
+    };
     let (stop_r, stop_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let stop_r = Arc::new(stop_r);
     let (done_tx, done) = mpsc::channel();
@@ -255,7 +263,7 @@ fn launch(args: &Args) -> Result<Supervisor, String> {
             fd,
             stream,
             strip_cr,
-            sink.clone(),
+            outputs.clone(),
             stop_r.clone(),
             done_tx.clone(),
         )
@@ -263,6 +271,8 @@ fn launch(args: &Args) -> Result<Supervisor, String> {
         .map_err(|e| format!("starting log thread: {e}"))
     };
 
+    // The write end of a stdin pipe, held so the container's stdin stays open.
+    let mut stdin_writer = None;
     let stdio = if args.tty {
         ContainerStdio::Tty
     } else {
@@ -270,7 +280,15 @@ fn launch(args: &Args) -> Result<Supervisor, String> {
         let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         start_pump(out_r, Stream::Stdout, false)?;
         start_pump(err_r, Stream::Stderr, false)?;
+        let stdin = if args.stdin {
+            let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+            stdin_writer = Some(in_w);
+            Some(in_r)
+        } else {
+            None
+        };
         ContainerStdio::Pipes {
+            stdin,
             stdout: out_w,
             stderr: err_w,
         }
@@ -288,7 +306,19 @@ fn launch(args: &Args) -> Result<Supervisor, String> {
     };
     let created = runc::create(&req, stdio)?;
     if let Some(master) = created.pty_master {
+        let dup = |m: &OwnedFd| {
+            m.try_clone()
+                .map_err(|e| format!("dup of the terminal: {e}"))
+        };
+        let stdin = if args.stdin {
+            Some(dup(&master)?)
+        } else {
+            None
+        };
+        hub.set_io(stdin, Some(dup(&master)?));
         start_pump(master, Stream::Stdout, true)?;
+    } else {
+        hub.set_io(stdin_writer, None);
     }
 
     // Relative name: the cwd is the bundle, and this avoids the unix socket
@@ -297,6 +327,11 @@ fn launch(args: &Args) -> Result<Supervisor, String> {
     remove_if_exists(sock).map_err(|e| format!("removing stale {SHIM_SOCK}: {e}"))?;
     let listener = UnixListener::bind(sock).map_err(|e| format!("binding {SHIM_SOCK}: {e}"))?;
     control::spawn(listener, sink.clone()).map_err(|e| format!("starting control thread: {e}"))?;
+    let attach_sock = Path::new(ATTACH_SOCK);
+    remove_if_exists(attach_sock).map_err(|e| format!("removing stale {ATTACH_SOCK}: {e}"))?;
+    let listener =
+        UnixListener::bind(attach_sock).map_err(|e| format!("binding {ATTACH_SOCK}: {e}"))?;
+    attach::spawn(listener, hub.clone()).map_err(|e| format!("starting attach thread: {e}"))?;
 
     Ok(Supervisor {
         init_pid: created.init_pid,
@@ -304,5 +339,6 @@ fn launch(args: &Args) -> Result<Supervisor, String> {
         done,
         stop: stop_w,
         bundle: args.bundle.clone(),
+        hub,
     })
 }

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::attach::Hub;
 use crate::crilog::{LineSplitter, LogSink, Stream};
 
 /// Stack size of the shim's helper threads; they need very little.
@@ -19,14 +20,24 @@ pub const THREAD_STACK: usize = 64 * 1024;
 /// Size of each pump's read buffer.
 const READ_BUF: usize = 16 * 1024;
 
-/// Starts a thread draining `fd` into `sink` as `stream` records until end of
-/// file, or until `stop` becomes readable (its write end is closed). Before it
-/// exits it emits any partial last line and sends `()` on `done`.
+/// Where a pump's bytes go: the CRI log and the attached clients.
+#[derive(Clone)]
+pub struct Outputs {
+    /// The CRI log.
+    pub sink: Arc<LogSink>,
+    /// The attached clients.
+    pub hub: Arc<Hub>,
+}
+
+/// Starts a thread draining `fd` into the log as `stream` records (and to
+/// attached clients as it comes) until end of file, or until `stop` becomes
+/// readable (its write end is closed). Before it exits it emits any partial
+/// last line and sends `()` on `done`.
 pub fn spawn(
     fd: OwnedFd,
     stream: Stream,
     strip_cr: bool,
-    sink: Arc<LogSink>,
+    outputs: Outputs,
     stop: Arc<OwnedFd>,
     done: Sender<()>,
 ) -> io::Result<JoinHandle<()>> {
@@ -34,7 +45,7 @@ pub fn spawn(
         .name(format!("pump-{}", stream.as_str()))
         .stack_size(THREAD_STACK)
         .spawn(move || {
-            run(&fd, stream, strip_cr, &sink, &stop);
+            run(&fd, stream, strip_cr, &outputs, &stop);
             let _ = done.send(());
         })
 }
@@ -45,7 +56,8 @@ fn ready(pfd: &PollFd<'_>) -> bool {
 }
 
 /// The pump loop.
-fn run(fd: &OwnedFd, stream: Stream, strip_cr: bool, sink: &LogSink, stop: &OwnedFd) {
+fn run(fd: &OwnedFd, stream: Stream, strip_cr: bool, outputs: &Outputs, stop: &OwnedFd) {
+    let sink = &outputs.sink;
     let mut splitter = LineSplitter::new(strip_cr);
     let mut scratch = Vec::new();
     let mut buf = vec![0u8; READ_BUF];
@@ -70,6 +82,7 @@ fn run(fd: &OwnedFd, stream: Stream, strip_cr: bool, sink: &LogSink, stop: &Owne
         match nix::unistd::read(fd, &mut buf) {
             Ok(0) => break,
             Ok(n) => {
+                outputs.hub.broadcast(stream, &buf[..n]);
                 let now = SystemTime::now();
                 splitter.push(&buf[..n], |tag, content| {
                     sink.write(&mut scratch, now, stream, tag, content)
@@ -101,7 +114,10 @@ mod tests {
             r,
             Stream::Stdout,
             false,
-            Arc::new(LogSink::discard()),
+            Outputs {
+                sink: Arc::new(LogSink::discard()),
+                hub: Hub::new(false),
+            },
             Arc::new(stop_r),
             tx,
         )
@@ -121,7 +137,10 @@ mod tests {
             r,
             Stream::Stderr,
             false,
-            Arc::new(LogSink::discard()),
+            Outputs {
+                sink: Arc::new(LogSink::discard()),
+                hub: Hub::new(false),
+            },
             Arc::new(stop_r),
             tx,
         )

@@ -31,6 +31,9 @@ const MAX_LOG_READ: u64 = 1 << 20;
 pub enum ContainerStdio {
     /// Write ends of the stdout and stderr pipes; the shim keeps the read ends.
     Pipes {
+        /// Read end handed to runc as the container's stdin (none: /dev/null);
+        /// the shim keeps the write end.
+        stdin: Option<OwnedFd>,
         /// Write end handed to runc as the container's stdout.
         stdout: OwnedFd,
         /// Write end handed to runc as the container's stderr.
@@ -128,7 +131,14 @@ fn run_create(
     }
     cmd.arg(req.id).stdin(Stdio::null());
     match stdio {
-        ContainerStdio::Pipes { stdout, stderr } => {
+        ContainerStdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            if let Some(stdin) = stdin {
+                cmd.stdin(Stdio::from(stdin));
+            }
             cmd.stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
         }
         ContainerStdio::Tty => {
@@ -354,6 +364,7 @@ mod tests {
                 let res = create(
                     &r,
                     ContainerStdio::Pipes {
+                        stdin: None,
                         stdout: w1,
                         stderr: w2,
                     },

@@ -117,6 +117,8 @@ pub struct Supervisor {
     pub stop: OwnedFd,
     /// Absolute bundle directory.
     pub bundle: std::path::PathBuf,
+    /// The attached clients, told when the output has ended.
+    pub hub: std::sync::Arc<crate::attach::Hub>,
 }
 
 impl Supervisor {
@@ -140,6 +142,7 @@ impl Supervisor {
         for pump in self.pumps {
             let _ = pump.join();
         }
+        self.hub.finish();
 
         write_exit_file(&self.bundle, exit)
     }

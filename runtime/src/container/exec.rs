@@ -1,16 +1,19 @@
-//! ExecSync: a command run in a running container through `runc exec`, its output
-//! captured (capped at 16 MiB per stream, as CRI asks) and its timeout enforced by
-//! killing the exec'd process.
+//! Commands run in a running container through `runc exec`: ExecSync, whose output
+//! is captured (capped at 16 MiB per stream, as CRI asks) and whose timeout is
+//! enforced, and streamed execs, whose stdio the streaming server carries. Either
+//! is killed, with what runc started for it, when its client goes away.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::process::{Child, Command};
 
-use super::ContainerState;
+use super::{Container, ContainerState};
 use crate::runtime::Runtime;
+use crate::sys::pty::{Pty, open_terminal};
 use crate::sys::runc::runc_error;
 use crate::{Error, Result};
 
@@ -35,7 +38,197 @@ pub struct ExecOutput {
     pub exit_code: i32,
 }
 
+/// What a streamed exec asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// The command and its arguments; not empty.
+    pub cmd: Vec<String>,
+    /// Run it on a terminal (stdout and stderr are then one stream).
+    pub tty: bool,
+    /// Give it a stdin the client writes to.
+    pub stdin: bool,
+    /// Carry its stdout.
+    pub stdout: bool,
+    /// Carry its stderr (never with `tty`).
+    pub stderr: bool,
+}
+
+/// Byte source of a streamed exec (a pipe or the terminal).
+pub type ExecReader = Box<dyn AsyncRead + Send + Unpin>;
+/// Byte sink of a streamed exec (a pipe or the terminal).
+pub type ExecWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A running streamed exec: its stdio, its terminal, and its end.
+pub struct ExecProcess {
+    /// Its stdin, when asked for.
+    pub stdin: Option<ExecWriter>,
+    /// Its stdout (the terminal's output with `tty`), when asked for.
+    pub stdout: Option<ExecReader>,
+    /// Its stderr, when asked for (never with `tty`).
+    pub stderr: Option<ExecReader>,
+    /// The terminal, for resizes.
+    pub terminal: Option<Pty>,
+    process: RuncExec,
+    log: PathBuf,
+    what: String,
+}
+
+impl ExecProcess {
+    /// Waits for the command to end and returns its exit code; `Err` when runc
+    /// could not start it at all (e.g. the executable does not exist).
+    pub async fn wait(&mut self) -> Result<i32> {
+        let status = self
+            .process
+            .wait()
+            .await
+            .map_err(|e| Error::internal(format!("waiting for runc exec: {e}")))?;
+        let code = exit_code(status);
+        let errors = read_runc_log(&self.log);
+        if code == RUNC_EXEC_FAILED && !errors.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "could not run {}: {}",
+                self.what,
+                errors.join("; ")
+            )));
+        }
+        Ok(code)
+    }
+}
+
 impl Runtime {
+    /// The running container `what` (exec, attach) needs.
+    pub(crate) async fn running_container(
+        self: &Arc<Self>,
+        id: &str,
+        what: &str,
+    ) -> Result<Container> {
+        let entry = self.container_entry(id)?;
+        let rt = self.clone();
+        let c = tokio::task::spawn_blocking(move || {
+            rt.refresh_container(&entry);
+            entry.snapshot()
+        })
+        .await
+        .map_err(|e| Error::internal(format!("{what} task failed: {e}")))?;
+        if c.state != ContainerState::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running; {what} needs a running container",
+                c.id
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Checks a streamed exec before a URL is handed out for it: the container
+    /// runs and the request is coherent.
+    pub async fn check_exec(self: &Arc<Self>, id: &str, req: &ExecRequest) -> Result<String> {
+        if req.cmd.is_empty() {
+            return Err(Error::invalid("exec needs a command"));
+        }
+        if req.tty && req.stderr {
+            return Err(Error::invalid(
+                "tty and stderr cannot both be set: a terminal has one output stream",
+            ));
+        }
+        if !req.stdin && !req.stdout && !req.stderr {
+            return Err(Error::invalid(
+                "exec needs at least one of stdin, stdout and stderr",
+            ));
+        }
+        Ok(self.running_container(id, "exec").await?.id)
+    }
+
+    /// Starts a streamed exec. The process is killed if the returned value is
+    /// dropped before [`ExecProcess::wait`] saw it end.
+    ///
+    /// With `tty`, runc runs in the foreground on a terminal crustd made (runc
+    /// refuses a console socket unless it detaches, which would lose the exit
+    /// code): it gives the process a terminal of the container's own and
+    /// relays between the two, following the outer terminal's size.
+    pub async fn exec_streaming(
+        self: &Arc<Self>,
+        id: &str,
+        req: &ExecRequest,
+    ) -> Result<ExecProcess> {
+        let c = self.running_container(id, "exec").await?;
+        let tag = crate::ids::new_id();
+        let tag = &tag[..16];
+        let pid_file = c.bundle.join(format!("exec-{tag}.pid"));
+        let log = c.bundle.join(format!("exec-{tag}.log"));
+        let terminal_error =
+            |e: std::io::Error| Error::internal(format!("making the exec's terminal: {e}"));
+        let mut cmd = self.runc_exec();
+        cmd.arg("--log")
+            .arg(&log)
+            .arg("--log-format")
+            .arg("json")
+            .arg("exec");
+        let terminal = if req.tty {
+            let (master, slave) = open_terminal().map_err(terminal_error)?;
+            cmd.args(["--tty", "--env", "TERM=xterm"]);
+            let stdio =
+                |fd: &std::os::fd::OwnedFd| fd.try_clone().map(Stdio::from).map_err(terminal_error);
+            cmd.stdin(stdio(&slave)?)
+                .stdout(stdio(&slave)?)
+                .stderr(Stdio::from(slave));
+            Some(master)
+        } else {
+            cmd.stdin(piped_if(req.stdin))
+                .stdout(piped_if(req.stdout))
+                .stderr(piped_if(req.stderr));
+            None
+        };
+        cmd.arg("--pid-file")
+            .arg(&pid_file)
+            .arg(&c.id)
+            .args(&req.cmd);
+        let what = format!("{:?} in container {}", req.cmd, c.id);
+        let spawned = cmd.spawn();
+        // The command holds copies of the terminal's slave end: the master
+        // reads end of file only once runc's are the last ones.
+        drop(cmd);
+        let child = spawned.map_err(|e| Error::internal(format!("running runc exec: {e}")))?;
+        let runc_pid = child.id();
+        let mut process = RuncExec::new(child, pid_file, Some(log.clone()));
+        let (mut stdin, mut stdout, mut stderr) = (None, None, None);
+        let terminal = match terminal {
+            Some(master) => {
+                let pty = Pty::new(master, runc_pid).map_err(terminal_error)?;
+                if req.stdin {
+                    stdin = Some(Box::new(pty.try_clone().map_err(terminal_error)?) as ExecWriter);
+                }
+                if req.stdout {
+                    stdout = Some(Box::new(pty.try_clone().map_err(terminal_error)?) as ExecReader);
+                }
+                Some(pty)
+            }
+            None => {
+                if let Some(child) = process.child() {
+                    stdin = child.stdin.take().map(|s| Box::new(s) as ExecWriter);
+                    stdout = child.stdout.take().map(|s| Box::new(s) as ExecReader);
+                    stderr = child.stderr.take().map(|s| Box::new(s) as ExecReader);
+                }
+                None
+            }
+        };
+        Ok(ExecProcess {
+            stdin,
+            stdout,
+            stderr,
+            terminal,
+            process,
+            log,
+            what,
+        })
+    }
+
+    /// `runc exec` with crust's runc root and a pid file to kill it by.
+    fn runc_exec(&self) -> Command {
+        let mut cmd = Command::new(&self.opts.runc);
+        cmd.arg("--root").arg(&self.runc.root);
+        cmd
+    }
+
     /// ExecSync: runs `cmd` in the container and waits for it, at most `timeout`
     /// seconds when `timeout` > 0.
     pub async fn exec_sync(
@@ -47,27 +240,10 @@ impl Runtime {
         if cmd.is_empty() {
             return Err(Error::invalid("exec needs a command"));
         }
-        let entry = self.container_entry(id)?;
-        let c = {
-            let rt = self.clone();
-            let e = entry.clone();
-            tokio::task::spawn_blocking(move || {
-                rt.refresh_container(&e);
-                e.snapshot()
-            })
-            .await
-            .map_err(|e| Error::internal(format!("exec task failed: {e}")))?
-        };
-        if c.state != ContainerState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running; exec needs a running container",
-                c.id
-            )));
-        }
+        let c = self.running_container(id, "exec").await?;
         let pid_file = c.bundle.join(format!("exec-{}.pid", crate::ids::new_id()));
-        let mut child = Command::new(&self.opts.runc)
-            .arg("--root")
-            .arg(&self.runc.root)
+        let child = self
+            .runc_exec()
             .arg("exec")
             .arg("--pid-file")
             .arg(&pid_file)
@@ -78,22 +254,25 @@ impl Runtime {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| Error::internal(format!("running runc exec: {e}")))?;
-        let out_task = tokio::spawn(read_capped(child.stdout.take()));
-        let err_task = tokio::spawn(read_capped(child.stderr.take()));
+        let mut process = RuncExec::new(child, pid_file, None);
+        let (out, err) = match process.child() {
+            Some(c) => (c.stdout.take(), c.stderr.take()),
+            None => (None, None),
+        };
+        let out_task = tokio::spawn(read_capped(out));
+        let err_task = tokio::spawn(read_capped(err));
 
         let waited = if timeout > 0 {
-            tokio::time::timeout(Duration::from_secs(timeout.unsigned_abs()), child.wait())
+            tokio::time::timeout(Duration::from_secs(timeout.unsigned_abs()), process.wait())
                 .await
                 .ok()
         } else {
-            Some(child.wait().await)
+            Some(process.wait().await)
         };
         let status = match waited {
             Some(r) => r.map_err(|e| Error::internal(format!("waiting for runc exec: {e}")))?,
             None => {
-                kill_exec(&pid_file).await;
-                let _ = child.wait().await;
-                let _ = std::fs::remove_file(&pid_file);
+                process.kill().await;
                 out_task.abort();
                 err_task.abort();
                 return Err(Error::DeadlineExceeded(format!(
@@ -102,13 +281,9 @@ impl Runtime {
                 )));
             }
         };
-        let _ = std::fs::remove_file(&pid_file);
         let stdout = drain(out_task).await;
         let stderr = drain(err_task).await;
-        let exit_code = status.code().unwrap_or_else(|| {
-            use std::os::unix::process::ExitStatusExt;
-            128 + status.signal().unwrap_or(0)
-        });
+        let exit_code = exit_code(status);
         if exit_code == RUNC_EXEC_FAILED && looks_like_runc_failure(&stderr) {
             return Err(Error::FailedPrecondition(format!(
                 "could not run {cmd:?} in container {}: {}",
@@ -122,6 +297,135 @@ impl Runtime {
             exit_code,
         })
     }
+}
+
+fn piped_if(wanted: bool) -> Stdio {
+    if wanted {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// A `runc exec` child, the pid file naming the process it started and runc's
+/// log. Until its end was seen, dropping it kills that process (SIGKILL) and
+/// lets runc reap it; the files go with it.
+struct RuncExec {
+    child: Option<Child>,
+    pid_file: PathBuf,
+    log: Option<PathBuf>,
+}
+
+/// How long runc may take to reap a killed process and exit before it is
+/// killed too (the process would then linger as a zombie in the container).
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl RuncExec {
+    fn new(child: Child, pid_file: PathBuf, log: Option<PathBuf>) -> RuncExec {
+        RuncExec {
+            child: Some(child),
+            pid_file,
+            log,
+        }
+    }
+
+    /// The runc child, for its stdio.
+    fn child(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(std::io::Error::other("the exec was already waited for"));
+        };
+        let status = child.wait().await?;
+        self.child = None;
+        let _ = std::fs::remove_file(&self.pid_file);
+        Ok(status)
+    }
+
+    /// Kills the process and waits for runc to reap it.
+    async fn kill(&mut self) {
+        if let Some(child) = self.child.take() {
+            end(child, self.pid_file.clone()).await;
+        }
+    }
+}
+
+/// Kills the exec'd process (once runc named it) and waits for runc to reap
+/// it and exit; kills runc if it does not.
+async fn end(mut child: Child, pid_file: PathBuf) {
+    for _ in 0..50 {
+        if kill_by_pid_file(&pid_file) || child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if tokio::time::timeout(REAP_TIMEOUT, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+    let _ = std::fs::remove_file(&pid_file);
+}
+
+impl Drop for RuncExec {
+    fn drop(&mut self) {
+        if let Some(log) = &self.log {
+            let _ = std::fs::remove_file(log);
+        }
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid_file = std::mem::take(&mut self.pid_file);
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(end(child, pid_file));
+            }
+            Err(_) => {
+                kill_by_pid_file(&pid_file);
+                let _ = child.start_kill();
+                let _ = std::fs::remove_file(&pid_file);
+            }
+        }
+    }
+}
+
+/// SIGKILLs the pid in `pid_file`; false when the file holds no pid yet.
+fn kill_by_pid_file(pid_file: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(pid_file) else {
+        return false;
+    };
+    match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 0 => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The `msg` of every error line in runc's JSON log.
+fn read_runc_log(path: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "error" || v["level"] == "fatal")
+        .filter_map(|v| v["msg"].as_str().map(str::to_string))
+        .collect()
 }
 
 async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
@@ -149,23 +453,6 @@ async fn drain(task: tokio::task::JoinHandle<Vec<u8>>) -> Vec<u8> {
             abort.abort();
             Vec::new()
         }
-    }
-}
-
-async fn kill_exec(pid_file: &std::path::Path) {
-    for _ in 0..50 {
-        if let Ok(text) = tokio::fs::read_to_string(pid_file).await
-            && let Ok(pid) = text.trim().parse::<i32>()
-        {
-            if pid > 0 {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -176,6 +176,8 @@ impl Runtime {
             bundle: &bundle,
             log_path: log_path.as_deref(),
             tty: cfg.tty,
+            stdin: cfg.stdin,
+            stdin_once: cfg.stdin_once,
         })
         .map_err(|e| match e {
             CreateError::Runc(msg) => Error::FailedPrecondition(format!(

@@ -1,6 +1,7 @@
 //! Containers: each one an overlay root filesystem, an OCI bundle and a detached
 //! crust-shim that runs it through runc.
 
+mod attach;
 pub mod config;
 mod exec;
 mod lifecycle;
@@ -12,8 +13,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use self::attach::{AttachInput, AttachOutput, AttachRequest, AttachStream};
 use self::config::ContainerConfig;
-pub use self::exec::ExecOutput;
+pub use self::exec::{ExecOutput, ExecProcess, ExecReader, ExecRequest, ExecWriter};
 pub use self::lifecycle::ContainerFilter;
 use crate::sandbox::config::SandboxConfig;
 

@@ -5,7 +5,8 @@
 //! `runc create`, then writes one JSON line on the stdout pipe — `{"pid":N,"shim_pid":M}`
 //! or `{"error":"..."}` — and closes it. When the container's init exits it writes
 //! `<bundle>/exit` = `{"exit_code":N,"exited_at":NS}` atomically. `<bundle>/shim.sock`
-//! answers `reopen-log` and `ping`.
+//! answers `reopen-log` and `ping`; `<bundle>/attach.sock` serves attach sessions
+//! (see `attach.rs` here and in the shim).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
@@ -37,6 +38,10 @@ pub struct Launch<'a> {
     pub log_path: Option<&'a Path>,
     /// Allocate a terminal.
     pub tty: bool,
+    /// Keep the container's stdin open for attach clients.
+    pub stdin: bool,
+    /// Close that stdin when the first attached client detaches.
+    pub stdin_once: bool,
 }
 
 /// The shim's report after `runc create`.
@@ -79,8 +84,14 @@ pub fn spawn(l: &Launch<'_>) -> std::result::Result<Created, CreateError> {
     if let Some(p) = l.log_path {
         cmd.arg("--log-path").arg(p);
     }
-    if l.tty {
-        cmd.arg("--tty");
+    for (on, flag) in [
+        (l.tty, "--tty"),
+        (l.stdin, "--stdin"),
+        (l.stdin_once, "--stdin-once"),
+    ] {
+        if on {
+            cmd.arg(flag);
+        }
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

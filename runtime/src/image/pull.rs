@@ -58,6 +58,7 @@ pub(crate) fn context(e: Error, ctx: &str) -> Error {
         Error::DeadlineExceeded(m) => Error::DeadlineExceeded(format!("{ctx}: {m}")),
         Error::Unimplemented(m) => Error::Unimplemented(format!("{ctx}: {m}")),
         Error::Unavailable(m) => Error::Unavailable(format!("{ctx}: {m}")),
+        Error::ResourceExhausted(m) => Error::ResourceExhausted(format!("{ctx}: {m}")),
         Error::PermissionDenied(m) => Error::PermissionDenied(format!("{ctx}: {m}")),
         Error::Unauthenticated(m) => Error::Unauthenticated(format!("{ctx}: {m}")),
         Error::Internal(e) => Error::Internal(e.context(ctx.to_string())),

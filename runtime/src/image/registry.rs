@@ -384,6 +384,7 @@ fn combine(mut failures: Vec<(&str, Error)>) -> Error {
         Error::DeadlineExceeded(m) => Error::DeadlineExceeded(m + &suffix),
         Error::Unimplemented(m) => Error::Unimplemented(m + &suffix),
         Error::Unavailable(m) => Error::Unavailable(m + &suffix),
+        Error::ResourceExhausted(m) => Error::ResourceExhausted(m + &suffix),
         Error::PermissionDenied(m) => Error::PermissionDenied(m + &suffix),
         Error::Unauthenticated(m) => Error::Unauthenticated(m + &suffix),
         Error::Internal(e) => Error::Internal(e.context(suffix)),

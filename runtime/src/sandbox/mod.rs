@@ -6,6 +6,7 @@ pub mod files;
 mod lifecycle;
 pub mod network;
 pub mod pidns;
+mod port_forward;
 
 pub use self::lifecycle::SandboxFilter;
 

@@ -3,6 +3,8 @@
 
 pub mod cgroup;
 pub mod mount;
+pub mod netns;
 pub mod notify;
 pub mod process;
+pub mod pty;
 pub mod runc;

@@ -1,0 +1,303 @@
+//! The byte channels a session hands to exec, attach and port-forward, whatever
+//! the transport: [`Incoming`] for what the client sends on one stream, and
+//! [`Outgoing`] for what crustd sends on one. Both are bounded, so a client that
+//! stops reading (or floods) stalls its own session instead of growing crustd.
+
+use std::collections::HashMap;
+use std::io;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+/// The most payload one outgoing frame or message carries.
+pub const MAX_CHUNK: usize = 32 << 10;
+
+/// Chunks of client data queued per stream before the session stops reading.
+pub const INCOMING_QUEUE: usize = 16;
+
+/// Chunks queued towards the client per session before senders wait.
+pub const OUTGOING_QUEUE: usize = 16;
+
+/// One piece of data for the session's writer: `stream` is a SPDY stream id or a
+/// WebSocket channel number.
+#[derive(Debug)]
+pub struct OutData {
+    /// Stream or channel.
+    pub stream: u32,
+    /// Payload (at most [`MAX_CHUNK`]).
+    pub data: Bytes,
+    /// Last data of this stream.
+    pub fin: bool,
+}
+
+/// Says the session's reader consumed `bytes` of a stream (SPDY: grants window).
+#[derive(Clone)]
+pub struct Credit {
+    /// The stream.
+    pub stream: u32,
+    /// Where grants go; the session turns them into WINDOW_UPDATE frames.
+    pub grants: mpsc::Sender<(u32, u32)>,
+}
+
+/// What the client sends on one stream, in arrival order; `None` at its end.
+pub struct Incoming {
+    rx: mpsc::Receiver<Bytes>,
+    credit: Option<Credit>,
+}
+
+impl Incoming {
+    /// A stream fed through `rx`; `credit` is told of what is consumed.
+    pub fn new(rx: mpsc::Receiver<Bytes>, credit: Option<Credit>) -> Incoming {
+        Incoming { rx, credit }
+    }
+
+    /// The next chunk, or `None` once the client closed the stream.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        let data = self.rx.recv().await?;
+        if let Some(c) = &self.credit {
+            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            let _ = c.grants.send((c.stream, n)).await;
+        }
+        Some(data)
+    }
+}
+
+/// What crustd sends on one stream; [`Outgoing::finish`] ends it.
+pub struct Outgoing {
+    stream: u32,
+    tx: mpsc::Sender<OutData>,
+    windows: Option<Arc<SendWindows>>,
+    finished: bool,
+}
+
+impl Outgoing {
+    /// Stream `stream` of a session whose writer reads `tx`; `windows` applies
+    /// SPDY flow control.
+    pub fn new(stream: u32, tx: mpsc::Sender<OutData>, windows: Option<Arc<SendWindows>>) -> Self {
+        Outgoing {
+            stream,
+            tx,
+            windows,
+            finished: false,
+        }
+    }
+
+    /// Sends `data`, in chunks, each once the peer's window allows it.
+    pub async fn send(&mut self, mut data: Bytes) -> io::Result<()> {
+        if self.finished {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "stream finished"));
+        }
+        while !data.is_empty() {
+            let mut n = data.len().min(MAX_CHUNK);
+            if let Some(w) = &self.windows {
+                n = w.take(self.stream, n).await?;
+            }
+            let chunk = data.split_to(n);
+            self.push(chunk, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends a message with no payload (WebSocket: the channel byte alone,
+    /// which tells a client the channel is up).
+    pub async fn send_empty(&mut self) -> io::Result<()> {
+        self.push(Bytes::new(), false).await
+    }
+
+    /// Ends the stream (SPDY: DATA with FIN). Later calls do nothing.
+    pub async fn finish(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            let _ = self.push(Bytes::new(), true).await;
+        }
+    }
+
+    async fn push(&self, data: Bytes, fin: bool) -> io::Result<()> {
+        self.tx
+            .send(OutData {
+                stream: self.stream,
+                data,
+                fin,
+            })
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the session has ended"))
+    }
+}
+
+/// The peer's receive windows, per stream and for the whole session (SPDY/3.1).
+///
+/// client-go's SPDY library neither sends WINDOW_UPDATE nor honours it, relying on
+/// TCP back-pressure; so windows bind only once the peer shows it keeps them (a
+/// WINDOW_UPDATE or an INITIAL_WINDOW_SIZE setting). Either way what crustd
+/// queues is bounded by the writer's queue.
+pub struct SendWindows {
+    state: Mutex<WindowState>,
+    changed: Notify,
+}
+
+struct WindowState {
+    enforced: bool,
+    initial: i64,
+    session: i64,
+    streams: HashMap<u32, i64>,
+    ended: bool,
+}
+
+impl SendWindows {
+    /// Windows starting at `initial` bytes.
+    pub fn new(initial: u32) -> Self {
+        SendWindows {
+            state: Mutex::new(WindowState {
+                enforced: false,
+                initial: i64::from(initial),
+                session: i64::from(initial),
+                streams: HashMap::new(),
+                ended: false,
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WindowState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new stream opens with the initial window.
+    pub fn open(&self, stream: u32) {
+        let mut s = self.lock();
+        let initial = s.initial;
+        s.streams.insert(stream, initial);
+    }
+
+    /// A stream is gone (reset or done): its senders fail from now on.
+    pub fn close(&self, stream: u32) {
+        self.lock().streams.remove(&stream);
+        self.changed.notify_waiters();
+    }
+
+    /// The session is gone: every sender fails.
+    pub fn end(&self) {
+        self.lock().ended = true;
+        self.changed.notify_waiters();
+    }
+
+    /// WINDOW_UPDATE: `stream` 0 is the session's window.
+    pub fn grant(&self, stream: u32, delta: u32) {
+        let mut s = self.lock();
+        s.enforced = true;
+        let delta = i64::from(delta);
+        if stream == 0 {
+            s.session += delta;
+        } else if let Some(w) = s.streams.get_mut(&stream) {
+            *w += delta;
+        }
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// SETTINGS INITIAL_WINDOW_SIZE: existing streams move by the difference.
+    pub fn set_initial(&self, initial: u32) {
+        let mut s = self.lock();
+        s.enforced = true;
+        let diff = i64::from(initial) - s.initial;
+        s.initial = i64::from(initial);
+        for w in s.streams.values_mut() {
+            *w += diff;
+        }
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `stream` may send, then takes up to `want` bytes of window.
+    pub async fn take(&self, stream: u32, want: usize) -> io::Result<usize> {
+        loop {
+            let mut changed = pin!(self.changed.notified());
+            changed.as_mut().enable();
+            {
+                let mut s = self.lock();
+                if s.ended {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the session has ended",
+                    ));
+                }
+                let enforced = s.enforced;
+                let session = s.session;
+                let Some(w) = s.streams.get_mut(&stream) else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the client reset the stream",
+                    ));
+                };
+                let want = i64::try_from(want).unwrap_or(i64::MAX);
+                let n = if enforced {
+                    want.min(*w).min(session)
+                } else {
+                    want
+                };
+                if n > 0 {
+                    *w -= n;
+                    s.session -= n;
+                    return Ok(usize::try_from(n).unwrap_or(0));
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn windows_bind_only_once_the_peer_keeps_them() {
+        let w = SendWindows::new(10);
+        w.open(1);
+        assert_eq!(w.take(1, 100).await.unwrap(), 100);
+        w.grant(1, 5);
+        // Now enforced: the stream's window is 10 - 100 + 5 < 0.
+        let blocked = tokio::time::timeout(Duration::from_millis(50), w.take(1, 1)).await;
+        assert!(blocked.is_err());
+    }
+
+    #[tokio::test]
+    async fn window_updates_stop_and_resume_a_sender() {
+        let w = Arc::new(SendWindows::new(4));
+        w.open(1);
+        w.set_initial(4);
+        assert_eq!(w.take(1, 10).await.unwrap(), 4);
+        let waiter = {
+            let w = w.clone();
+            tokio::spawn(async move { w.take(1, 10).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        w.grant(0, 100);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiter.is_finished(),
+            "the stream's own window is still empty"
+        );
+        w.grant(1, 3);
+        assert_eq!(waiter.await.unwrap().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_reset_stream_fails_its_sender() {
+        let w = Arc::new(SendWindows::new(0));
+        w.open(3);
+        w.set_initial(0);
+        let waiter = {
+            let w = w.clone();
+            tokio::spawn(async move { w.take(3, 10).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        w.close(3);
+        assert!(waiter.await.unwrap().is_err());
+    }
+}

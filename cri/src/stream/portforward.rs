@@ -1,0 +1,129 @@
+//! Port-forward: each client connection is a pair of streams (data and error)
+//! naming a port; crustd connects to that port on the pod's loopback from inside
+//! its network namespace and copies bytes both ways. A failed connection is
+//! reported on its error stream; the session carries on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use crust_runtime::Runtime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::channel::{Incoming, MAX_CHUNK, Outgoing};
+use super::spdy::session::{Session, SpdyStream};
+
+/// The port-forward protocol crustd speaks over SPDY.
+pub const SPDY_PROTOCOL: &str = "portforward.k8s.io";
+
+/// One forwarded connection's streams.
+pub struct Connection {
+    /// The port in the pod.
+    pub port: u16,
+    /// Bytes from the client.
+    pub data_in: Incoming,
+    /// Bytes to the client.
+    pub data_out: Outgoing,
+    /// Where a failure is reported.
+    pub error: Outgoing,
+}
+
+/// Serves a SPDY port-forward session until the client goes away.
+pub async fn serve_spdy(runtime: Arc<Runtime>, sandbox_id: String, mut session: Session) {
+    let mut halves: HashMap<String, (Option<SpdyStream>, Option<SpdyStream>)> = HashMap::new();
+    while let Some(stream) = session.next_stream().await {
+        let request = stream.header("requestid").to_string();
+        let kind = stream.header("streamtype").to_string();
+        let entry = halves.entry(request.clone()).or_default();
+        match kind.as_str() {
+            "error" => entry.0 = Some(stream),
+            "data" => entry.1 = Some(stream),
+            other => {
+                tracing::info!(pod = %sandbox_id, stream_type = other, "ignoring a port-forward stream of unknown type");
+                continue;
+            }
+        }
+        if !matches!(halves.get(&request), Some((Some(_), Some(_)))) {
+            continue;
+        }
+        if let Some((Some(error), Some(data))) = halves.remove(&request) {
+            let port = data.header("port").to_string();
+            let rt = runtime.clone();
+            let pod = sandbox_id.clone();
+            tokio::spawn(async move {
+                let permits = (error.permit, data.permit);
+                let mut error_out = error.outgoing;
+                let port = match port.parse::<u16>() {
+                    Ok(p) if p > 0 => p,
+                    _ => {
+                        let msg =
+                            format!("invalid port {port:?}: a port is a number from 1 to 65535");
+                        let _ = error_out.send(msg.into()).await;
+                        error_out.finish().await;
+                        return;
+                    }
+                };
+                forward(
+                    &rt,
+                    &pod,
+                    Connection {
+                        port,
+                        data_in: data.incoming,
+                        data_out: data.outgoing,
+                        error: error_out,
+                    },
+                )
+                .await;
+                drop(permits);
+            });
+        }
+    }
+    session.close().await;
+}
+
+/// Connects to the connection's port in the pod and copies both ways.
+pub async fn forward(runtime: &Arc<Runtime>, sandbox_id: &str, mut conn: Connection) {
+    let tcp = match runtime.port_forward_connect(sandbox_id, conn.port).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(pod = %sandbox_id, port = conn.port, error = %e, "port-forward connection failed");
+            let msg = format!(
+                "error forwarding port {} to pod {sandbox_id}: {e}",
+                conn.port
+            );
+            let _ = conn.error.send(msg.into()).await;
+            conn.error.finish().await;
+            conn.data_out.finish().await;
+            return;
+        }
+    };
+    tracing::debug!(pod = %sandbox_id, port = conn.port, "port-forward connection open");
+    let (mut read, mut write) = tcp.into_split();
+    let mut data_in = conn.data_in;
+    let to_pod = async move {
+        while let Some(data) = data_in.recv().await {
+            if write.write_all(&data).await.is_err() {
+                return;
+            }
+        }
+        let _ = write.shutdown().await;
+    };
+    let mut data_out = conn.data_out;
+    let to_client = async move {
+        let mut buf = BytesMut::with_capacity(MAX_CHUNK);
+        loop {
+            buf.reserve(MAX_CHUNK);
+            match read.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if data_out.send(buf.split().freeze()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        data_out.finish().await;
+    };
+    tokio::join!(to_pod, to_client);
+    conn.error.finish().await;
+}

@@ -1,0 +1,429 @@
+//! One SPDY/3.1 session on an upgraded connection: a reader task that decodes
+//! frames and routes DATA to per-stream bounded queues, and a writer task that
+//! encodes control frames and DATA in order. The peer (client-go) opens every
+//! stream; crustd accepts each with SYN_REPLY and hands it to the handler.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
+
+use super::frame::{self, Codec, Frame, HeaderBlock};
+use crate::stream::channel::{
+    Credit, INCOMING_QUEUE, Incoming, MAX_CHUNK, OUTGOING_QUEUE, OutData, Outgoing, SendWindows,
+};
+
+/// Largest control frame accepted (a header block is a few hundred bytes).
+const MAX_CONTROL_FRAME: usize = 64 << 10;
+/// Largest decompressed header block accepted.
+const MAX_HEADER_BLOCK: usize = 256 << 10;
+/// Control frames queued for the writer before the reader waits.
+const CONTROL_QUEUE: usize = 64;
+
+/// One stream the client opened.
+pub struct SpdyStream {
+    /// Its id.
+    pub id: u32,
+    /// The headers of its SYN_STREAM.
+    pub headers: HeaderBlock,
+    /// What the client sends on it.
+    pub incoming: Incoming,
+    /// What crustd sends on it.
+    pub outgoing: Outgoing,
+    /// Its place under the server's stream limit.
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl SpdyStream {
+    /// The value of header `name` (lower case), or "".
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    }
+}
+
+/// Limits a session works under.
+#[derive(Clone)]
+pub struct Limits {
+    /// Streams the whole server may hold open.
+    pub streams: Arc<Semaphore>,
+    /// A session with no traffic for this long is closed.
+    pub idle: Duration,
+    /// Names the session in logs (e.g. "exec 3f2a…").
+    pub label: String,
+}
+
+enum Control {
+    Frame(Frame),
+    /// Write what is queued, then GOAWAY, and shut the connection.
+    Close,
+}
+
+/// The handler's side of a session.
+pub struct Session {
+    streams: mpsc::Receiver<SpdyStream>,
+    control: mpsc::Sender<Control>,
+    closed: watch::Receiver<bool>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// Starts serving SPDY on `io` (the connection after the 101 answer).
+    pub fn start<IO>(io: IO, limits: Limits) -> Session
+    where
+        IO: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read, write) = tokio::io::split(io);
+        let codec = Arc::new(Mutex::new(Codec::new(
+            MAX_CONTROL_FRAME,
+            MAX_HEADER_BLOCK,
+            MAX_CHUNK,
+        )));
+        let windows = Arc::new(SendWindows::new(frame::DEFAULT_INITIAL_WINDOW));
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (data_tx, data_rx) = mpsc::channel(OUTGOING_QUEUE);
+        let (grant_tx, grant_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (stream_tx, stream_rx) = mpsc::channel(8);
+        let (closed_tx, closed_rx) = watch::channel(false);
+        let activity = Arc::new(Activity::new());
+
+        let writer = tokio::spawn(write_loop(
+            write,
+            codec.clone(),
+            control_rx,
+            data_rx,
+            grant_rx,
+            windows.clone(),
+            activity.clone(),
+            limits.label.clone(),
+        ));
+        let reader = Reader {
+            codec,
+            windows,
+            control: control_tx.clone(),
+            data: data_tx,
+            grants: grant_tx,
+            new_streams: stream_tx,
+            inbound: HashMap::new(),
+            last_id: 0,
+            activity,
+            limits,
+        };
+        let stop_writer = writer.abort_handle();
+        tokio::spawn(async move {
+            reader.run(read).await;
+            // The client is gone (or idle): nothing more can reach it, and a
+            // writer blocked on a client that stopped reading must not linger.
+            stop_writer.abort();
+            let _ = closed_tx.send(true);
+        });
+        Session {
+            streams: stream_rx,
+            control: control_tx,
+            closed: closed_rx,
+            writer,
+        }
+    }
+
+    /// The next stream the client opens; `None` once the connection is gone.
+    pub async fn next_stream(&mut self) -> Option<SpdyStream> {
+        self.streams.recv().await
+    }
+
+    /// Resolves when the client has gone away (or the session ended).
+    pub fn gone(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut closed = self.closed.clone();
+        async move {
+            let _ = closed.wait_for(|c| *c).await;
+        }
+    }
+
+    /// Sends what is queued, then GOAWAY, and closes the connection.
+    pub async fn close(self) {
+        let _ = self.control.send(Control::Close).await;
+        let _ = self.writer.await;
+    }
+}
+
+/// When the session last carried a frame.
+struct Activity {
+    start: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: 0.into(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+struct Reader {
+    codec: Arc<Mutex<Codec>>,
+    windows: Arc<SendWindows>,
+    control: mpsc::Sender<Control>,
+    data: mpsc::Sender<OutData>,
+    grants: mpsc::Sender<(u32, u32)>,
+    new_streams: mpsc::Sender<SpdyStream>,
+    inbound: HashMap<u32, mpsc::Sender<Bytes>>,
+    last_id: u32,
+    activity: Arc<Activity>,
+    limits: Limits,
+}
+
+/// Why reading ended.
+enum End {
+    Eof,
+    Idle,
+    GoAway,
+    Error(String),
+}
+
+impl Reader {
+    async fn run<R: AsyncRead + Unpin>(mut self, mut read: R) {
+        let end = self.read_frames(&mut read).await;
+        let label = &self.limits.label;
+        match &end {
+            End::Eof | End::GoAway => {
+                tracing::debug!(session = %label, "client closed the SPDY session")
+            }
+            End::Idle => {
+                tracing::info!(session = %label, idle_s = self.limits.idle.as_secs(), "closing an idle streaming session")
+            }
+            End::Error(e) => tracing::info!(session = %label, error = %e, "SPDY session failed"),
+        }
+        // Stdin and friends see their end; senders fail.
+        self.inbound.clear();
+        self.windows.end();
+    }
+
+    async fn read_frames<R: AsyncRead + Unpin>(&mut self, read: &mut R) -> End {
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        loop {
+            loop {
+                let decoded = self
+                    .codec
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .decode(&mut buf);
+                match decoded {
+                    Ok(Some(f)) => {
+                        if let Some(end) = self.handle(f).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return End::Error(e.to_string()),
+                }
+            }
+            buf.reserve(64 << 10);
+            let idle_at = self.activity.last() + self.limits.idle;
+            tokio::select! {
+                n = read.read_buf(&mut buf) => match n {
+                    Ok(0) => return End::Eof,
+                    Ok(_) => self.activity.touch(),
+                    Err(e) => return End::Error(e.to_string()),
+                },
+                _ = tokio::time::sleep_until(idle_at) => {
+                    if self.activity.last() + self.limits.idle <= Instant::now() {
+                        return End::Idle;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, f: Frame) -> Option<End> {
+        match f {
+            Frame::SynStream {
+                stream_id,
+                fin,
+                headers,
+                ..
+            } => return self.open(stream_id, fin, headers).await,
+            Frame::Data {
+                stream_id,
+                fin,
+                data,
+            } => self.data(stream_id, fin, data).await,
+            Frame::RstStream { stream_id, .. } => {
+                self.inbound.remove(&stream_id);
+                self.windows.close(stream_id);
+            }
+            Frame::Settings { entries, .. } => {
+                for s in entries {
+                    if s.id == frame::settings::INITIAL_WINDOW_SIZE {
+                        self.windows.set_initial(s.value);
+                    }
+                }
+            }
+            Frame::WindowUpdate { stream_id, delta } => self.windows.grant(stream_id, delta),
+            Frame::Ping { id } => {
+                // Odd ids are the client's pings; even ones would answer ours.
+                if id % 2 == 1 {
+                    self.send_control(Frame::Ping { id }).await;
+                }
+            }
+            Frame::GoAway { .. } => return Some(End::GoAway),
+            Frame::SynReply { .. } | Frame::Headers { .. } => {}
+        }
+        None
+    }
+
+    async fn send_control(&self, f: Frame) {
+        let _ = self.control.send(Control::Frame(f)).await;
+    }
+
+    async fn open(&mut self, id: u32, fin: bool, headers: HeaderBlock) -> Option<End> {
+        if id.is_multiple_of(2) || id <= self.last_id {
+            return Some(End::Error(format!(
+                "the client opened stream {id} after {} (ids must be odd and increase)",
+                self.last_id
+            )));
+        }
+        self.last_id = id;
+        let Ok(permit) = self.limits.streams.clone().try_acquire_owned() else {
+            tracing::warn!(session = %self.limits.label, stream = id, "refusing a stream: the server's stream limit is reached");
+            self.send_control(Frame::RstStream {
+                stream_id: id,
+                status: frame::rst::REFUSED_STREAM,
+            })
+            .await;
+            return None;
+        };
+        self.windows.open(id);
+        let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
+        if !fin {
+            self.inbound.insert(id, tx);
+        }
+        self.send_control(Frame::SynReply {
+            stream_id: id,
+            fin: false,
+            headers: Vec::new(),
+        })
+        .await;
+        let stream = SpdyStream {
+            id,
+            headers,
+            incoming: Incoming::new(
+                rx,
+                Some(Credit {
+                    stream: id,
+                    grants: self.grants.clone(),
+                }),
+            ),
+            outgoing: Outgoing::new(id, self.data.clone(), Some(self.windows.clone())),
+            permit,
+        };
+        if self.new_streams.send(stream).await.is_err() {
+            // Nobody takes streams any more: the handler is finishing.
+            self.inbound.remove(&id);
+        }
+        None
+    }
+
+    async fn data(&mut self, id: u32, fin: bool, data: Bytes) {
+        let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        if let Some(tx) = self.inbound.get(&id)
+            && !data.is_empty()
+            && tx.send(data).await.is_err()
+        {
+            // The handler no longer reads this stream: grant the window back
+            // so a well-behaved client is not stalled by bytes we drop.
+            self.inbound.remove(&id);
+            let _ = self.grants.send((id, n)).await;
+        }
+        if fin {
+            self.inbound.remove(&id);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut write: W,
+    codec: Arc<Mutex<Codec>>,
+    mut control: mpsc::Receiver<Control>,
+    mut data: mpsc::Receiver<OutData>,
+    mut grants: mpsc::Receiver<(u32, u32)>,
+    windows: Arc<SendWindows>,
+    activity: Arc<Activity>,
+    label: String,
+) {
+    let mut buf = BytesMut::with_capacity(MAX_CHUNK + 64);
+    let encode = |f: &Frame, buf: &mut BytesMut| {
+        codec
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .encode(f, buf)
+    };
+    let data_frame = |d: OutData| Frame::Data {
+        stream_id: d.stream,
+        fin: d.fin,
+        data: d.data,
+    };
+    let mut closing = false;
+    loop {
+        let frames: Vec<Frame> = tokio::select! {
+            biased;
+            c = control.recv() => match c {
+                Some(Control::Frame(f)) => vec![f],
+                Some(Control::Close) | None => {
+                    closing = true;
+                    let mut rest = Vec::new();
+                    while let Ok(d) = data.try_recv() {
+                        rest.push(data_frame(d));
+                    }
+                    rest.push(Frame::GoAway { last_good_stream_id: 0, status: frame::goaway::OK });
+                    rest
+                }
+            },
+            Some((stream, n)) = grants.recv() => {
+                let mut fs = vec![Frame::WindowUpdate { stream_id: 0, delta: n.max(1) }];
+                fs.push(Frame::WindowUpdate { stream_id: stream, delta: n.max(1) });
+                fs
+            },
+            Some(d) = data.recv() => {
+                if d.fin {
+                    windows.close(d.stream);
+                }
+                vec![data_frame(d)]
+            },
+        };
+        for f in &frames {
+            if let Err(e) = encode(f, &mut buf) {
+                tracing::warn!(session = %label, error = %e, "cannot encode a SPDY frame");
+                return;
+            }
+        }
+        if let Err(e) = write.write_all(&buf).await {
+            tracing::debug!(session = %label, error = %e, "the client's connection is gone");
+            return;
+        }
+        buf.clear();
+        activity.touch();
+        if closing {
+            let _ = write.flush().await;
+            let _ = write.shutdown().await;
+            return;
+        }
+    }
+}
