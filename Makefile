@@ -3,7 +3,7 @@
 #   make run    install runc and the CNI plugins if missing, build, run crustd
 #   make test   install what the tests need if missing, run unit and end-to-end tests
 #   make bench  measure crustd against containerd and bare runc (see test/src/bench)
-#   make conformance  critest and a standalone kubelet (from ../shared/tools) against crustd
+#   make conformance  critest, a standalone kubelet and crictl's streams (from ../shared/tools) against crustd
 
 CARGO     ?= cargo
 PREFIX    ?= /usr/local
@@ -35,6 +35,7 @@ TOOLS       ?= $(CURDIR)/../shared/tools
 TOOLS_DIR   := $(CURDIR)/target/tools
 CRITEST     ?= $(TOOLS_DIR)/critest
 KUBELET     ?= $(TOOLS_DIR)/kubelet
+CRICTL      ?= $(TOOLS_DIR)/crictl
 CONFORMANCE_DIR := $(CURDIR)/target/conformance
 # Debian's dynamically linked busybox, the base of critest's images (its shell
 # finds applets in PATH, unlike busybox-static's; see test/src/conformance/images.rs).
@@ -100,10 +101,11 @@ bench: deps-bench release
 	CRUST_BIN_DIR=$(CURDIR)/$(RELEASE) CRUST_BENCH_N=$(BENCH_N) CRUST_BENCH_PULLS=$(BENCH_PULLS) \
 		CRUST_BENCH_BIG_PULLS=$(BENCH_BIG_PULLS) CRUST_BENCH_JSON=$(BENCH_JSON) $(RELEASE)/crust-bench
 
-conformance: deps-conformance build $(CRITEST) $(KUBELET) $(IMAGE_BUSYBOX)
+conformance: deps-conformance build $(CRITEST) $(KUBELET) $(CRICTL) $(IMAGE_BUSYBOX)
 	CRUST_BIN_DIR=$(CURDIR)/$(DEBUG) CRUST_CRITEST=$(CRITEST) CRUST_KUBELET=$(KUBELET) \
-		CRUST_CONFORMANCE_BUSYBOX=$(IMAGE_BUSYBOX) CRUST_CRITEST_SKIP="$(CRITEST_SKIP)" \
-		$(CARGO) test -p crust-e2e --test critest --test kubelet --no-fail-fast -- \
+		CRUST_CRICTL=$(CRICTL) CRUST_CONFORMANCE_BUSYBOX=$(IMAGE_BUSYBOX) \
+		CRUST_CRITEST_SKIP="$(CRITEST_SKIP)" \
+		$(CARGO) test -p crust-e2e --test critest --test kubelet --test crictl --no-fail-fast -- \
 		--ignored --test-threads=1 --nocapture
 
 $(TOOLS_DIR)/%: $(TOOLS)/%.xz

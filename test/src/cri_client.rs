@@ -361,6 +361,64 @@ impl CriClient {
             exit_code: response.exit_code,
         })
     }
+
+    /// Exec: the streaming URL for `cmd` in container `id` with these streams.
+    pub async fn exec_url(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        streams: Streams,
+    ) -> Result<String, Status> {
+        let request = cri::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: streams.tty,
+            stdin: streams.stdin,
+            stdout: streams.stdout,
+            stderr: streams.stderr,
+        };
+        Ok(self.runtime.clone().exec(request).await?.into_inner().url)
+    }
+
+    /// Attach: the streaming URL for container `id`'s own stdio.
+    pub async fn attach_url(&self, id: &str, streams: Streams) -> Result<String, Status> {
+        let request = cri::AttachRequest {
+            container_id: id.into(),
+            stdin: streams.stdin,
+            tty: streams.tty,
+            stdout: streams.stdout,
+            stderr: streams.stderr,
+        };
+        Ok(self.runtime.clone().attach(request).await?.into_inner().url)
+    }
+
+    /// PortForward: the streaming URL for `ports` of pod `pod_id`.
+    pub async fn port_forward_url(&self, pod_id: &str, ports: &[u16]) -> Result<String, Status> {
+        let request = cri::PortForwardRequest {
+            pod_sandbox_id: pod_id.into(),
+            port: ports.iter().map(|&p| i32::from(p)).collect(),
+        };
+        Ok(self
+            .runtime
+            .clone()
+            .port_forward(request)
+            .await?
+            .into_inner()
+            .url)
+    }
+}
+
+/// Which streams an Exec or Attach request asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Streams {
+    /// stdin.
+    pub stdin: bool,
+    /// stdout.
+    pub stdout: bool,
+    /// stderr.
+    pub stderr: bool,
+    /// A terminal.
+    pub tty: bool,
 }
 
 /// An ImageSpec naming `image`, as kubelet sends it.

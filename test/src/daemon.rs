@@ -102,7 +102,7 @@ impl Daemon {
         std::fs::write(paths.net_d.join(LOOPBACK_NETWORK_FILE), LOOPBACK_NETWORK)
             .context("writing the default CNI network")?;
         let cgroup_parent = format!("/crust-e2e-{suffix}");
-        write_config(&paths, &cgroup_parent, "")?;
+        write_config(&paths, &cgroup_parent, "", "")?;
         let mut daemon = Self {
             paths,
             binaries,
@@ -166,7 +166,14 @@ impl Daemon {
     /// Rewrites crustd's config with `image_keys` (TOML lines for the `[image]`
     /// table, e.g. `pinned_images = ["..."]`) and restarts it on the same state.
     pub async fn reconfigure(&mut self, image_keys: &str) -> Result<()> {
-        write_config(&self.paths, &self.cgroup_parent, image_keys)?;
+        write_config(&self.paths, &self.cgroup_parent, image_keys, "")?;
+        self.restart().await
+    }
+
+    /// Rewrites crustd's config with `stream_keys` (TOML lines for the
+    /// `[stream]` table) and restarts it on the same state.
+    pub async fn reconfigure_stream(&mut self, stream_keys: &str) -> Result<()> {
+        write_config(&self.paths, &self.cgroup_parent, "", stream_keys)?;
         self.restart().await
     }
 
@@ -344,9 +351,18 @@ const LOOPBACK_NETWORK: &str =
 /// test's own directories (never the host's /etc/crust/certs.d or
 /// /etc/cni/net.d), Debian's CNI plugins and the test's own, the test's
 /// cgroup tree for pods that name no cgroup parent, plus `image_keys`.
-fn write_config(paths: &DaemonPaths, cgroup_parent: &str, image_keys: &str) -> Result<()> {
+/// Seconds an exec/attach/port-forward URL of a test's crustd stays valid
+/// (short, so the expiry test need not wait a minute).
+pub const STREAM_TOKEN_TIMEOUT_S: u64 = 5;
+
+fn write_config(
+    paths: &DaemonPaths,
+    cgroup_parent: &str,
+    image_keys: &str,
+    stream_keys: &str,
+) -> Result<()> {
     let text = format!(
-        "[image]\nconfig_path = {:?}\n{image_keys}\n\n[cni]\nconf_dirs = [{:?}]\nplugin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\", {:?}]\n\n[runtime]\ncgroup_parent = {cgroup_parent:?}\n",
+        "[image]\nconfig_path = {:?}\n{image_keys}\n\n[cni]\nconf_dirs = [{:?}]\nplugin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\", {:?}]\n\n[runtime]\ncgroup_parent = {cgroup_parent:?}\n\n[stream]\ntoken_timeout = {STREAM_TOKEN_TIMEOUT_S}\n{stream_keys}\n",
         paths.certs_d.to_string_lossy(),
         paths.net_d.to_string_lossy(),
         paths.cni_bin.to_string_lossy()

@@ -76,6 +76,14 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Restarts this test's crustd with `stream_keys` in its `[stream]` config
+    /// table, and reconnects.
+    pub async fn reconfigure_stream(&mut self, stream_keys: &str) -> Result<()> {
+        self.daemon.reconfigure_stream(stream_keys).await?;
+        self.cri = CriClient::connect(&self.daemon.paths().socket).await?;
+        Ok(())
+    }
+
     /// A kubelet-like config for a new pod `name` (unique uid, fresh log
     /// directory, this test's cgroup parent).
     pub fn pod_config(&self, name: &str) -> Result<PodSandboxConfig> {

@@ -45,11 +45,12 @@ pub mod raw_grpc;
 pub mod registry;
 pub mod requirements;
 pub mod secured_registry;
+pub mod streaming;
 pub mod tls;
 pub mod unique;
 pub mod wait;
 
-pub use cri_client::{CriClient, ExecOutput};
+pub use cri_client::{CriClient, ExecOutput, Streams};
 pub use env::{Pod, TestEnv, run, run_with_timeout};
 pub use fixtures::TestImages;
 /// The CRI v1 protobuf types, re-exported so tests need no direct k8s-cri import.

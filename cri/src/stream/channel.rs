@@ -100,6 +100,23 @@ impl Outgoing {
         Ok(())
     }
 
+    /// Resolves once nothing more can reach the client on this stream: it
+    /// reset the stream, or the session ended.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let tx = self.tx.clone();
+        let windows = self.windows.clone();
+        let stream = self.stream;
+        async move {
+            match windows {
+                Some(w) => tokio::select! {
+                    () = tx.closed() => {}
+                    () = w.closed(stream) => {}
+                },
+                None => tx.closed().await,
+            }
+        }
+    }
+
     /// Sends a message with no payload (WebSocket: the channel byte alone,
     /// which tells a client the channel is up).
     pub async fn send_empty(&mut self) -> io::Result<()> {
@@ -208,6 +225,21 @@ impl SendWindows {
         }
         drop(s);
         self.changed.notify_waiters();
+    }
+
+    /// Resolves once `stream` is reset or closed, or the session ended.
+    pub async fn closed(&self, stream: u32) {
+        loop {
+            let mut changed = pin!(self.changed.notified());
+            changed.as_mut().enable();
+            {
+                let s = self.lock();
+                if s.ended || !s.streams.contains_key(&stream) {
+                    return;
+                }
+            }
+            changed.await;
+        }
     }
 
     /// Waits until `stream` may send, then takes up to `want` bytes of window.

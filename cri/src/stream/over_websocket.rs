@@ -55,11 +55,12 @@ const REMOTE_COMMAND: &[&str] = &[
     "channel.k8s.io",
     "base64.channel.k8s.io",
 ];
-/// Port-forward subprotocols.
+/// Port-forward subprotocols (all but the tunnel use the channel framing).
 const PORT_FORWARD: &[&str] = &[
     TUNNELED_PORT_FORWARD,
     "v4.channel.k8s.io",
     "v4.base64.channel.k8s.io",
+    "portforward.k8s.io",
 ];
 
 type Reply = Response<Full<Bytes>>;

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use crust_runtime::Runtime;
@@ -12,6 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::channel::{Incoming, MAX_CHUNK, Outgoing};
 use super::spdy::session::{Session, SpdyStream};
+
+/// How long a client may keep sending once the pod closed its side.
+const CLIENT_GRACE: Duration = Duration::from_secs(1);
 
 /// The port-forward protocol crustd speaks over SPDY.
 pub const SPDY_PROTOCOL: &str = "portforward.k8s.io";
@@ -109,6 +113,7 @@ pub async fn forward(runtime: &Arc<Runtime>, sandbox_id: &str, mut conn: Connect
         let _ = write.shutdown().await;
     };
     let mut data_out = conn.data_out;
+    let client_left = data_out.closed();
     let to_client = async move {
         let mut buf = BytesMut::with_capacity(MAX_CHUNK);
         loop {
@@ -124,6 +129,22 @@ pub async fn forward(runtime: &Arc<Runtime>, sandbox_id: &str, mut conn: Connect
         }
         data_out.finish().await;
     };
-    tokio::join!(to_pod, to_client);
+    // The connection is over once the pod's side ends: the client may never
+    // close its side (WebSocket has no half-close), so it gets a moment to
+    // finish sending, as kubelet gives it. It is over too once the client
+    // reset the stream or left, whatever the pod does.
+    tokio::pin!(to_pod);
+    tokio::pin!(to_client);
+    tokio::pin!(client_left);
+    tokio::select! {
+        () = &mut to_pod => tokio::select! {
+            () = to_client => {}
+            () = client_left => {}
+        },
+        () = &mut to_client => {
+            let _ = tokio::time::timeout(CLIENT_GRACE, to_pod).await;
+        }
+        () = &mut client_left => {}
+    }
     conn.error.finish().await;
 }

@@ -20,6 +20,11 @@ use super::channel::{Incoming, MAX_CHUNK, Outgoing};
 /// child can hold the pipes open).
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// After a detach, output is still relayed until it pauses this long...
+const DETACH_QUIET: Duration = Duration::from_millis(200);
+/// ...or for at most this long.
+const DETACH_LIMIT: Duration = Duration::from_secs(2);
+
 /// Largest resize message accepted.
 const MAX_RESIZE_MESSAGE: usize = 4096;
 
@@ -315,80 +320,97 @@ pub async fn serve_attach(
     tracing::info!(container = %container_id, stdin = req.stdin, "attached");
     let mut stdout = streams.stdout.take();
     let mut stderr = streams.stderr.take();
-    let (stop_tx, mut stop) = watch::channel(false);
-    let to_client = async move {
-        loop {
-            let next = tokio::select! {
-                next = output.next() => next,
-                _ = stop.wait_for(|s| *s) => break,
-            };
-            let Ok(Some((stream, data))) = next else {
-                break;
-            };
-            let target = match stream {
-                AttachStream::Stdout => stdout.as_mut(),
-                AttachStream::Stderr => stderr.as_mut(),
-            };
-            if let Some(t) = target
-                && t.send(data).await.is_err()
-            {
-                break;
-            }
-        }
-        (stdout, stderr)
-    };
-    let mut stdin = streams.stdin.take();
-    let mut resize = streams.resize.take();
-    let to_container = async move {
-        let mut parser = SizeParser::default();
-        loop {
-            tokio::select! {
-                data = async { stdin.as_mut()?.recv().await }, if stdin.is_some() => match data {
-                    Some(d) => {
-                        if input.stdin(&d).await.is_err() {
-                            return false;
-                        }
+    let ended = {
+        let last_output = std::sync::Mutex::new(tokio::time::Instant::now());
+        let to_client = async {
+            loop {
+                let (stream, data) = match output.next().await {
+                    Ok(Some(piece)) => piece,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading the shim's attach output");
+                        return;
                     }
-                    None => {
-                        let _ = input.close_stdin().await;
-                        // Detach, unless the container's stdin closing ends it.
-                        if !stdin_once {
-                            return true;
-                        }
-                        stdin = None;
-                    }
-                },
-                data = async { resize.as_mut()?.recv().await }, if resize.is_some() => match data.and_then(|d| parser.push(&d)) {
-                    Some(sizes) => {
-                        for (w, h) in sizes {
-                            let _ = input.resize(w, h).await;
-                        }
-                    }
-                    None => resize = None,
-                },
-                else => std::future::pending::<()>().await,
+                };
+                *last_output.lock().unwrap_or_else(|p| p.into_inner()) =
+                    tokio::time::Instant::now();
+                let target = match stream {
+                    AttachStream::Stdout => stdout.as_mut(),
+                    AttachStream::Stderr => stderr.as_mut(),
+                };
+                if let Some(t) = target
+                    && let Err(e) = t.send(data).await
+                {
+                    tracing::debug!(error = %e, "sending attach output to the client");
+                    return;
+                }
             }
-        }
-    };
-    tokio::pin!(to_client);
-    tokio::pin!(to_container);
-    tokio::pin!(gone);
-    let ended = tokio::select! {
-        outputs = &mut to_client => Some(outputs),
-        detached = &mut to_container => {
-            if detached {
-                let _ = stop_tx.send(true);
-                Some(to_client.await)
-            } else {
-                None
+        };
+        let mut stdin = streams.stdin.take();
+        let mut resize = streams.resize.take();
+        let to_container = async {
+            let mut parser = SizeParser::default();
+            loop {
+                tokio::select! {
+                    data = async { stdin.as_mut()?.recv().await }, if stdin.is_some() => match data {
+                        Some(d) => {
+                            if input.stdin(&d).await.is_err() {
+                                return false;
+                            }
+                        }
+                        None => {
+                            let _ = input.close_stdin().await;
+                            // Detach, unless the container's stdin closing ends it.
+                            if !stdin_once {
+                                return true;
+                            }
+                            stdin = None;
+                        }
+                    },
+                    data = async { resize.as_mut()?.recv().await }, if resize.is_some() => match data.and_then(|d| parser.push(&d)) {
+                        Some(sizes) => {
+                            for (w, h) in sizes {
+                                let _ = input.resize(w, h).await;
+                            }
+                        }
+                        None => resize = None,
+                    },
+                    else => std::future::pending::<()>().await,
+                }
             }
+        };
+        // Once the client detaches, output the container still writes in answer
+        // to its last input reaches it, until the output pauses.
+        let quiet = async {
+            let detached = tokio::time::Instant::now();
+            loop {
+                tokio::time::sleep(DETACH_QUIET / 4).await;
+                let last = *last_output.lock().unwrap_or_else(|p| p.into_inner());
+                let now = tokio::time::Instant::now();
+                if now >= detached + DETACH_LIMIT || now >= last.max(detached) + DETACH_QUIET {
+                    return;
+                }
+            }
+        };
+        tokio::pin!(to_client);
+        tokio::pin!(to_container);
+        tokio::pin!(gone);
+        tokio::select! {
+            () = &mut to_client => true,
+            detached = &mut to_container => {
+                detached && tokio::select! {
+                    () = &mut to_client => true,
+                    () = quiet => true,
+                    () = &mut gone => false,
+                }
+            }
+            () = &mut gone => false,
         }
-        () = &mut gone => None,
     };
     tracing::info!(container = %container_id, "attach session ended");
-    if let Some((out, err)) = ended {
-        streams.stdout = out;
-        streams.stderr = err;
+    if ended {
+        streams.stdout = stdout;
+        streams.stderr = stderr;
         report(&mut streams, Outcome::Exited(0), &[]).await;
     }
 }

@@ -98,6 +98,11 @@ pub const PER_CONTAINER_PSS: &str = "per_container_pss";
 pub const PER_CONTAINER_USS: &str = "per_container_uss";
 /// Per pod: shims plus pod infrastructure processes (pause) (VmRSS).
 pub const PER_POD_RSS: &str = "per_pod_rss";
+/// ExecSync of `true` in a running container.
+pub const EXEC_SYNC: &str = "exec_sync_true";
+/// Exec of `true` streamed over SPDY: the Exec RPC, the upgrade, and the
+/// session until its exit status arrives.
+pub const EXEC_STREAMED: &str = "exec_streamed_true";
 /// Per pod: shims plus pod infrastructure processes (pause) (Pss).
 pub const PER_POD_PSS: &str = "per_pod_pss";
 
@@ -109,6 +114,8 @@ pub const ALL: &[MetricDef] = &[
     latency(START, "  StartContainer"),
     latency(STOP_REMOVE_CONTAINER, "StopContainer(0)+RemoveContainer"),
     latency(STOP_REMOVE_POD, "StopPodSandbox+RemovePodSandbox"),
+    latency(EXEC_SYNC, "ExecSync true"),
+    latency(EXEC_STREAMED, "Exec true, streamed (SPDY, to exit status)"),
     latency(PULL_BUSYBOX, "PullImage busybox, cold (1 layer)"),
     latency(PULL_LAYERED, "PullImage layered, cold (3 layers)"),
     latency(PULL_BIG_COLD, "PullImage big, cold (5 layers, 100 MiB)"),

@@ -16,10 +16,13 @@ use super::options::Options;
 use super::pods::{self, PodFactory};
 use super::results::RunResult;
 use crate::fixtures::{PushedImage, TestImages};
-use crate::{CriClient, processes};
+use crate::{CriClient, processes, streaming};
 
 /// How long the daemon is left alone before its memory is read.
 pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// Recorded ExecSync and streamed execs.
+const EXECS: usize = 100;
 
 /// A CRI runtime under test, as the workload sees it.
 #[derive(Debug, Clone)]
@@ -87,6 +90,9 @@ pub async fn run(
 
     tokio::time::sleep(SETTLE).await;
     steady_state(target, &running, warmed, result).await?;
+    if let Some(pod) = running.first() {
+        exec_latency(target, &pod.container_id, result).await?;
+    }
 
     for pod in &running {
         stop_pod(target, pod, Some(&mut *result)).await?;
@@ -221,6 +227,57 @@ fn has_any_layer(target: &CriTarget, image: &PushedImage) -> bool {
         let hex = layer.digest.trim_start_matches("sha256:");
         target.content_blobs.join(hex).exists()
     })
+}
+
+/// ExecSync and streamed execs of `true` in one container, [`EXECS`] of each
+/// after one unrecorded of each.
+async fn exec_latency(
+    target: &CriTarget,
+    container_id: &str,
+    result: &mut RunResult,
+) -> Result<()> {
+    let output = crate::Streams {
+        stdout: true,
+        stderr: true,
+        ..crate::Streams::default()
+    };
+    for i in 0..=EXECS {
+        let started = Instant::now();
+        let out = target
+            .cri
+            .exec_sync(container_id, &["true"], 0)
+            .await
+            .context("ExecSync true")?;
+        let took = started.elapsed();
+        anyhow::ensure!(out.exit_code == 0, "ExecSync true exited {}", out.exit_code);
+        if i > 0 {
+            result.samples(m::EXEC_SYNC).push(took);
+        }
+    }
+    for i in 0..=EXECS {
+        let started = Instant::now();
+        let url = target
+            .cri
+            .exec_url(container_id, &["true"], output)
+            .await
+            .context("Exec true")?;
+        let session = streaming::remote_command(
+            &url,
+            streaming::Transport::Spdy,
+            streaming::StreamOptions::output(),
+        )
+        .await?;
+        let outcome = session.finish(Duration::from_secs(30)).await?;
+        let took = started.elapsed();
+        anyhow::ensure!(
+            outcome.exit_code.unwrap_or(0) == 0 && outcome.error.is_none(),
+            "streamed exec of true: {outcome:?}"
+        );
+        if i > 0 {
+            result.samples(m::EXEC_STREAMED).push(took);
+        }
+    }
+    Ok(())
 }
 
 /// RunPodSandbox, then CreateContainer and StartContainer of a `sleep`

@@ -20,6 +20,8 @@ use crate::{TestEnv, binaries};
 
 /// Environment variable naming the critest binary.
 pub const CRITEST_ENV: &str = "CRUST_CRITEST";
+/// Environment variable naming the crictl binary.
+pub const CRICTL_ENV: &str = "CRUST_CRICTL";
 /// Environment variable naming the kubelet binary.
 pub const KUBELET_ENV: &str = "CRUST_KUBELET";
 

@@ -21,6 +21,8 @@ use crate::stream::channel::{
 const MAX_CONTROL_FRAME: usize = 64 << 10;
 /// Largest decompressed header block accepted.
 const MAX_HEADER_BLOCK: usize = 256 << 10;
+/// How long a closed session waits for the client to close the connection.
+const LINGER: Duration = Duration::from_secs(10);
 /// Control frames queued for the writer before the reader waits.
 const CONTROL_QUEUE: usize = 64;
 
@@ -71,6 +73,7 @@ pub struct Session {
     streams: mpsc::Receiver<SpdyStream>,
     control: mpsc::Sender<Control>,
     closed: watch::Receiver<bool>,
+    closing: watch::Sender<bool>,
     writer: tokio::task::JoinHandle<()>,
 }
 
@@ -92,6 +95,7 @@ impl Session {
         let (grant_tx, grant_rx) = mpsc::channel(CONTROL_QUEUE);
         let (stream_tx, stream_rx) = mpsc::channel(8);
         let (closed_tx, closed_rx) = watch::channel(false);
+        let (closing_tx, closing_rx) = watch::channel(false);
         let activity = Arc::new(Activity::new());
 
         let writer = tokio::spawn(write_loop(
@@ -115,6 +119,7 @@ impl Session {
             last_id: 0,
             activity,
             limits,
+            closing: closing_rx,
         };
         let stop_writer = writer.abort_handle();
         tokio::spawn(async move {
@@ -128,6 +133,7 @@ impl Session {
             streams: stream_rx,
             control: control_tx,
             closed: closed_rx,
+            closing: closing_tx,
             writer,
         }
     }
@@ -145,10 +151,14 @@ impl Session {
         }
     }
 
-    /// Sends what is queued, then GOAWAY, and closes the connection.
+    /// Sends what is queued, then GOAWAY, and shuts the connection's write
+    /// side. The client then closes it; until it does (at most [`LINGER`]),
+    /// its frames are still read, so nothing it sends meanwhile makes the
+    /// kernel reset the connection and drop output not yet delivered.
     pub async fn close(self) {
         let _ = self.control.send(Control::Close).await;
         let _ = self.writer.await;
+        let _ = self.closing.send(true);
     }
 }
 
@@ -187,11 +197,14 @@ struct Reader {
     last_id: u32,
     activity: Arc<Activity>,
     limits: Limits,
+    closing: watch::Receiver<bool>,
 }
 
 /// Why reading ended.
 enum End {
     Eof,
+    /// The session was closed and the client did not close its side in time.
+    Lingered,
     Idle,
     GoAway,
     Error(String),
@@ -204,6 +217,9 @@ impl Reader {
         match &end {
             End::Eof | End::GoAway => {
                 tracing::debug!(session = %label, "client closed the SPDY session")
+            }
+            End::Lingered => {
+                tracing::debug!(session = %label, "the client kept a closed SPDY session open")
             }
             End::Idle => {
                 tracing::info!(session = %label, idle_s = self.limits.idle.as_secs(), "closing an idle streaming session")
@@ -237,6 +253,12 @@ impl Reader {
             buf.reserve(64 << 10);
             let idle_at = self.activity.last() + self.limits.idle;
             tokio::select! {
+                _ = async { self.closing.wait_for(|c| *c).await.is_ok() } => {
+                    return match tokio::time::timeout(LINGER, drain(read)).await {
+                        Ok(()) => End::Eof,
+                        Err(_) => End::Lingered,
+                    };
+                }
                 n = read.read_buf(&mut buf) => match n {
                     Ok(0) => return End::Eof,
                     Ok(_) => self.activity.touch(),
@@ -357,6 +379,16 @@ impl Reader {
     }
 }
 
+/// Reads and drops what the client still sends until it closes.
+async fn drain<R: AsyncRead + Unpin>(read: &mut R) {
+    let mut buf = vec![0u8; 16 << 10];
+    while let Ok(n) = read.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut write: W,
@@ -425,5 +457,146 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             let _ = write.shutdown().await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::DuplexStream;
+
+    /// The client's end: its own codec over the other half of a pipe.
+    struct Client {
+        io: DuplexStream,
+        codec: Codec,
+        buf: BytesMut,
+    }
+
+    impl Client {
+        async fn send(&mut self, f: Frame) {
+            let mut out = BytesMut::new();
+            self.codec.encode(&f, &mut out).unwrap();
+            self.io.write_all(&out).await.unwrap();
+        }
+
+        /// The next frame, or None when nothing arrives within `wait`.
+        async fn next(&mut self, wait: Duration) -> Option<Frame> {
+            loop {
+                if let Some(f) = self.codec.decode(&mut self.buf).unwrap() {
+                    return Some(f);
+                }
+                match tokio::time::timeout(wait, self.io.read_buf(&mut self.buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return None,
+                }
+            }
+        }
+
+        /// DATA bytes of stream 1 received until nothing comes for a while.
+        async fn data(&mut self) -> usize {
+            let mut total = 0;
+            while let Some(f) = self.next(Duration::from_millis(200)).await {
+                if let Frame::Data {
+                    stream_id: 1, data, ..
+                } = f
+                {
+                    total += data.len();
+                }
+            }
+            total
+        }
+    }
+
+    fn start() -> (Session, Client) {
+        let (server, client) = tokio::io::duplex(1 << 20);
+        let session = Session::start(
+            server,
+            Limits {
+                streams: Arc::new(Semaphore::new(8)),
+                idle: Duration::from_secs(60),
+                label: "test".into(),
+            },
+        );
+        let codec = Codec::new(MAX_CONTROL_FRAME, MAX_HEADER_BLOCK, MAX_CHUNK);
+        (
+            session,
+            Client {
+                io: client,
+                codec,
+                buf: BytesMut::new(),
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn window_updates_stop_and_resume_data() {
+        let (mut session, mut client) = start();
+        client
+            .send(Frame::Settings {
+                clear: false,
+                entries: vec![frame::Setting {
+                    flags: 0,
+                    id: frame::settings::INITIAL_WINDOW_SIZE,
+                    value: 1000,
+                }],
+            })
+            .await;
+        client
+            .send(Frame::SynStream {
+                stream_id: 1,
+                associated_to: 0,
+                priority: 0,
+                fin: false,
+                unidirectional: false,
+                headers: vec![("streamtype".into(), "stdout".into())],
+            })
+            .await;
+        let reply = client.next(Duration::from_secs(5)).await;
+        assert!(
+            matches!(reply, Some(Frame::SynReply { stream_id: 1, .. })),
+            "{reply:?}"
+        );
+        let mut stream = session.next_stream().await.unwrap();
+        assert_eq!(stream.header("streamtype"), "stdout");
+        let sender = tokio::spawn(async move {
+            stream
+                .outgoing
+                .send(Bytes::from(vec![7u8; 5000]))
+                .await
+                .unwrap();
+            stream.outgoing.finish().await;
+            stream
+        });
+        assert_eq!(client.data().await, 1000, "DATA beyond the window");
+        client
+            .send(Frame::WindowUpdate {
+                stream_id: 1,
+                delta: 4000,
+            })
+            .await;
+        assert_eq!(client.data().await, 4000);
+        sender.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered_and_bad_stream_ids_end_the_session() {
+        let (mut session, mut client) = start();
+        client.send(Frame::Ping { id: 1 }).await;
+        assert_eq!(
+            client.next(Duration::from_secs(5)).await,
+            Some(Frame::Ping { id: 1 })
+        );
+        // Even stream ids belong to the server: the session ends.
+        client
+            .send(Frame::SynStream {
+                stream_id: 2,
+                associated_to: 0,
+                priority: 0,
+                fin: false,
+                unidirectional: false,
+                headers: Vec::new(),
+            })
+            .await;
+        assert!(session.next_stream().await.is_none());
     }
 }
