@@ -39,8 +39,38 @@ impl Crictl {
         cmd
     }
 
-    /// Runs crictl with `input` on its stdin and waits (at most [`LIMIT`]).
+    /// Runs crictl with `input` on its stdin and waits (at most [`LIMIT`]);
+    /// prints the exchange like a terminal session.
     async fn run(&self, args: &[&str], input: &[u8]) -> Result<Output> {
+        let out = self.run_quietly(args, input).await?;
+        let shown = if input.is_empty() {
+            String::new()
+        } else {
+            format!("printf {:?} | ", text(input))
+        };
+        let quoted: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.contains([' ', '>', ';', '&']) {
+                    format!("'{a}'")
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        println!("$ {shown}crictl {}", quoted.join(" "));
+        print!("{}", text(&out.stdout));
+        for line in text(&out.stderr)
+            .lines()
+            .filter(|l| !l.contains("crictl.yaml"))
+        {
+            println!("{line}");
+        }
+        println!("[exit {}]", out.status.code().unwrap_or(-1));
+        Ok(out)
+    }
+
+    async fn run_quietly(&self, args: &[&str], input: &[u8]) -> Result<Output> {
         let mut child = self
             .command(args)
             .stdin(Stdio::piped())
@@ -132,6 +162,38 @@ async fn crictl_streams(env: &mut TestEnv) -> Result<()> {
         );
         port_forward(&crictl, &pod.id, transport).await?;
     }
+    exec_on_a_terminal(&crictl, &web_id).await
+}
+
+/// `crictl exec -it`, run on a terminal of its own that `script` provides.
+async fn exec_on_a_terminal(crictl: &Crictl, id: &str) -> Result<()> {
+    let line = format!(
+        "{} exec -it {id} sh -c 'tty; echo on-a-terminal'",
+        crictl.program.display()
+    );
+    let mut script = Command::new("script");
+    script
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env("CONTAINER_RUNTIME_ENDPOINT", &crictl.endpoint)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = script.spawn().context("starting script (bsdutils)")?;
+    let out = tokio::time::timeout(
+        LIMIT,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .context("crictl exec -it did not finish")???;
+    let shown = text(&out.stdout).replace('\r', "");
+    println!(
+        "$ crictl exec -it {id} sh -c 'tty; echo on-a-terminal'\n{shown}[exit {}]",
+        out.status.code().unwrap_or(-1)
+    );
+    ensure!(
+        out.status.success() && shown.contains("/dev/pts/") && shown.contains("on-a-terminal"),
+        "crictl exec -it: {out:?}"
+    );
     Ok(())
 }
 
@@ -154,8 +216,13 @@ async fn port_forward(crictl: &Crictl, pod: &str, transport: &str) -> Result<()>
                 .map(drop))
         })
         .await?;
+        println!("$ crictl port-forward --transport {transport} {pod} {mapping} &");
         for _ in 0..3 {
             let body = tokio::task::spawn_blocking(move || get(local)).await??;
+            println!(
+                "(GET http://127.0.0.1:{local}/index.html through it: {:?})",
+                body.lines().last().unwrap_or("")
+            );
             ensure!(
                 body.ends_with("from-the-pod\n"),
                 "{transport}: GET through crictl port-forward: {body:?}"

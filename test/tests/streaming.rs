@@ -759,3 +759,75 @@ async fn settings(env: &mut TestEnv) -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_client_that_leaves_a_stalled_stream_ends_its_exec() {
+    run(
+        "a_client_that_leaves_a_stalled_stream_ends_its_exec",
+        client_leaves_stalled,
+    );
+}
+
+/// Fills stdin of a process that never reads it until the session stalls
+/// (pipe, crustd's queue, TCP), then drops the connection.
+async fn stall_and_leave(
+    env: &TestEnv,
+    id: &str,
+    transport: Transport,
+    marker: &str,
+) -> Result<()> {
+    let mut session = exec(
+        env,
+        id,
+        &["sleep", marker],
+        transport,
+        StreamOptions::interactive(),
+    )
+    .await?;
+    wait::until("the exec'd sleep to run", LIMIT, || async {
+        Ok(running_in(env, id, &format!("sleep {marker}"))
+            .await?
+            .then_some(()))
+    })
+    .await?;
+    let chunk = vec![b'x'; 64 << 10];
+    let mut stalled = false;
+    for _ in 0..1024 {
+        if tokio::time::timeout(Duration::from_secs(2), session.write_stdin(&chunk))
+            .await
+            .is_err()
+        {
+            stalled = true;
+            break;
+        }
+    }
+    ensure!(
+        stalled,
+        "{transport:?}: 64 MiB went into a process that reads nothing"
+    );
+    session.disconnect();
+    Ok(())
+}
+
+async fn client_leaves_stalled(env: &mut TestEnv) -> Result<()> {
+    let (_pod, id) = sleeper(env, "stall").await?;
+    let (spdy, ws) = tokio::join!(
+        stall_and_leave(env, &id, Transport::Spdy, "4325"),
+        stall_and_leave(env, &id, Transport::WebSocket, "4326")
+    );
+    spdy?;
+    ws?;
+    // crustd finds the client gone when a ping it writes fails (every 15 s),
+    // even while its reader waits on the full stdin stream.
+    wait::until(
+        "both stalled execs to be killed",
+        Duration::from_secs(150),
+        || async {
+            let left = running_in(env, &id, "sleep 4325").await?
+                || running_in(env, &id, "sleep 4326").await?;
+            Ok((!left).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -9,7 +9,9 @@ use std::pin::pin;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
 
 /// The most payload one outgoing frame or message carries.
 pub const MAX_CHUNK: usize = 32 << 10;
@@ -19,6 +21,23 @@ pub const INCOMING_QUEUE: usize = 16;
 
 /// Chunks queued towards the client per session before senders wait.
 pub const OUTGOING_QUEUE: usize = 16;
+
+/// How often crustd pings an open session: a write to a client that has gone
+/// fails, which ends the session even while its reader waits on a stream.
+pub const PING_PERIOD: Duration = Duration::from_secs(15);
+
+/// How long a closed session waits for the client to close the connection.
+pub const LINGER: Duration = Duration::from_secs(10);
+
+/// Runs `f` unless the client is found gone first (`None`): `dead` is set by
+/// a session's writer when writing to the client failed.
+pub async fn until_dead<T>(dead: &watch::Receiver<bool>, f: impl Future<Output = T>) -> Option<T> {
+    let mut dead = dead.clone();
+    tokio::select! {
+        v = f => Some(v),
+        _ = async { dead.wait_for(|d| *d).await.is_ok() } => None,
+    }
+}
 
 /// One piece of data for the session's writer: `stream` is a SPDY stream id or a
 /// WebSocket channel number.

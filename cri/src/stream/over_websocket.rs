@@ -20,6 +20,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -27,7 +28,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 use super::Shared;
-use super::channel::{INCOMING_QUEUE, Incoming, MAX_CHUNK, OUTGOING_QUEUE, OutData, Outgoing};
+use super::channel::{
+    INCOMING_QUEUE, Incoming, LINGER, MAX_CHUNK, OUTGOING_QUEUE, OutData, Outgoing, PING_PERIOD,
+    until_dead,
+};
 use super::over_spdy;
 use super::portforward::{self, Connection};
 use super::remotecommand::{self, StatusFormat, Streams};
@@ -345,6 +349,7 @@ impl ChannelStreams {
 struct Channels {
     out: mpsc::Sender<OutData>,
     close: mpsc::Sender<()>,
+    closing: watch::Sender<bool>,
     gone: watch::Receiver<bool>,
     writer: tokio::task::JoinHandle<()>,
 }
@@ -361,6 +366,8 @@ impl Channels {
         let (out_tx, out_rx) = mpsc::channel(OUTGOING_QUEUE);
         let (close_tx, close_rx) = mpsc::channel(1);
         let (gone_tx, gone_rx) = watch::channel(false);
+        let (closing_tx, mut closing) = watch::channel(false);
+        let (dead_tx, dead) = watch::channel(false);
         let mut senders = HashMap::new();
         let mut incoming = HashMap::new();
         for &c in read {
@@ -368,24 +375,35 @@ impl Channels {
             senders.insert(c, tx);
             incoming.insert(c, Incoming::new(rx, None));
         }
-        let writer = tokio::spawn(write_loop(sink, out_rx, close_rx, base64));
+        let writer = tokio::spawn(write_loop(sink, out_rx, close_rx, base64, dead_tx));
         let stop_writer = writer.abort_handle();
         let idle = shared.idle;
         let label = label.to_string();
         tokio::spawn(async move {
+            // Once crustd closed the session, the client has LINGER to close too.
+            let mut linger: Option<Instant> = None;
             loop {
-                let next = tokio::time::timeout(idle, source.next()).await;
-                let msg = match next {
-                    Err(_) => {
-                        tracing::info!(session = %label, idle_s = idle.as_secs(), "closing an idle streaming session");
+                let limit = linger.unwrap_or_else(|| Instant::now() + idle);
+                let next = tokio::select! {
+                    next = source.next() => next,
+                    () = tokio::time::sleep_until(limit) => {
+                        if linger.is_none() {
+                            tracing::info!(session = %label, idle_s = idle.as_secs(), "closing an idle streaming session");
+                        }
                         break;
                     }
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => {
+                    _ = async { closing.wait_for(|c| *c).await.is_ok() }, if linger.is_none() => {
+                        linger = Some(Instant::now() + LINGER);
+                        continue;
+                    }
+                };
+                let msg = match next {
+                    None => break,
+                    Some(Err(e)) => {
                         tracing::debug!(session = %label, error = %e, "WebSocket session ended");
                         break;
                     }
-                    Ok(Some(Ok(m))) => m,
+                    Some(Ok(m)) => m,
                 };
                 let (channel, payload) = match msg {
                     Message::Binary(b) if !b.is_empty() => (b[0], b.slice(1..)),
@@ -408,9 +426,16 @@ impl Channels {
                 }
                 if let Some(tx) = senders.get(&channel)
                     && !payload.is_empty()
-                    && tx.send(payload).await.is_err()
                 {
-                    senders.remove(&channel);
+                    // A full channel holds the session (TCP back-pressure)
+                    // until its reader catches up or the client is found gone.
+                    match until_dead(&dead, tx.send(payload)).await {
+                        None => break,
+                        Some(Err(_)) => {
+                            senders.remove(&channel);
+                        }
+                        Some(Ok(())) => {}
+                    }
                 }
             }
             stop_writer.abort();
@@ -420,6 +445,7 @@ impl Channels {
             Channels {
                 out: out_tx,
                 close: close_tx,
+                closing: closing_tx,
                 gone: gone_rx,
                 writer,
             },
@@ -438,9 +464,12 @@ impl Channels {
         }
     }
 
+    /// Sends what is queued and a close frame; the client then has
+    /// [`LINGER`] to close its side.
     async fn close(&mut self) {
         let _ = self.close.send(()).await;
         let _ = (&mut self.writer).await;
+        let _ = self.closing.send(true);
     }
 }
 
@@ -449,9 +478,11 @@ async fn write_loop<S>(
     mut out: mpsc::Receiver<OutData>,
     mut close: mpsc::Receiver<()>,
     base64: bool,
+    dead: watch::Sender<bool>,
 ) where
     S: futures_util::Sink<Message> + Unpin,
 {
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_PERIOD, PING_PERIOD);
     let frame = |d: OutData| -> Option<Message> {
         if d.fin && d.data.is_empty() {
             return None;
@@ -488,6 +519,13 @@ async fn write_loop<S>(
                 if let Some(m) = frame(d)
                     && sink.send(m).await.is_err()
                 {
+                    let _ = dead.send(true);
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    let _ = dead.send(true);
                     return;
                 }
             }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use crust_runtime::Runtime;
@@ -19,6 +19,16 @@ const CLIENT_GRACE: Duration = Duration::from_secs(1);
 
 /// The port-forward protocol crustd speaks over SPDY.
 pub const SPDY_PROTOCOL: &str = "portforward.k8s.io";
+
+/// How long the first stream of a pair waits for the other.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The streams of one connection request as they arrive.
+struct Halves {
+    error: Option<SpdyStream>,
+    data: Option<SpdyStream>,
+    since: Instant,
+}
 
 /// One forwarded connection's streams.
 pub struct Connection {
@@ -34,23 +44,40 @@ pub struct Connection {
 
 /// Serves a SPDY port-forward session until the client goes away.
 pub async fn serve_spdy(runtime: Arc<Runtime>, sandbox_id: String, mut session: Session) {
-    let mut halves: HashMap<String, (Option<SpdyStream>, Option<SpdyStream>)> = HashMap::new();
+    let mut halves: HashMap<String, Halves> = HashMap::new();
     while let Some(stream) = session.next_stream().await {
+        // A pair the client never completed holds its streams only so long.
+        halves.retain(|request, h| {
+            let keep = h.since.elapsed() < PAIR_TIMEOUT;
+            if !keep {
+                tracing::info!(pod = %sandbox_id, request, "dropping a port-forward stream whose pair never came");
+            }
+            keep
+        });
         let request = stream.header("requestid").to_string();
         let kind = stream.header("streamtype").to_string();
-        let entry = halves.entry(request.clone()).or_default();
+        let entry = halves.entry(request.clone()).or_insert_with(|| Halves {
+            error: None,
+            data: None,
+            since: Instant::now(),
+        });
         match kind.as_str() {
-            "error" => entry.0 = Some(stream),
-            "data" => entry.1 = Some(stream),
+            "error" => entry.error = Some(stream),
+            "data" => entry.data = Some(stream),
             other => {
                 tracing::info!(pod = %sandbox_id, stream_type = other, "ignoring a port-forward stream of unknown type");
                 continue;
             }
         }
-        if !matches!(halves.get(&request), Some((Some(_), Some(_)))) {
+        if entry.error.is_none() || entry.data.is_none() {
             continue;
         }
-        if let Some((Some(error), Some(data))) = halves.remove(&request) {
+        if let Some(Halves {
+            error: Some(error),
+            data: Some(data),
+            ..
+        }) = halves.remove(&request)
+        {
             let port = data.header("port").to_string();
             let rt = runtime.clone();
             let pod = sandbox_id.clone();

@@ -322,14 +322,15 @@ pub async fn serve_attach(
     let mut stderr = streams.stderr.take();
     let ended = {
         let last_output = std::sync::Mutex::new(tokio::time::Instant::now());
+        // Ends with the reason the output stopped early, if it did.
         let to_client = async {
             loop {
                 let (stream, data) = match output.next().await {
                     Ok(Some(piece)) => piece,
-                    Ok(None) => return,
+                    Ok(None) => return None,
                     Err(e) => {
-                        tracing::debug!(error = %e, "reading the shim's attach output");
-                        return;
+                        tracing::info!(container = %container_id, error = %e, "attach output ended early");
+                        return Some(e.to_string());
                     }
                 };
                 *last_output.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -342,7 +343,7 @@ pub async fn serve_attach(
                     && let Err(e) = t.send(data).await
                 {
                     tracing::debug!(error = %e, "sending attach output to the client");
-                    return;
+                    return None;
                 }
             }
         };
@@ -396,22 +397,30 @@ pub async fn serve_attach(
         tokio::pin!(to_container);
         tokio::pin!(gone);
         tokio::select! {
-            () = &mut to_client => true,
+            failed = &mut to_client => Some(failed),
             detached = &mut to_container => {
-                detached && tokio::select! {
-                    () = &mut to_client => true,
-                    () = quiet => true,
-                    () = &mut gone => false,
+                if detached {
+                    tokio::select! {
+                        failed = &mut to_client => Some(failed),
+                        () = quiet => Some(None),
+                        () = &mut gone => None,
+                    }
+                } else {
+                    None
                 }
             }
-            () = &mut gone => false,
+            () = &mut gone => None,
         }
     };
     tracing::info!(container = %container_id, "attach session ended");
-    if ended {
+    if let Some(failed) = ended {
         streams.stdout = stdout;
         streams.stderr = stderr;
-        report(&mut streams, Outcome::Exited(0), &[]).await;
+        let outcome = match failed {
+            Some(why) => Outcome::Failed(why),
+            None => Outcome::Exited(0),
+        };
+        report(&mut streams, outcome, &[]).await;
     }
 }
 

@@ -6,17 +6,20 @@
 //! Protocol. The client sends one line `attach <stdin> <stdout> <stderr>` (each
 //! 0 or 1); the shim answers `ok` or `error <message>`. Then both sides send
 //! frames `[kind: u8][length: u32 big-endian][payload]`. From the shim: kind 1
-//! stdout, 2 stderr; its end of file means the container's output ended. From
+//! stdout, 2 stderr, 3 (empty, last) the client was cut off; otherwise its end
+//! of file means the container's output ended. From
 //! the client: 0 stdin data, 1 stdin closed, 2 resize (width and height, u16
 //! big-endian each).
 //!
-//! A client that falls more than [`CLIENT_QUEUE`] frames behind is cut off, so
-//! a stalled client never holds up the container or grows the shim.
+//! A client that falls more than [`CLIENT_QUEUE`] frames or [`CLIENT_BYTES`]
+//! behind is cut off, so a stalled client never holds up the container or
+//! grows the shim.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -28,8 +31,10 @@ use crate::pump::THREAD_STACK;
 /// File name of the attach socket inside the bundle.
 pub const ATTACH_SOCK: &str = "attach.sock";
 
-/// Output frames queued per client before it is cut off.
+/// Output frames queued per client before it is cut off...
 pub const CLIENT_QUEUE: usize = 64;
+/// ...or bytes.
+pub const CLIENT_BYTES: usize = 256 << 10;
 
 /// Clients attached at the same time; more are refused.
 const MAX_CLIENTS: usize = 16;
@@ -49,6 +54,8 @@ const STDIN_CLOSE: u8 = 1;
 const RESIZE: u8 = 2;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
+/// The last frame to a client the shim cut off for falling behind.
+const CUT_OFF: u8 = 3;
 
 /// Everything attach clients share.
 pub struct Hub {
@@ -88,6 +95,14 @@ struct Subscriber {
     stdout: bool,
     stderr: bool,
     tx: SyncSender<OutFrame>,
+    backlog: Arc<Backlog>,
+}
+
+/// What a client's writer has yet to write, and whether it was cut off.
+#[derive(Default)]
+struct Backlog {
+    bytes: AtomicUsize,
+    cut_off: AtomicBool,
 }
 
 impl Hub {
@@ -137,10 +152,18 @@ impl Hub {
             if !wanted {
                 return true;
             }
-            match c.tx.try_send((code, data.to_vec())) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            let queued = c.backlog.bytes.load(Ordering::Relaxed);
+            let sent = queued + data.len() <= CLIENT_BYTES
+                && match c.tx.try_send((code, data.to_vec())) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+                };
+            if sent {
+                c.backlog.bytes.fetch_add(data.len(), Ordering::Relaxed);
+            } else {
+                c.backlog.cut_off.store(true, Ordering::Relaxed);
             }
+            sent
         });
     }
 
@@ -170,7 +193,7 @@ impl Hub {
         stdin: bool,
         stdout: bool,
         stderr: bool,
-    ) -> Result<(u64, Receiver<OutFrame>), String> {
+    ) -> Result<(u64, Receiver<OutFrame>, Arc<Backlog>), String> {
         let mut st = self.lock();
         if st.finished {
             return Err("the container has exited".into());
@@ -190,14 +213,15 @@ impl Hub {
             st.stdin_holder = Some(id);
         }
         let (tx, rx) = sync_channel(CLIENT_QUEUE);
+        let backlog = Arc::new(Backlog::default());
         st.clients.push(Subscriber {
             id,
             stdout,
             stderr,
             tx,
+            backlog: backlog.clone(),
         });
-        st.writers += 1;
-        Ok((id, rx))
+        Ok((id, rx, backlog))
     }
 
     /// The client `id` stops sending input (or left).
@@ -215,6 +239,10 @@ impl Hub {
     fn detach(&self, id: u64) {
         self.release_stdin(id);
         self.lock().clients.retain(|c| c.id != id);
+    }
+
+    fn writer_started(&self) {
+        self.lock().writers += 1;
     }
 
     fn writer_done(&self) {
@@ -290,50 +318,65 @@ fn serve(conn: UnixStream, hub: &Arc<Hub>) -> io::Result<()> {
         ["attach", i, o, e] => hub.register(*i == "1", *o == "1", *e == "1"),
         _ => Err("expected `attach <stdin> <stdout> <stderr>`".into()),
     };
-    let (id, rx) = match registered {
+    let (id, rx, backlog) = match registered {
         Ok(r) => r,
         Err(msg) => {
             let _ = (&conn).write_all(format!("error {msg}\n").as_bytes());
             return Ok(());
         }
     };
+    // From here on every way out detaches the client.
+    let _attached = Attached { hub, id };
     (&conn).write_all(b"ok\n")?;
     conn.set_read_timeout(None)?;
     let out = conn.try_clone()?;
+    hub.writer_started();
     let writer_hub = hub.clone();
     let started = thread::Builder::new()
         .name("attach-out".into())
         .stack_size(THREAD_STACK)
         .spawn(move || {
-            write_frames(&out, &rx);
+            write_frames(&out, &rx, &backlog);
             let _ = out.shutdown(std::net::Shutdown::Write);
             writer_hub.writer_done();
         });
     if started.is_err() {
         hub.writer_done();
-        hub.detach(id);
         return Ok(());
     }
-    let _ = read_frames(&mut reader, hub, id);
-    hub.detach(id);
-    Ok(())
+    read_frames(&mut reader, hub, id)
 }
 
-fn write_frames(out: &UnixStream, rx: &Receiver<OutFrame>) {
+/// Detaches its client when dropped.
+struct Attached<'a> {
+    hub: &'a Hub,
+    id: u64,
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        self.hub.detach(self.id);
+    }
+}
+
+fn write_frames(out: &UnixStream, rx: &Receiver<OutFrame>, backlog: &Backlog) {
     let mut w = out;
-    for (kind, data) in rx {
-        let Ok(len) = u32::try_from(data.len()) else {
-            continue;
-        };
+    let mut write = |kind: u8, data: &[u8]| {
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
         let mut head = [0u8; 5];
         head[0] = kind;
         head[1..].copy_from_slice(&len.to_be_bytes());
-        if w.write_all(&head)
-            .and_then(|()| w.write_all(&data))
-            .is_err()
-        {
+        w.write_all(&head).and_then(|()| w.write_all(data))
+    };
+    for (kind, data) in rx {
+        let written = write(kind, &data);
+        backlog.bytes.fetch_sub(data.len(), Ordering::Relaxed);
+        if written.is_err() {
             return;
         }
+    }
+    if backlog.cut_off.load(Ordering::Relaxed) {
+        let _ = write(CUT_OFF, &[]);
     }
 }
 
@@ -448,7 +491,7 @@ mod tests {
     #[test]
     fn a_client_that_does_not_read_is_cut_off() {
         let hub = Hub::new(false);
-        let (_id, rx) = hub.register(false, true, false).expect("register");
+        let (_id, rx, backlog) = hub.register(false, true, false).expect("register");
         for _ in 0..=CLIENT_QUEUE {
             hub.broadcast(Stream::Stdout, b"x");
         }
@@ -457,5 +500,15 @@ mod tests {
             "the lagging client is still attached"
         );
         assert_eq!(rx.try_iter().count(), CLIENT_QUEUE);
+        assert!(backlog.cut_off.load(Ordering::Relaxed));
+
+        // A byte budget too: a few big pieces cut a client off as well.
+        let (_id, rx, backlog) = hub.register(false, true, false).expect("register");
+        for _ in 0..4 {
+            hub.broadcast(Stream::Stdout, &[0u8; CLIENT_BYTES / 3]);
+        }
+        assert!(hub.lock().clients.is_empty());
+        assert_eq!(rx.try_iter().count(), 3);
+        assert!(backlog.cut_off.load(Ordering::Relaxed));
     }
 }

@@ -51,6 +51,11 @@ impl AttachOutput {
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e),
         }
+        if head[0] == 3 {
+            return Err(std::io::Error::other(
+                "crust-shim cut this client off: it fell too far behind the container's output",
+            ));
+        }
         let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         if len > MAX_FRAME {
             return Err(std::io::Error::new(

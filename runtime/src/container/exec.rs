@@ -259,8 +259,8 @@ impl Runtime {
             Some(c) => (c.stdout.take(), c.stderr.take()),
             None => (None, None),
         };
-        let out_task = tokio::spawn(read_capped(out));
-        let err_task = tokio::spawn(read_capped(err));
+        let mut out_task = OutputReader(Some(tokio::spawn(read_capped(out))));
+        let mut err_task = OutputReader(Some(tokio::spawn(read_capped(err))));
 
         let waited = if timeout > 0 {
             tokio::time::timeout(Duration::from_secs(timeout.unsigned_abs()), process.wait())
@@ -273,16 +273,14 @@ impl Runtime {
             Some(r) => r.map_err(|e| Error::internal(format!("waiting for runc exec: {e}")))?,
             None => {
                 process.kill().await;
-                out_task.abort();
-                err_task.abort();
                 return Err(Error::DeadlineExceeded(format!(
                     "command {cmd:?} in container {} timed out after {timeout}s",
                     c.id
                 )));
             }
         };
-        let stdout = drain(out_task).await;
-        let stderr = drain(err_task).await;
+        let stdout = out_task.drain().await;
+        let stderr = err_task.drain().await;
         let exit_code = exit_code(status);
         if exit_code == RUNC_EXEC_FAILED && looks_like_runc_failure(&stderr) {
             return Err(Error::FailedPrecondition(format!(
@@ -359,20 +357,29 @@ impl RuncExec {
     }
 }
 
-/// Kills the exec'd process (once runc named it) and waits for runc to reap
-/// it and exit; kills runc if it does not.
+/// Kills the exec'd process once runc has named it, and waits for runc to
+/// reap it and exit. The pid is only used while runc lives (so it cannot have
+/// been reused); a runc that neither names nor reaps it in time is killed,
+/// and its process, if it was named by then, with it.
 async fn end(mut child: Child, pid_file: PathBuf) {
-    for _ in 0..50 {
-        if kill_by_pid_file(&pid_file) || child.try_wait().ok().flatten().is_some() {
+    let deadline = tokio::time::Instant::now() + REAP_TIMEOUT;
+    loop {
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        if kill_by_pid_file(&pid_file) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if tokio::time::timeout(left, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill().await;
+            kill_by_pid_file(&pid_file);
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if tokio::time::timeout(REAP_TIMEOUT, child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
     }
     let _ = std::fs::remove_file(&pid_file);
 }
@@ -445,13 +452,28 @@ async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
     }
 }
 
-async fn drain(task: tokio::task::JoinHandle<Vec<u8>>) -> Vec<u8> {
-    let abort = task.abort_handle();
-    match tokio::time::timeout(DRAIN, task).await {
-        Ok(Ok(v)) => v,
-        _ => {
-            abort.abort();
-            Vec::new()
+/// A task reading an ExecSync's output pipe; aborted if the ExecSync ends
+/// (or its client leaves) before the output was collected, since a background
+/// child may hold the pipe open.
+struct OutputReader(Option<tokio::task::JoinHandle<Vec<u8>>>);
+
+impl OutputReader {
+    /// The output, once the pipe closes or [`DRAIN`] passed.
+    async fn drain(&mut self) -> Vec<u8> {
+        let Some(task) = self.0.as_mut() else {
+            return Vec::new();
+        };
+        match tokio::time::timeout(DRAIN, task).await {
+            Ok(Ok(v)) => v,
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Drop for OutputReader {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
         }
     }
 }

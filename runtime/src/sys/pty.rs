@@ -9,17 +9,18 @@ use std::task::{Context, Poll, ready};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Opens a new pseudo-terminal: its master and slave ends.
+/// Opens a new pseudo-terminal: its master and slave ends, both close-on-exec
+/// from the start (a runc spawned meanwhile must not inherit them).
 pub fn open_terminal() -> io::Result<(OwnedFd, OwnedFd)> {
-    let pty = nix::pty::openpty(None, None).map_err(io::Error::from)?;
-    for fd in [&pty.master, &pty.slave] {
-        nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-        )
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let master = nix::pty::posix_openpt(flags).map_err(io::Error::from)?;
+    nix::pty::grantpt(&master).map_err(io::Error::from)?;
+    nix::pty::unlockpt(&master).map_err(io::Error::from)?;
+    let name = nix::pty::ptsname_r(&master).map_err(io::Error::from)?;
+    let slave = nix::fcntl::open(name.as_str(), flags, nix::sys::stat::Mode::empty())
         .map_err(io::Error::from)?;
-    }
-    Ok((pty.master, pty.slave))
+    Ok((OwnedFd::from(master), slave))
 }
 
 /// One handle on a pty master, readable and writable without blocking a thread.

@@ -14,15 +14,14 @@ use tokio::time::Instant;
 
 use super::frame::{self, Codec, Frame, HeaderBlock};
 use crate::stream::channel::{
-    Credit, INCOMING_QUEUE, Incoming, MAX_CHUNK, OUTGOING_QUEUE, OutData, Outgoing, SendWindows,
+    Credit, INCOMING_QUEUE, Incoming, LINGER, MAX_CHUNK, OUTGOING_QUEUE, OutData, Outgoing,
+    PING_PERIOD, SendWindows, until_dead,
 };
 
 /// Largest control frame accepted (a header block is a few hundred bytes).
 const MAX_CONTROL_FRAME: usize = 64 << 10;
 /// Largest decompressed header block accepted.
 const MAX_HEADER_BLOCK: usize = 256 << 10;
-/// How long a closed session waits for the client to close the connection.
-const LINGER: Duration = Duration::from_secs(10);
 /// Control frames queued for the writer before the reader waits.
 const CONTROL_QUEUE: usize = 64;
 
@@ -96,6 +95,7 @@ impl Session {
         let (stream_tx, stream_rx) = mpsc::channel(8);
         let (closed_tx, closed_rx) = watch::channel(false);
         let (closing_tx, closing_rx) = watch::channel(false);
+        let (dead_tx, dead_rx) = watch::channel(false);
         let activity = Arc::new(Activity::new());
 
         let writer = tokio::spawn(write_loop(
@@ -107,6 +107,7 @@ impl Session {
             windows.clone(),
             activity.clone(),
             limits.label.clone(),
+            dead_tx,
         ));
         let reader = Reader {
             codec,
@@ -120,6 +121,7 @@ impl Session {
             activity,
             limits,
             closing: closing_rx,
+            dead: dead_rx,
         };
         let stop_writer = writer.abort_handle();
         tokio::spawn(async move {
@@ -198,11 +200,15 @@ struct Reader {
     activity: Arc<Activity>,
     limits: Limits,
     closing: watch::Receiver<bool>,
+    /// Set when the writer could not write: the client is gone.
+    dead: watch::Receiver<bool>,
 }
 
 /// Why reading ended.
 enum End {
     Eof,
+    /// Writing to the client failed.
+    Gone,
     /// The session was closed and the client did not close its side in time.
     Lingered,
     Idle,
@@ -215,7 +221,7 @@ impl Reader {
         let end = self.read_frames(&mut read).await;
         let label = &self.limits.label;
         match &end {
-            End::Eof | End::GoAway => {
+            End::Eof | End::GoAway | End::Gone => {
                 tracing::debug!(session = %label, "client closed the SPDY session")
             }
             End::Lingered => {
@@ -285,7 +291,7 @@ impl Reader {
                 stream_id,
                 fin,
                 data,
-            } => self.data(stream_id, fin, data).await,
+            } => return self.data(stream_id, fin, data).await,
             Frame::RstStream { stream_id, .. } => {
                 self.inbound.remove(&stream_id);
                 self.windows.close(stream_id);
@@ -300,8 +306,8 @@ impl Reader {
             Frame::WindowUpdate { stream_id, delta } => self.windows.grant(stream_id, delta),
             Frame::Ping { id } => {
                 // Odd ids are the client's pings; even ones would answer ours.
-                if id % 2 == 1 {
-                    self.send_control(Frame::Ping { id }).await;
+                if id % 2 == 1 && !self.send_control(Frame::Ping { id }).await {
+                    return Some(End::Gone);
                 }
             }
             Frame::GoAway { .. } => return Some(End::GoAway),
@@ -310,8 +316,11 @@ impl Reader {
         None
     }
 
-    async fn send_control(&self, f: Frame) {
-        let _ = self.control.send(Control::Frame(f)).await;
+    /// Queues a control frame; false when the client is gone.
+    async fn send_control(&self, f: Frame) -> bool {
+        until_dead(&self.dead, self.control.send(Control::Frame(f)))
+            .await
+            .is_some()
     }
 
     async fn open(&mut self, id: u32, fin: bool, headers: HeaderBlock) -> Option<End> {
@@ -324,24 +333,29 @@ impl Reader {
         self.last_id = id;
         let Ok(permit) = self.limits.streams.clone().try_acquire_owned() else {
             tracing::warn!(session = %self.limits.label, stream = id, "refusing a stream: the server's stream limit is reached");
-            self.send_control(Frame::RstStream {
-                stream_id: id,
-                status: frame::rst::REFUSED_STREAM,
-            })
-            .await;
-            return None;
+            let sent = self
+                .send_control(Frame::RstStream {
+                    stream_id: id,
+                    status: frame::rst::REFUSED_STREAM,
+                })
+                .await;
+            return (!sent).then_some(End::Gone);
         };
         self.windows.open(id);
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
         if !fin {
             self.inbound.insert(id, tx);
         }
-        self.send_control(Frame::SynReply {
-            stream_id: id,
-            fin: false,
-            headers: Vec::new(),
-        })
-        .await;
+        let replied = self
+            .send_control(Frame::SynReply {
+                stream_id: id,
+                fin: false,
+                headers: Vec::new(),
+            })
+            .await;
+        if !replied {
+            return Some(End::Gone);
+        }
         let stream = SpdyStream {
             id,
             headers,
@@ -355,27 +369,45 @@ impl Reader {
             outgoing: Outgoing::new(id, self.data.clone(), Some(self.windows.clone())),
             permit,
         };
-        if self.new_streams.send(stream).await.is_err() {
+        match until_dead(&self.dead, self.new_streams.send(stream)).await {
+            None => return Some(End::Gone),
             // Nobody takes streams any more: the handler is finishing.
-            self.inbound.remove(&id);
+            Some(Err(_)) => {
+                self.inbound.remove(&id);
+            }
+            Some(Ok(())) => {}
         }
         None
     }
 
-    async fn data(&mut self, id: u32, fin: bool, data: Bytes) {
+    /// Hands DATA to its stream. A full queue holds the whole session (client-go
+    /// keeps no windows, so TCP is its only back-pressure) until the stream's
+    /// reader catches up or the client is found gone.
+    async fn data(&mut self, id: u32, fin: bool, data: Bytes) -> Option<End> {
         let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
         if let Some(tx) = self.inbound.get(&id)
             && !data.is_empty()
-            && tx.send(data).await.is_err()
         {
-            // The handler no longer reads this stream: grant the window back
-            // so a well-behaved client is not stalled by bytes we drop.
-            self.inbound.remove(&id);
-            let _ = self.grants.send((id, n)).await;
+            match until_dead(&self.dead, tx.send(data)).await {
+                None => return Some(End::Gone),
+                Some(Ok(())) => {}
+                Some(Err(_)) => {
+                    // The handler no longer reads this stream: grant the window
+                    // back so a well-behaved client is not stalled by bytes we drop.
+                    self.inbound.remove(&id);
+                    if until_dead(&self.dead, self.grants.send((id, n)))
+                        .await
+                        .is_none()
+                    {
+                        return Some(End::Gone);
+                    }
+                }
+            }
         }
         if fin {
             self.inbound.remove(&id);
         }
+        None
     }
 }
 
@@ -399,8 +431,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     windows: Arc<SendWindows>,
     activity: Arc<Activity>,
     label: String,
+    dead: watch::Sender<bool>,
 ) {
     let mut buf = BytesMut::with_capacity(MAX_CHUNK + 64);
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_PERIOD, PING_PERIOD);
+    // Server pings carry even ids.
+    let mut ping_id: u32 = 0;
     let encode = |f: &Frame, buf: &mut BytesMut| {
         codec
             .lock()
@@ -439,6 +475,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 vec![data_frame(d)]
             },
+            _ = ping.tick() => {
+                ping_id = ping_id.wrapping_add(2) & 0x7fff_fffe;
+                vec![Frame::Ping { id: ping_id.max(2) }]
+            },
         };
         for f in &frames {
             if let Err(e) = encode(f, &mut buf) {
@@ -448,6 +488,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         if let Err(e) = write.write_all(&buf).await {
             tracing::debug!(session = %label, error = %e, "the client's connection is gone");
+            let _ = dead.send(true);
             return;
         }
         buf.clear();
