@@ -11,7 +11,7 @@ use crust_e2e::{CriClient, TestEnv, run, unique};
 use tonic::{Code, Status};
 
 /// RPCs crust does not serve yet; move one out of this list when it lands.
-const UNIMPLEMENTED: [&str; 3] = ["Attach", "PortForward", "ContainerStats"];
+const UNIMPLEMENTED: [&str; 1] = ["ContainerStats"];
 
 #[test]
 fn bad_requests_get_the_right_codes() {
@@ -78,6 +78,14 @@ async fn error_codes(env: &mut TestEnv) -> Result<()> {
             call(&cri, rpc, &pod.id, &id).await?,
             Code::Unimplemented,
             rpc,
+        )?;
+    }
+
+    for rpc in ["Attach", "PortForward"] {
+        expect_code(
+            call(&cri, rpc, &unique::unknown_id(), &unique::unknown_id()).await?,
+            Code::NotFound,
+            &format!("{rpc} for an unknown id"),
         )?;
     }
 

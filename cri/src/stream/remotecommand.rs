@@ -112,8 +112,11 @@ pub async fn serve_exec(
     let Some(ended) = ended else {
         tracing::info!(container = %container_id, cmd = ?req.cmd, "exec client went away; killing the process");
         drop(process);
-        stdin.abort();
-        resize.abort();
+        for task in [&stdin, &resize] {
+            task.abort();
+        }
+        stdout.abort();
+        stderr.abort();
         return;
     };
     stdin.abort();
