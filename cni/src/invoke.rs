@@ -54,7 +54,8 @@ pub fn run(call: &Call<'_>) -> Result<Value> {
         ))
     })?;
     let input = serde_json::to_vec(call.config).context("encoding the plugin config")?;
-    let mut child = Command::new(&binary)
+    let mut command = Command::new(&binary);
+    command
         .env_clear()
         .env(
             "PATH",
@@ -68,8 +69,8 @@ pub fn run(call: &Call<'_>) -> Result<Value> {
         .env("CNI_PATH", join_paths(call.plugin_dirs))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stderr(Stdio::piped());
+    let mut child = spawn_retrying_busy(&mut command)
         .with_context(|| format!("starting CNI plugin {}", binary.display()))?;
     let mut stdout = child
         .stdout
@@ -163,6 +164,22 @@ fn plugin_error(call: &Call<'_>, out: &[u8], err: &[u8], exit: Option<i32>) -> E
         code,
         msg,
         details: field("details"),
+    }
+}
+
+/// Spawns `command`, retrying for a moment while the binary is "text file
+/// busy": a plugin just installed (or rewritten by an upgrade) can still be
+/// open for writing in a process that is between fork and exec.
+fn spawn_retrying_busy(command: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 
