@@ -135,7 +135,7 @@ fn memory_v1(root: &Path) -> PathBuf {
 }
 
 /// The value of `key` in a flat-keyed cgroup file ("key value" per line).
-fn counter(text: &str, key: &str) -> Option<u64> {
+pub(crate) fn counter(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()

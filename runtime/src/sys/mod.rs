@@ -2,6 +2,7 @@
 //! probes. Everything above it is plain logic.
 
 pub mod cgroup;
+pub mod cgroup_usage;
 pub mod mount;
 pub mod netns;
 pub mod notify;
