@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crust_runtime::Runtime;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::Shared;
 use super::portforward;
-use super::remotecommand::{self, StatusFormat, Streams};
+use super::remotecommand::{self, StatusFormat, Streams, Wanted};
 use super::spdy::session::{Limits, Session, SpdyStream};
 use super::tokens::Pending;
 
@@ -38,41 +39,8 @@ pub async fn serve<IO>(
         Pending::PortForward { sandbox_id, .. } => {
             portforward::serve_spdy(shared.runtime.clone(), sandbox_id, session).await
         }
-        Pending::Exec { container_id, req } => {
-            let wanted = Wanted {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                resize: req.tty && supports_resize(&protocol),
-            };
-            serve_remote_command(session, wanted, &protocol, &label, |streams, gone| {
-                remotecommand::serve_exec(shared.runtime.clone(), container_id, req, streams, gone)
-            })
-            .await
-        }
-        Pending::Attach {
-            container_id,
-            req,
-            tty,
-            stdin_once,
-        } => {
-            let wanted = Wanted {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                resize: tty && supports_resize(&protocol),
-            };
-            serve_remote_command(session, wanted, &protocol, &label, |streams, gone| {
-                remotecommand::serve_attach(
-                    shared.runtime.clone(),
-                    container_id,
-                    req,
-                    stdin_once,
-                    streams,
-                    gone,
-                )
-            })
-            .await
+        remote => {
+            serve_remote_command(session, remote, &protocol, &label, shared.runtime.clone()).await
         }
     }
 }
@@ -82,31 +50,22 @@ fn supports_resize(protocol: &str) -> bool {
     !matches!(protocol, "" | "channel.k8s.io" | "v2.channel.k8s.io")
 }
 
-/// The streams an exec or attach needs besides the error stream.
-struct Wanted {
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    resize: bool,
-}
-
-/// Waits for the client's streams, runs `body` on them, and closes the session
-/// when it is done. Streams the client opens later are refused.
-async fn serve_remote_command<F, Fut>(
+/// Waits for the client's streams, runs the exec or attach on them, and
+/// closes the session when it is done. Streams the client opens later are
+/// ignored.
+async fn serve_remote_command(
     mut session: Session,
-    wanted: Wanted,
+    pending: Pending,
     protocol: &str,
     label: &str,
-    body: F,
-) where
-    F: FnOnce(Streams, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
-    Fut: Future<Output = ()>,
-{
+    runtime: Arc<Runtime>,
+) {
+    let wanted = Wanted::of(&pending);
     let expected = 1
         + usize::from(wanted.stdin)
         + usize::from(wanted.stdout)
         + usize::from(wanted.stderr)
-        + usize::from(wanted.resize);
+        + usize::from(wanted.tty && supports_resize(protocol));
     let mut got: Vec<SpdyStream> = Vec::new();
     let collected = tokio::time::timeout(STREAM_CREATION_TIMEOUT, async {
         while got.len() < expected {
@@ -126,14 +85,9 @@ async fn serve_remote_command<F, Fut>(
     let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
     let (mut error, mut stdin, mut stdout, mut stderr, mut resize) = (None, None, None, None, None);
     for s in got {
+        let stream_type = s.header("streamtype").to_string();
         permits.push(s.permit);
-        match s
-            .headers
-            .iter()
-            .find(|(n, _)| n == "streamtype")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-        {
+        match stream_type.as_str() {
             "error" => error = Some(s.outgoing),
             "stdin" => stdin = Some(s.incoming),
             "stdout" => stdout = Some(s.outgoing),
@@ -157,8 +111,7 @@ async fn serve_remote_command<F, Fut>(
         error,
         format: StatusFormat::of(protocol),
     };
-    let gone = Box::pin(session.gone());
-    let work = body(streams, gone);
+    let work = remotecommand::serve(runtime, pending, streams, session.gone());
     tokio::pin!(work);
     let mut open = true;
     loop {

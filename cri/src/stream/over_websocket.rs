@@ -34,7 +34,7 @@ use super::channel::{
 };
 use super::over_spdy;
 use super::portforward::{self, Connection};
-use super::remotecommand::{self, StatusFormat, Streams};
+use super::remotecommand::{self, StatusFormat, Streams, Wanted};
 use super::tokens::Pending;
 
 /// Largest message accepted from a client (client-go sends 32 KiB pieces).
@@ -255,93 +255,53 @@ async fn serve(
             }
             session.close().await;
         }
-        Pending::Exec { container_id, req } => {
-            let streams = ChannelStreams {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                tty: req.tty,
-            };
-            let (mut session, streams) = streams.open(ws, base64, protocol, &shared, &label).await;
+        remote => {
+            let wanted = Wanted::of(&remote);
+            let (mut session, streams) =
+                open_channels(ws, wanted, base64, protocol, &shared, &label).await;
             let gone = session.gone();
-            remotecommand::serve_exec(shared.runtime.clone(), container_id, req, streams, gone)
-                .await;
-            session.close().await;
-        }
-        Pending::Attach {
-            container_id,
-            req,
-            tty,
-            stdin_once,
-        } => {
-            let streams = ChannelStreams {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                tty,
-            };
-            let (mut session, streams) = streams.open(ws, base64, protocol, &shared, &label).await;
-            let gone = session.gone();
-            remotecommand::serve_attach(
-                shared.runtime.clone(),
-                container_id,
-                req,
-                stdin_once,
-                streams,
-                gone,
-            )
-            .await;
+            remotecommand::serve(shared.runtime.clone(), remote, streams, gone).await;
             session.close().await;
         }
     }
     drop(permit);
 }
 
-/// The channels an exec or attach uses.
-struct ChannelStreams {
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
-}
-
-impl ChannelStreams {
-    /// Starts the channel session and tells the client it is up (an empty
-    /// message on the first output channel).
-    async fn open(
-        self,
-        ws: Ws,
-        base64: bool,
-        protocol: &str,
-        shared: &Shared,
-        label: &str,
-    ) -> (Channels, Streams) {
-        let mut read = Vec::new();
-        if self.stdin {
-            read.push(STDIN);
-        }
-        if self.tty {
-            read.push(RESIZE);
-        }
-        let (session, mut incoming) = Channels::start(ws, base64, &read, shared, label);
-        let first = if self.stdout {
-            STDOUT
-        } else if self.stderr {
-            STDERR
-        } else {
-            ERROR
-        };
-        let _ = session.outgoing(first).send_empty().await;
-        let streams = Streams {
-            stdin: incoming.remove(&STDIN),
-            stdout: self.stdout.then(|| session.outgoing(STDOUT)),
-            stderr: self.stderr.then(|| session.outgoing(STDERR)),
-            resize: incoming.remove(&RESIZE),
-            error: session.outgoing(ERROR),
-            format: StatusFormat::of(protocol),
-        };
-        (session, streams)
+/// Starts the channel session of an exec or attach and tells the client it
+/// is up (an empty message on the first output channel).
+async fn open_channels(
+    ws: Ws,
+    wanted: Wanted,
+    base64: bool,
+    protocol: &str,
+    shared: &Shared,
+    label: &str,
+) -> (Channels, Streams) {
+    let mut read = Vec::new();
+    if wanted.stdin {
+        read.push(STDIN);
     }
+    if wanted.tty {
+        read.push(RESIZE);
+    }
+    let (session, mut incoming) = Channels::start(ws, base64, &read, shared, label);
+    let first = if wanted.stdout {
+        STDOUT
+    } else if wanted.stderr {
+        STDERR
+    } else {
+        ERROR
+    };
+    let _ = session.outgoing(first).send_empty().await;
+    let streams = Streams {
+        stdin: incoming.remove(&STDIN),
+        stdout: wanted.stdout.then(|| session.outgoing(STDOUT)),
+        stderr: wanted.stderr.then(|| session.outgoing(STDERR)),
+        resize: incoming.remove(&RESIZE),
+        error: session.outgoing(ERROR),
+        format: StatusFormat::of(protocol),
+    };
+    (session, streams)
 }
 
 /// A channel-framed WebSocket session: a reader routing messages to the read

@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::channel::{Incoming, MAX_CHUNK, Outgoing};
+use super::tokens::Pending;
 
 /// How long output may keep flowing after the process ended (a background
 /// child can hold the pipes open).
@@ -73,6 +74,62 @@ pub struct Streams {
     pub format: StatusFormat,
 }
 
+/// The client's streams an exec or attach uses besides the error stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    /// Input for the process.
+    pub stdin: bool,
+    /// Its output.
+    pub stdout: bool,
+    /// Its error output.
+    pub stderr: bool,
+    /// A terminal, and so terminal sizes (where the protocol has them).
+    pub tty: bool,
+}
+
+impl Wanted {
+    /// The streams of `pending`; none for a port-forward.
+    pub fn of(pending: &Pending) -> Wanted {
+        match pending {
+            Pending::Exec { req, .. } => Wanted {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                tty: req.tty,
+            },
+            Pending::Attach { req, tty, .. } => Wanted {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                tty: *tty,
+            },
+            Pending::PortForward { .. } => Wanted::default(),
+        }
+    }
+}
+
+/// Runs the exec or attach `pending` stands for on the client's streams,
+/// whatever the transport (a port-forward runs nothing here).
+pub async fn serve(
+    runtime: Arc<Runtime>,
+    pending: Pending,
+    streams: Streams,
+    gone: impl Future<Output = ()>,
+) {
+    match pending {
+        Pending::Exec { container_id, req } => {
+            serve_exec(runtime, container_id, req, streams, gone).await
+        }
+        Pending::Attach {
+            container_id,
+            req,
+            stdin_once,
+            ..
+        } => serve_attach(runtime, container_id, req, stdin_once, streams, gone).await,
+        Pending::PortForward { .. } => {}
+    }
+}
+
 /// How a command ended, as the error stream tells it.
 pub enum Outcome {
     /// It exited with this code.
@@ -83,7 +140,7 @@ pub enum Outcome {
 
 /// Runs an exec session to its end: the process exits, or the client goes away
 /// (`gone` resolves), in which case the process is killed.
-pub async fn serve_exec(
+async fn serve_exec(
     runtime: Arc<Runtime>,
     container_id: String,
     req: ExecRequest,
@@ -304,7 +361,7 @@ fn spawn_resize(from: Option<Incoming>, terminal: Option<Pty>) -> tokio::task::J
 /// output ends, the client goes away, or the client's stdin ends (which
 /// detaches it; with `stdin_once` the container's stdin closes and the session
 /// lasts until its output ends).
-pub async fn serve_attach(
+async fn serve_attach(
     runtime: Arc<Runtime>,
     container_id: String,
     req: AttachRequest,
