@@ -1,9 +1,7 @@
 //! CRI ImageService: thin handlers over the runtime's image store.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use crust_runtime::image::WritableLayers;
 use crust_runtime::{Error, Runtime};
 use k8s_cri::v1;
 use k8s_cri::v1::image_service_server;
@@ -12,28 +10,15 @@ use tonic::{Request, Response, Status};
 use crate::convert::image;
 use crate::instrument::rpc;
 
-/// How long one walk of the containers' writable layers answers ImageFsInfo.
-/// containerd refreshes its snapshot usage every 10 s too; kubelet's eviction
-/// manager asks about that often, and its stats and image GC in between.
-pub const WRITABLE_LAYERS_MAX_AGE: Duration = Duration::from_secs(10);
-
 /// The ImageService implementation.
 pub struct ImageService {
     runtime: Arc<Runtime>,
-    writable_layers: Arc<WritableLayers>,
 }
 
 impl ImageService {
     /// Serves the image store of `runtime`.
     pub fn new(runtime: Arc<Runtime>) -> Self {
-        let writable_layers = Arc::new(WritableLayers::new(
-            runtime.options().root.join("containers"),
-            WRITABLE_LAYERS_MAX_AGE,
-        ));
-        ImageService {
-            runtime,
-            writable_layers,
-        }
+        ImageService { runtime }
     }
 }
 
@@ -129,9 +114,9 @@ impl image_service_server::ImageService for ImageService {
     ) -> Reply<v1::ImageFsInfoResponse> {
         rpc("ImageFsInfo", async {
             let images = self.runtime.images().clone();
-            let layers = self.writable_layers.clone();
+            let layers = self.runtime.writable_layers().clone();
             let (image_fs, container_fs) = tokio::task::spawn_blocking(move || {
-                Ok::<_, Error>((images.usage()?, layers.usage()?))
+                Ok::<_, Error>((images.usage()?, layers.usage()?.total.clone()))
             })
             .await
             .map_err(|e| Error::internal(format!("usage task failed: {e}")))??;

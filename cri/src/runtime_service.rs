@@ -11,7 +11,7 @@ use k8s_cri::v1::runtime_service_server;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::convert::{self, container, sandbox};
+use crate::convert::{self, container, sandbox, stats};
 use crate::instrument::{deadline, rpc, unimplemented};
 use crate::stream::StreamServer;
 use crate::stream::tokens::Pending;
@@ -48,6 +48,18 @@ impl RuntimeService {
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// Runs `f` on the blocking pool: what reads files or enters namespaces
+/// stays off the threads that serve RPCs.
+async fn off_thread<T, F>(f: F) -> crust_runtime::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("a worker task failed: {e}")))
+}
 
 #[tonic::async_trait]
 impl runtime_service_server::RuntimeService for RuntimeService {
@@ -222,9 +234,7 @@ impl runtime_service_server::RuntimeService for RuntimeService {
                 labels: convert::to_btree(f.label_selector),
             };
             let runtime = self.runtime.clone();
-            let items = tokio::task::spawn_blocking(move || runtime.list_containers(&filter))
-                .await
-                .map_err(|e| Error::internal(format!("list task failed: {e}")))?;
+            let items = off_thread(move || runtime.list_containers(&filter)).await?;
             Ok(v1::ListContainersResponse {
                 containers: items.iter().map(container::list_item).collect(),
             })
@@ -240,9 +250,7 @@ impl runtime_service_server::RuntimeService for RuntimeService {
             let req = req.into_inner();
             let runtime = self.runtime.clone();
             let id = req.container_id.clone();
-            let c = tokio::task::spawn_blocking(move || runtime.container_status(&id))
-                .await
-                .map_err(|e| Error::internal(format!("status task failed: {e}")))??;
+            let c = off_thread(move || runtime.container_status(&id)).await??;
             Ok(v1::ContainerStatusResponse {
                 status: Some(container::status(&c)),
                 info: if req.verbose {
@@ -365,30 +373,73 @@ impl runtime_service_server::RuntimeService for RuntimeService {
 
     async fn container_stats(
         &self,
-        _req: Request<v1::ContainerStatsRequest>,
+        req: Request<v1::ContainerStatsRequest>,
     ) -> Reply<v1::ContainerStatsResponse> {
-        Err(unimplemented("ContainerStats"))
+        rpc("ContainerStats", async {
+            let id = req.into_inner().container_id;
+            let runtime = self.runtime.clone();
+            let s = off_thread(move || runtime.container_stats(&id)).await??;
+            Ok(v1::ContainerStatsResponse {
+                stats: Some(stats::container_stats(&s)),
+            })
+        })
+        .await
     }
 
     async fn list_container_stats(
         &self,
-        _req: Request<v1::ListContainerStatsRequest>,
+        req: Request<v1::ListContainerStatsRequest>,
     ) -> Reply<v1::ListContainerStatsResponse> {
-        Err(unimplemented("ListContainerStats"))
+        rpc("ListContainerStats", async {
+            let f = req.into_inner().filter.unwrap_or_default();
+            let filter = ContainerFilter {
+                id: f.id,
+                state: None,
+                sandbox_id: f.pod_sandbox_id,
+                labels: convert::to_btree(f.label_selector),
+            };
+            let runtime = self.runtime.clone();
+            let all = off_thread(move || runtime.list_container_stats(&filter)).await??;
+            Ok(v1::ListContainerStatsResponse {
+                stats: all.iter().map(stats::container_stats).collect(),
+            })
+        })
+        .await
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _req: Request<v1::PodSandboxStatsRequest>,
+        req: Request<v1::PodSandboxStatsRequest>,
     ) -> Reply<v1::PodSandboxStatsResponse> {
-        Err(unimplemented("PodSandboxStats"))
+        rpc("PodSandboxStats", async {
+            let id = req.into_inner().pod_sandbox_id;
+            let runtime = self.runtime.clone();
+            let s = off_thread(move || runtime.sandbox_stats(&id)).await??;
+            Ok(v1::PodSandboxStatsResponse {
+                stats: Some(stats::sandbox_stats(&s)),
+            })
+        })
+        .await
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<v1::ListPodSandboxStatsRequest>,
+        req: Request<v1::ListPodSandboxStatsRequest>,
     ) -> Reply<v1::ListPodSandboxStatsResponse> {
-        Err(unimplemented("ListPodSandboxStats"))
+        rpc("ListPodSandboxStats", async {
+            let f = req.into_inner().filter.unwrap_or_default();
+            let filter = SandboxFilter {
+                id: f.id,
+                state: None,
+                labels: convert::to_btree(f.label_selector),
+            };
+            let runtime = self.runtime.clone();
+            let all = off_thread(move || runtime.list_sandbox_stats(&filter)).await??;
+            Ok(v1::ListPodSandboxStatsResponse {
+                stats: all.iter().map(stats::sandbox_stats).collect(),
+            })
+        })
+        .await
     }
 
     async fn update_runtime_config(
@@ -411,9 +462,7 @@ impl runtime_service_server::RuntimeService for RuntimeService {
     async fn status(&self, req: Request<v1::StatusRequest>) -> Reply<v1::StatusResponse> {
         rpc("Status", async {
             let runtime = self.runtime.clone();
-            let network = tokio::task::spawn_blocking(move || runtime.network_status())
-                .await
-                .map_err(|e| Error::internal(format!("status task failed: {e}")))?;
+            let network = off_thread(move || runtime.network_status()).await?;
             let (network_ready, reason, message) = match network {
                 Ok(()) => (true, String::new(), String::new()),
                 Err(why) => (false, "NetworkPluginNotReady".to_string(), why),

@@ -10,6 +10,7 @@ pub mod image;
 pub mod names;
 pub mod runtime;
 pub mod sandbox;
+pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod teardown;

@@ -95,6 +95,8 @@ pub struct Runtime {
     pub(crate) pod_cidr: Mutex<String>,
     /// What the host's cgroups can enforce, read at start.
     pub(crate) cgroups: CgroupHost,
+    /// What the statistics keep between calls.
+    pub(crate) stats: crate::stats::StatsState,
 }
 
 impl Runtime {
@@ -136,6 +138,7 @@ impl Runtime {
                 "this host's cgroups lack {controller}: {fields} in container requests are ignored"
             );
         }
+        let stats = crate::stats::StatsState::new(opts.root.join("containers"));
         let rt = Arc::new(Runtime {
             sandbox_records: RecordDir::open(opts.root.join("meta").join("sandboxes"))?,
             container_records: RecordDir::open(opts.root.join("meta").join("containers"))?,
@@ -150,6 +153,7 @@ impl Runtime {
             creating_sandboxes: Mutex::default(),
             pod_cidr: Mutex::new(pod_cidr),
             cgroups,
+            stats,
         });
         rt.recover()?;
         Ok(rt)

@@ -17,31 +17,7 @@ const CRITEST_LIMIT: Duration = Duration::from_secs(12 * 60);
 /// critest specs that fail today because crust lacks what they test, each
 /// with the issue that adds it. The list only shrinks: a spec on it that
 /// passes is reported so it can be struck off.
-const EXPECTED_FAILURES: &[(&str, &str)] = &[
-    (
-        "[k8s.io] Container runtime should support basic operations on container runtime should support listing container stats [Conformance]",
-        STATS,
-    ),
-    (
-        "[k8s.io] Container runtime should support basic operations on container runtime should support listing stats for started containers [Conformance]",
-        STATS,
-    ),
-    (
-        "[k8s.io] Container runtime should support basic operations on container runtime should support listing stats for started containers when filter is nil [Conformance]",
-        STATS,
-    ),
-    (
-        "[k8s.io] Container runtime should support basic operations on container runtime should support listing stats for three created containers when filter is nil. [Conformance]",
-        STATS,
-    ),
-    (
-        "[k8s.io] Container runtime should support basic operations on container runtime should support listing stats for containers filtered by labels [Conformance]",
-        STATS,
-    ),
-];
-
-/// Why the stats specs fail today.
-const STATS: &str = "issue 9: ContainerStats and ListContainerStats are not implemented yet";
+const EXPECTED_FAILURES: &[(&str, &str)] = &[];
 
 /// Environment variable holding a ginkgo regular expression of specs to skip
 /// by name (the Makefile's `CRITEST_SKIP`, which says why for each).

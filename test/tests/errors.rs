@@ -5,13 +5,14 @@
 use anyhow::{Result, bail};
 use crust_e2e::assertions::expect_code;
 use crust_e2e::cri::{
-    AttachRequest, ContainerStatsRequest, PortForwardRequest, RunPodSandboxRequest,
+    AttachRequest, ContainerStatsRequest, PodSandboxStatsRequest, PortForwardRequest,
+    RunPodSandboxRequest, UpdateContainerResourcesRequest,
 };
 use crust_e2e::{CriClient, TestEnv, run, unique};
 use tonic::{Code, Status};
 
 /// RPCs crust does not serve yet; move one out of this list when it lands.
-const UNIMPLEMENTED: [&str; 1] = ["ContainerStats"];
+const UNIMPLEMENTED: [&str; 1] = ["UpdateContainerResources"];
 
 #[test]
 fn bad_requests_get_the_right_codes() {
@@ -81,7 +82,7 @@ async fn error_codes(env: &mut TestEnv) -> Result<()> {
         )?;
     }
 
-    for rpc in ["Attach", "PortForward"] {
+    for rpc in ["Attach", "PortForward", "ContainerStats", "PodSandboxStats"] {
         expect_code(
             call(&cri, rpc, &unique::unknown_id(), &unique::unknown_id()).await?,
             Code::NotFound,
@@ -119,6 +120,19 @@ async fn call(cri: &CriClient, rpc: &str, pod_id: &str, id: &str) -> Result<Resu
                 container_id: id.into(),
             };
             runtime.container_stats(request).await.map(drop)
+        }
+        "PodSandboxStats" => {
+            let request = PodSandboxStatsRequest {
+                pod_sandbox_id: pod_id.into(),
+            };
+            runtime.pod_sandbox_stats(request).await.map(drop)
+        }
+        "UpdateContainerResources" => {
+            let request = UpdateContainerResourcesRequest {
+                container_id: id.into(),
+                ..Default::default()
+            };
+            runtime.update_container_resources(request).await.map(drop)
         }
         other => bail!("no request written for {other}"),
     };

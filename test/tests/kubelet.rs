@@ -70,17 +70,6 @@ const TOLERATED_ERRORS: &[Tolerated] = &[
         needles: &["CrashLoopBackOff", "pod=\"default/retry-"],
         why: "the retry pod exits 3 on purpose, so kubelet backs off restarting it",
     },
-    Tolerated {
-        needles: &["code = Unimplemented", "ListContainerStats"],
-        why: "issue 9: container stats are not implemented yet",
-    },
-    Tolerated {
-        needles: &[
-            "Eviction manager: failed to get summary stats",
-            "ListContainerStats is not implemented",
-        ],
-        why: "issue 9: container stats are not implemented yet",
-    },
 ];
 
 /// Whether a kubelet error line is one of [`TOLERATED_ERRORS`], or kubelet

@@ -189,7 +189,8 @@ fn image_spec(c: &Container) -> v1::ImageSpec {
     }
 }
 
-fn metadata(c: &Container) -> v1::ContainerMetadata {
+/// The container's name and attempt.
+pub fn metadata(c: &Container) -> v1::ContainerMetadata {
     v1::ContainerMetadata {
         name: c.config.name.clone(),
         attempt: c.config.attempt,

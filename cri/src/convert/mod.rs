@@ -4,6 +4,7 @@
 pub mod container;
 pub mod image;
 pub mod sandbox;
+pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 

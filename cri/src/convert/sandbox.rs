@@ -54,7 +54,8 @@ pub fn config_from(req: v1::RunPodSandboxRequest) -> Result<SandboxConfig> {
     })
 }
 
-fn metadata(c: &SandboxConfig) -> v1::PodSandboxMetadata {
+/// The pod's name, UID, namespace and attempt.
+pub fn metadata(c: &SandboxConfig) -> v1::PodSandboxMetadata {
     v1::PodSandboxMetadata {
         name: c.name.clone(),
         uid: c.uid.clone(),

@@ -51,4 +51,4 @@ pub use reference::{DEFAULT_DOMAIN, DEFAULT_TAG, Reference};
 pub use registry::RegistryAuth;
 pub use store::{ImageStore, MIN_ID_PREFIX};
 pub use unpack::{MAX_EXPANSION_RATIO, MIN_UNCOMPRESSED_LIMIT, uncompressed_limit};
-pub use usage::{FsUsage, WritableLayers};
+pub use usage::{FsUsage, LayersUsage, WritableLayers};

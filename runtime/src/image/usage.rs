@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -115,6 +115,7 @@ fn children(path: &Path) -> Result<Vec<PathBuf>> {
 
 /// Adds up what lives under `dirs` (not following symlinks, hardlinks once),
 /// reported with `mountpoint`.
+#[cfg(test)]
 pub(crate) fn measure(mountpoint: &Path, dirs: &[&Path]) -> Result<FsUsage> {
     let timestamp = crate::clock::now_ns();
     let mut seen = HashSet::new();
@@ -192,13 +193,24 @@ impl ImageTallies {
     }
 }
 
+/// One walk of the containers' writable layers: the total, and each
+/// container's own (by the name of its directory, the container id).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LayersUsage {
+    /// Everything under the layers' directory.
+    pub total: FsUsage,
+    /// Each container's layer; the mountpoint is the layers' directory, the
+    /// filesystem that holds them.
+    pub by_container: HashMap<String, FsUsage>,
+}
+
 /// The disk use of the containers' writable layers (upper and work
 /// directories) under one directory, walked at most once per `max_age`.
 #[derive(Debug)]
 pub struct WritableLayers {
     dir: PathBuf,
     max_age: Duration,
-    last: Mutex<Option<(Instant, FsUsage)>>,
+    last: Mutex<Option<(Instant, Arc<LayersUsage>)>>,
 }
 
 impl WritableLayers {
@@ -219,7 +231,7 @@ impl WritableLayers {
 
     /// The usage, from the last walk if it is recent enough, else from a new
     /// one (blocking; run it off the async runtime). The mountpoint is `dir`.
-    pub fn usage(&self) -> Result<FsUsage> {
+    pub fn usage(&self) -> Result<Arc<LayersUsage>> {
         let mut last = lock(&self.last);
         if let Some((at, usage)) = last.as_ref()
             && at.elapsed() < self.max_age
@@ -227,9 +239,38 @@ impl WritableLayers {
             return Ok(usage.clone());
         }
         let started = Instant::now();
-        let usage = measure(&self.dir, &[&self.dir])?;
+        let usage = Arc::new(self.walk()?);
         *last = Some((started, usage.clone()));
         Ok(usage)
+    }
+
+    /// Walks each container's directory on its own, adding them up.
+    fn walk(&self) -> Result<LayersUsage> {
+        let timestamp = crate::clock::now_ns();
+        let mut seen = HashSet::new();
+        let mut total = Tally::default();
+        if let Some(meta) = lstat(&self.dir)? {
+            total.add(Tally {
+                bytes: meta.blocks() * 512,
+                inodes: 1,
+            });
+            seen.insert((meta.dev(), meta.ino()));
+        }
+        let mut by_container = HashMap::new();
+        for path in children(&self.dir)? {
+            let tally = walk(&path, &mut seen)?;
+            total.add(tally);
+            if let Some(name) = path.file_name() {
+                by_container.insert(
+                    name.to_string_lossy().into_owned(),
+                    tally.usage(&self.dir, timestamp),
+                );
+            }
+        }
+        Ok(LayersUsage {
+            total: total.usage(&self.dir, timestamp),
+            by_container,
+        })
     }
 }
 
@@ -305,13 +346,27 @@ mod tests {
     fn writable_layers_are_walked_at_most_once_per_max_age() {
         let d = dir("layers");
         fs::write(d.0.join("a"), vec![1u8; 4096]).unwrap();
+        fs::create_dir(d.0.join("c1")).unwrap();
+        fs::write(d.0.join("c1/a"), vec![1u8; 4096]).unwrap();
         let cached = WritableLayers::new(d.0.clone(), Duration::from_secs(3600));
         let first = cached.usage().unwrap();
-        fs::write(d.0.join("b"), vec![1u8; 4096]).unwrap();
+        let exact = measure(&d.0, &[&d.0]).unwrap();
+        assert_eq!(
+            (first.total.used_bytes, first.total.inodes_used),
+            (exact.used_bytes, exact.inodes_used)
+        );
+        assert_eq!(
+            first.by_container["c1"].inodes_used, 2,
+            "the directory and its file"
+        );
+        fs::write(d.0.join("c1/b"), vec![1u8; 4096]).unwrap();
         assert_eq!(cached.usage().unwrap(), first, "reused within max_age");
         let fresh = WritableLayers::new(d.0.clone(), Duration::ZERO);
         let now = fresh.usage().unwrap();
-        assert_eq!(now.inodes_used, first.inodes_used + 1);
-        assert_eq!(now.mountpoint, d.0);
+        assert_eq!(now.total.inodes_used, first.total.inodes_used + 1);
+        assert_eq!(now.by_container["c1"].inodes_used, 3);
+        assert!(now.by_container["c1"].used_bytes >= 8192);
+        assert_eq!(now.total.mountpoint, d.0);
+        assert_eq!(now.by_container["c1"].mountpoint, d.0);
     }
 }
