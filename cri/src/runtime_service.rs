@@ -520,7 +520,25 @@ impl runtime_service_server::RuntimeService for RuntimeService {
         &self,
         _req: Request<v1::GetEventsRequest>,
     ) -> Reply<Self::GetContainerEventsStream> {
-        Err(unimplemented("GetContainerEvents"))
+        rpc("GetContainerEvents", async {
+            let subscription = self.runtime.subscribe_events();
+            let events = futures_util::stream::unfold(Some(subscription), |state| async move {
+                let mut sub = state?;
+                match sub.next().await {
+                    Some(event) => Some((Ok(container::event(&event)), Some(sub))),
+                    None if sub.lagged() => Some((
+                        Err(Status::resource_exhausted(format!(
+                            "this event stream fell {} events behind and was closed; subscribe again and relist",
+                            crust_runtime::events::QUEUE
+                        ))),
+                        None,
+                    )),
+                    None => None,
+                }
+            });
+            Ok(Box::pin(events) as Self::GetContainerEventsStream)
+        })
+        .await
     }
 
     async fn list_metric_descriptors(

@@ -4,6 +4,7 @@ pub mod cleanup;
 pub mod clock;
 pub mod container;
 pub mod error;
+pub mod events;
 pub mod fsutil;
 pub mod ids;
 pub mod image;

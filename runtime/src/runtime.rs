@@ -97,6 +97,10 @@ pub struct Runtime {
     pub(crate) cgroups: CgroupHost,
     /// What the statistics keep between calls.
     pub(crate) stats: crate::stats::StatsState,
+    /// Subscribers of GetContainerEvents.
+    pub(crate) events: crate::events::Events,
+    /// The bundles watched for exit files.
+    pub(crate) exit_watch: Arc<crate::container::exit_watch::ExitWatch>,
 }
 
 impl Runtime {
@@ -154,8 +158,12 @@ impl Runtime {
             pod_cidr: Mutex::new(pod_cidr),
             cgroups,
             stats,
+            events: crate::events::Events::default(),
+            exit_watch: Arc::new(crate::container::exit_watch::ExitWatch::new()),
         });
         rt.recover()?;
+        rt.start_exit_watcher()
+            .context("starting the container exit watcher")?;
         Ok(rt)
     }
 

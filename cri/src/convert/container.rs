@@ -4,6 +4,7 @@ use crust_runtime::container::config::{
     ContainerConfig, Device, Mount, Profile, Propagation, Resources, SecurityContext,
 };
 use crust_runtime::container::{Container, ContainerState};
+use crust_runtime::events::{ContainerEvent, EventKind};
 use crust_runtime::{Error, Result};
 use k8s_cri::v1;
 
@@ -268,4 +269,21 @@ pub fn verbose_info(c: &Container) -> std::collections::HashMap<String, String> 
     [("info".to_string(), info.to_string())]
         .into_iter()
         .collect()
+}
+
+/// A container lifecycle event, with the pod's status and its containers'.
+pub fn event(e: &ContainerEvent) -> v1::ContainerEventResponse {
+    let kind = match e.kind {
+        EventKind::Created => v1::ContainerEventType::ContainerCreatedEvent,
+        EventKind::Started => v1::ContainerEventType::ContainerStartedEvent,
+        EventKind::Stopped => v1::ContainerEventType::ContainerStoppedEvent,
+        EventKind::Deleted => v1::ContainerEventType::ContainerDeletedEvent,
+    };
+    v1::ContainerEventResponse {
+        container_id: e.container_id.clone(),
+        container_event_type: kind as i32,
+        created_at: e.created_at,
+        pod_sandbox_status: Some(super::sandbox::status(&e.sandbox)),
+        containers_statuses: e.containers.iter().map(status).collect(),
+    }
 }

@@ -14,6 +14,7 @@ use super::config::ContainerConfig;
 use super::shim::{self, CreateError, Launch};
 use super::{Container, ContainerState, reserved_name, spec, user};
 use crate::cleanup::Cleanup;
+use crate::events::EventKind;
 use crate::names::Reservation;
 use crate::runtime::{Entry, Runtime, if_exists};
 use crate::sandbox::SandboxState;
@@ -220,12 +221,14 @@ impl Runtime {
             cgroup_path,
         };
         self.container_records.save(&id, &container)?;
+        self.watch_exit(&container);
         self.containers
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), Entry::new(container));
         undo.disarm();
         tracing::info!(%id, sandbox = %sb.id, "container created");
+        self.publish_event(&id, &sb.id, EventKind::Created);
         Ok(id)
     }
 
@@ -269,14 +272,17 @@ impl Runtime {
                 rt.refresh_container(&entry);
                 return Err(Error::Internal(e.context("starting the container")));
             }
-            let mut rec = entry.rec();
-            if rec.state == ContainerState::Created {
-                rec.state = ContainerState::Running;
+            {
+                let mut rec = entry.rec();
+                if rec.state == ContainerState::Created {
+                    rec.state = ContainerState::Running;
+                }
+                rec.started_at = started_at;
+                rec.finished_at = rec.finished_at.max(started_at);
+                rt.container_records.save(&rec.id, &rec)?;
             }
-            rec.started_at = started_at;
-            rec.finished_at = rec.finished_at.max(started_at);
-            rt.container_records.save(&rec.id, &rec)?;
-            tracing::info!(id = %rec.id, "container started");
+            tracing::info!(id = %c.id, "container started");
+            rt.publish_event(&c.id, &c.sandbox_id, EventKind::Started);
             Ok(())
         })
         .await?;
@@ -374,6 +380,7 @@ impl Runtime {
             .remove(&c.id);
         self.container_names.release(&name, &c.id);
         tracing::info!(id = %c.id, "container removed");
+        self.publish_event(&c.id, &c.sandbox_id, EventKind::Deleted);
         Ok(())
     }
 
@@ -403,13 +410,12 @@ impl Runtime {
                 Err(_) => return Vec::new(),
             }
         };
+        // Exits are recorded as they happen (see `exit_watch`): listing
+        // reads the records without probing every container.
         let mut out: Vec<Container> = self
             .all_containers()
             .iter()
-            .map(|e| {
-                self.refresh_container(e);
-                e.snapshot()
-            })
+            .map(|e| e.snapshot())
             .filter(|c| wanted_id.as_ref().is_none_or(|id| *id == c.id))
             .filter(|c| wanted_sandbox.as_ref().is_none_or(|id| *id == c.sandbox_id))
             .filter(|c| filter.state.is_none_or(|s| s == c.state))
@@ -449,10 +455,30 @@ impl Runtime {
             .collect()
     }
 
-    /// Picks up an exit the shim recorded (or the loss of the shim) and persists it.
-    /// Returns the state after the refresh.
+    /// Picks up an exit the shim recorded (or the loss of the shim) and persists it,
+    /// publishing the change. Returns the state after the refresh.
     pub(crate) fn refresh_container(&self, entry: &Entry<Container>) -> ContainerState {
-        let mut c = entry.rec();
+        let (before, after, id, sandbox_id) = {
+            let mut c = entry.rec();
+            let before = c.state;
+            let after = self.refresh_locked(&mut c);
+            (before, after, c.id.clone(), c.sandbox_id.clone())
+        };
+        if before != after {
+            let kind = match after {
+                ContainerState::Running => Some(EventKind::Started),
+                ContainerState::Exited => Some(EventKind::Stopped),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                self.publish_event(&id, &sandbox_id, kind);
+            }
+        }
+        after
+    }
+
+    /// [`Runtime::refresh_container`] on the locked record.
+    fn refresh_locked(&self, c: &mut Container) -> ContainerState {
         if !matches!(c.state, ContainerState::Created | ContainerState::Running) {
             return c.state;
         }
@@ -471,7 +497,7 @@ impl Runtime {
                             if c.state == ContainerState::Created {
                                 c.state = ContainerState::Running;
                                 c.started_at = clock::now_ns();
-                                self.persist(&c);
+                                self.persist(c);
                             }
                             return c.state;
                         }
@@ -498,7 +524,7 @@ impl Runtime {
         }
         .to_string();
         c.message = message;
-        self.persist(&c);
+        self.persist(c);
         tracing::info!(id = %c.id, exit_code = code, "container exited");
         c.state
     }

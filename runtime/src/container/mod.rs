@@ -4,6 +4,7 @@
 mod attach;
 pub mod config;
 mod exec;
+pub(crate) mod exit_watch;
 mod lifecycle;
 pub mod shim;
 pub mod spec;

@@ -174,9 +174,12 @@ pub struct ExitStatus {
     pub exited_at: i64,
 }
 
+/// The name of the exit file the shim renames into the bundle.
+pub const EXIT_FILE: &str = "exit";
+
 /// The exit file of a bundle.
 pub fn exit_file(bundle: &Path) -> PathBuf {
-    bundle.join("exit")
+    bundle.join(EXIT_FILE)
 }
 
 /// Reads the exit status if the shim recorded one.

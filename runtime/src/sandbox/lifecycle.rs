@@ -12,6 +12,7 @@ use crust_cni::nsfs::{self, Kind, PinRequest};
 use super::config::SandboxConfig;
 use super::{Sandbox, SandboxState, files, network, pidns};
 use crate::cleanup::Cleanup;
+use crate::events::EventKind;
 use crate::names::Reservation;
 use crate::runtime::{Entry, Runtime, if_exists};
 use crate::sys::mount;
@@ -166,9 +167,10 @@ impl Runtime {
         self.sandboxes
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Entry::new(sandbox));
+            .insert(id.clone(), Entry::new(sandbox.clone()));
         undo.disarm();
         tracing::info!(%id, "pod sandbox ready");
+        self.publish_sandbox_event(&sandbox, EventKind::Started);
         Ok(id)
     }
 
@@ -192,9 +194,13 @@ impl Runtime {
         }
         self.release_sandbox_resources(&sb)?;
         if sb.state != SandboxState::NotReady {
-            let mut rec = entry.rec();
-            rec.state = SandboxState::NotReady;
-            self.sandbox_records.save(&rec.id, &rec)?;
+            let stopped = {
+                let mut rec = entry.rec();
+                rec.state = SandboxState::NotReady;
+                self.sandbox_records.save(&rec.id, &rec)?;
+                rec.clone()
+            };
+            self.publish_sandbox_event(&stopped, EventKind::Stopped);
         }
         tracing::info!(id = %sb.id, "pod sandbox stopped");
         Ok(())
@@ -245,6 +251,7 @@ impl Runtime {
                 .remove(&sb.id);
             rt.sandbox_names.release(&sb.config.reserved_name(), &sb.id);
             tracing::info!(id = %sb.id, "pod sandbox removed");
+            rt.publish_sandbox_event(&entry.snapshot(), EventKind::Deleted);
             Ok(())
         })
         .await

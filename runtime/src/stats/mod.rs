@@ -208,8 +208,7 @@ fn pod_cgroup(cgroup_parent: &str, uid: &str) -> Option<String> {
         return None;
     }
     let last = parent.rsplit('/').next()?;
-    (last.contains(uid) || last.contains(&uid.replace('-', "_")))
-        .then(|| parent.to_string())
+    (last.contains(uid) || last.contains(&uid.replace('-', "_"))).then(|| parent.to_string())
 }
 
 /// The sum of several cgroups' usage; a figure is present when any of them
