@@ -29,6 +29,16 @@ pub struct Config {
     pub runtime: RuntimeSection,
     /// Exec, attach and port-forward streaming server settings.
     pub stream: StreamSection,
+    /// crustd's own Prometheus metrics.
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`: where crustd serves its Prometheus metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `ip:port` of the `/metrics` endpoint; empty serves none.
+    pub address: String,
 }
 
 /// `[stream]`: the server kubelet and crictl connect to for exec, attach and
@@ -167,6 +177,18 @@ impl Config {
         if self.stream.token_timeout == 0 || self.stream.idle_timeout == 0 {
             bail!("stream.token_timeout and stream.idle_timeout must be at least 1 second");
         }
+        if !self.metrics.address.is_empty()
+            && self
+                .metrics
+                .address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            bail!(
+                "metrics.address must be an IP address and port such as 127.0.0.1:1338, got {:?}",
+                self.metrics.address
+            );
+        }
         if self.stream.max_streams == 0 {
             bail!("stream.max_streams must be at least 1");
         }
@@ -247,9 +269,11 @@ mod tests {
     }
 
     #[test]
-    fn shipped_example_matches_defaults() {
+    fn shipped_example_matches_defaults_but_serves_metrics() {
         let example = include_str!("../../manifests/config.toml");
-        assert_eq!(Config::parse(example).unwrap(), Config::default());
+        let mut expected = Config::default();
+        expected.metrics.address = "127.0.0.1:1338".into();
+        assert_eq!(Config::parse(example).unwrap(), expected);
     }
 
     #[test]
@@ -267,6 +291,14 @@ mod tests {
         assert!(Config::parse("root = \"relative\"").is_err());
         assert!(Config::parse("[runtime]\nshm_size = \"big\"").is_err());
         assert!(Config::parse("[stream]\naddress = \"localhost\"").is_err());
+        assert!(Config::parse("[metrics]\naddress = \"localhost:1338\"").is_err());
+        assert_eq!(
+            Config::parse("[metrics]\naddress = \"127.0.0.1:1338\"")
+                .unwrap()
+                .metrics
+                .address,
+            "127.0.0.1:1338"
+        );
         assert!(Config::parse("[stream]\ntls_cert = \"/etc/crust/cert.pem\"").is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! The one wrapper in front of every RPC: a tracing span, a log line with the
-//! duration, and the mapping of runtime errors to gRPC statuses.
+//! duration, the RPC metrics, and the mapping of runtime errors to gRPC statuses.
 
 use std::future::Future;
 use std::time::Instant;
@@ -16,14 +16,17 @@ where
     let started = Instant::now();
     let span = tracing::info_span!("rpc", method);
     let result = body.instrument(span).await;
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     match result {
         Ok(v) => {
+            crate::metrics::record_rpc(method, elapsed, None);
             tracing::debug!(method, elapsed_ms, "ok");
             Ok(Response::new(v))
         }
         Err(e) => {
             let status = to_status(e);
+            crate::metrics::record_rpc(method, elapsed, Some(status.code()));
             if status.code() == Code::Internal {
                 tracing::error!(method, elapsed_ms, error = %status.message(), "failed");
             } else {

@@ -5,6 +5,7 @@ mod convert;
 mod deadline;
 mod image_service;
 mod instrument;
+mod metrics;
 mod runtime_service;
 mod server;
 mod stream;

@@ -4,14 +4,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crust_runtime::container::{AttachRequest, ContainerFilter, ExecRequest};
-use crust_runtime::sandbox::SandboxFilter;
+use crust_runtime::sandbox::{SandboxFilter, SandboxState};
 use crust_runtime::{Error, Runtime};
 use k8s_cri::v1;
 use k8s_cri::v1::runtime_service_server;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::convert::{self, container, sandbox, stats};
+use crate::convert::{self, container, metrics, sandbox, stats};
 use crate::instrument::{deadline, rpc, unimplemented};
 use crate::stream::StreamServer;
 use crate::stream::tokens::Pending;
@@ -37,6 +37,48 @@ impl RuntimeService {
         }
     }
 
+    /// What `crictl info` shows beside the conditions: the effective config,
+    /// the CNI network in use and whether it is ready, and the runtime
+    /// handlers, each as a JSON document.
+    async fn verbose_status(
+        &self,
+        handlers: &[v1::RuntimeHandler],
+        network: &v1::RuntimeCondition,
+    ) -> crust_runtime::Result<std::collections::HashMap<String, String>> {
+        let runtime = self.runtime.clone();
+        let net = off_thread(move || runtime.network_config()).await?;
+        let cni = serde_json::json!({
+            "confDirs": self.config.cni.conf_dirs,
+            "pluginDirs": self.config.cni.plugin_dirs,
+            "network": net,
+            "ready": network.status,
+            "reason": network.reason,
+            "message": network.message,
+        });
+        let runc = self.runtime.options().runc.to_string_lossy().into_owned();
+        let handlers: Vec<_> = handlers
+            .iter()
+            .map(|h| {
+                let f = h.features.unwrap_or_default();
+                serde_json::json!({
+                    "name": h.name,
+                    "runtime": runc,
+                    "features": {
+                        "recursiveReadOnlyMounts": f.recursive_read_only_mounts,
+                        "userNamespaces": f.user_namespaces,
+                    },
+                })
+            })
+            .collect();
+        Ok([
+            ("config".to_string(), json_text(&*self.config)),
+            ("cniconfig".to_string(), json_text(&cni)),
+            ("runtimeHandlers".to_string(), json_text(&handlers)),
+        ]
+        .into_iter()
+        .collect())
+    }
+
     /// A URL on the streaming server for `req`.
     fn stream_url(&self, req: Pending) -> crust_runtime::Result<String> {
         self.streams.url(req).ok_or_else(|| {
@@ -48,6 +90,11 @@ impl RuntimeService {
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+/// `v` as a JSON document for verbose answers.
+fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
 
 /// Runs `f` on the blocking pool: what reads files or enters namespaces
 /// stays off the threads that serve RPCs.
@@ -481,22 +528,23 @@ impl runtime_service_server::RuntimeService for RuntimeService {
                     message,
                 },
             ];
+            let handlers = vec![v1::RuntimeHandler {
+                name: String::new(),
+                features: Some(v1::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            }];
             let info = if req.into_inner().verbose {
-                let cfg = serde_json::to_string(&*self.config).unwrap_or_default();
-                [("config".to_string(), cfg)].into_iter().collect()
+                let network = conditions[1].clone();
+                self.verbose_status(&handlers, &network).await?
             } else {
                 Default::default()
             };
             Ok(v1::StatusResponse {
                 status: Some(v1::RuntimeStatus { conditions }),
                 info,
-                runtime_handlers: vec![v1::RuntimeHandler {
-                    name: String::new(),
-                    features: Some(v1::RuntimeHandlerFeatures {
-                        recursive_read_only_mounts: false,
-                        user_namespaces: false,
-                    }),
-                }],
+                runtime_handlers: handlers,
                 features: Some(v1::RuntimeFeatures {
                     supplemental_groups_policy: true,
                 }),
@@ -545,14 +593,30 @@ impl runtime_service_server::RuntimeService for RuntimeService {
         &self,
         _req: Request<v1::ListMetricDescriptorsRequest>,
     ) -> Reply<v1::ListMetricDescriptorsResponse> {
-        Err(unimplemented("ListMetricDescriptors"))
+        rpc("ListMetricDescriptors", async {
+            Ok(v1::ListMetricDescriptorsResponse {
+                descriptors: metrics::descriptors(),
+            })
+        })
+        .await
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _req: Request<v1::ListPodSandboxMetricsRequest>,
     ) -> Reply<v1::ListPodSandboxMetricsResponse> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+        rpc("ListPodSandboxMetrics", async {
+            let filter = SandboxFilter {
+                state: Some(SandboxState::Ready),
+                ..Default::default()
+            };
+            let runtime = self.runtime.clone();
+            let all = off_thread(move || runtime.list_sandbox_stats(&filter)).await??;
+            Ok(v1::ListPodSandboxMetricsResponse {
+                pod_metrics: all.iter().map(metrics::pod_metrics).collect(),
+            })
+        })
+        .await
     }
 
     async fn runtime_config(

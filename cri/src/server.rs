@@ -51,6 +51,9 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     spawn_network_gc(runtime.clone());
     let streams = Arc::new(StreamServer::start(&cfg.stream, runtime.clone()).await?);
+    if !cfg.metrics.address.is_empty() {
+        crate::metrics::start(&cfg.metrics.address, runtime.clone()).await?;
+    }
     let listener = bind(&cfg.socket).await?;
     tracing::info!(socket = %cfg.socket.display(), "serving CRI");
     let cfg = Arc::new(cfg);

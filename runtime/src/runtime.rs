@@ -331,6 +331,15 @@ impl Runtime {
             .collect()
     }
 
+    /// The CNI network new pods get (the list and the file it came from),
+    /// for verbose Status; `None` while there is none.
+    pub fn network_config(&self) -> Option<serde_json::Value> {
+        let net = self.cni.network().ok()?;
+        let mut json = net.to_json();
+        json["source"] = serde_json::Value::String(net.source.to_string_lossy().into_owned());
+        Some(json)
+    }
+
     /// NetworkReady: Ok, or why pods cannot be networked.
     pub fn network_status(&self) -> std::result::Result<(), String> {
         self.cni.status().map_err(|e| e.to_string())

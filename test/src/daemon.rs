@@ -102,7 +102,7 @@ impl Daemon {
         std::fs::write(paths.net_d.join(LOOPBACK_NETWORK_FILE), LOOPBACK_NETWORK)
             .context("writing the default CNI network")?;
         let cgroup_parent = format!("/crust-e2e-{suffix}");
-        write_config(&paths, &cgroup_parent, "", "")?;
+        write_config(&paths, &cgroup_parent, "", "", "")?;
         let mut daemon = Self {
             paths,
             binaries,
@@ -166,14 +166,21 @@ impl Daemon {
     /// Rewrites crustd's config with `image_keys` (TOML lines for the `[image]`
     /// table, e.g. `pinned_images = ["..."]`) and restarts it on the same state.
     pub async fn reconfigure(&mut self, image_keys: &str) -> Result<()> {
-        write_config(&self.paths, &self.cgroup_parent, image_keys, "")?;
+        write_config(&self.paths, &self.cgroup_parent, image_keys, "", "")?;
         self.restart().await
     }
 
     /// Rewrites crustd's config with `stream_keys` (TOML lines for the
     /// `[stream]` table) and restarts it on the same state.
     pub async fn reconfigure_stream(&mut self, stream_keys: &str) -> Result<()> {
-        write_config(&self.paths, &self.cgroup_parent, "", stream_keys)?;
+        write_config(&self.paths, &self.cgroup_parent, "", stream_keys, "")?;
+        self.restart().await
+    }
+
+    /// Rewrites crustd's config with `tables` (whole TOML tables such as
+    /// `[metrics]`) added, and restarts it on the same state.
+    pub async fn reconfigure_tables(&mut self, tables: &str) -> Result<()> {
+        write_config(&self.paths, &self.cgroup_parent, "", "", tables)?;
         self.restart().await
     }
 
@@ -355,14 +362,17 @@ const LOOPBACK_NETWORK: &str =
 /// (short, so the expiry test need not wait a minute).
 pub const STREAM_TOKEN_TIMEOUT_S: u64 = 5;
 
+/// Writes crustd's config: the test's directories, plus `image_keys` and
+/// `stream_keys` in their tables and whole `extra_tables` at the end.
 fn write_config(
     paths: &DaemonPaths,
     cgroup_parent: &str,
     image_keys: &str,
     stream_keys: &str,
+    extra_tables: &str,
 ) -> Result<()> {
     let text = format!(
-        "[image]\nconfig_path = {:?}\n{image_keys}\n\n[cni]\nconf_dirs = [{:?}]\nplugin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\", {:?}]\n\n[runtime]\ncgroup_parent = {cgroup_parent:?}\n\n[stream]\ntoken_timeout = {STREAM_TOKEN_TIMEOUT_S}\n{stream_keys}\n",
+        "[image]\nconfig_path = {:?}\n{image_keys}\n\n[cni]\nconf_dirs = [{:?}]\nplugin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\", {:?}]\n\n[runtime]\ncgroup_parent = {cgroup_parent:?}\n\n[stream]\ntoken_timeout = {STREAM_TOKEN_TIMEOUT_S}\n{stream_keys}\n\n{extra_tables}\n",
         paths.certs_d.to_string_lossy(),
         paths.net_d.to_string_lossy(),
         paths.cni_bin.to_string_lossy()

@@ -84,6 +84,14 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Restarts this test's crustd with whole TOML `tables` added to its
+    /// config, and reconnects.
+    pub async fn reconfigure_tables(&mut self, tables: &str) -> Result<()> {
+        self.daemon.reconfigure_tables(tables).await?;
+        self.cri = CriClient::connect(&self.daemon.paths().socket).await?;
+        Ok(())
+    }
+
     /// A kubelet-like config for a new pod `name` (unique uid, fresh log
     /// directory, this test's cgroup parent).
     pub fn pod_config(&self, name: &str) -> Result<PodSandboxConfig> {

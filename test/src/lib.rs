@@ -41,6 +41,7 @@ pub mod mountinfo;
 pub mod network;
 pub mod pod_config;
 pub mod processes;
+pub mod prometheus;
 pub mod raw_grpc;
 pub mod registry;
 pub mod requirements;

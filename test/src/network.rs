@@ -661,6 +661,14 @@ fn nat_cleanup_script(name: &str, index: u8, saved: &str) -> Option<String> {
     Some(script)
 }
 
+/// A free TCP port on 127.0.0.1 (free when asked; the server that gets it
+/// binds it soon after).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

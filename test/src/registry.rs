@@ -3,7 +3,7 @@
 //! test process exits; and a small client for its HTTP API (push and fetch).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -79,7 +79,7 @@ impl Registry {
             .context("docker-registry is not installed")?;
         let dir = std::env::temp_dir().join(format!("crust-e2e-registry-{}", unique::suffix()));
         std::fs::create_dir_all(dir.join("storage"))?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = crate::network::free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let config = dir.join("config.yml");
         std::fs::write(

@@ -407,8 +407,8 @@ fn kubelet_error_lines_are_explained_or_not() {
     let removed = "E1128 07:26:26.977 1 log.go:32] \"ContainerStatus from runtime service failed\" err=\"rpc error: code = NotFound desc = container \\\"abc\\\" not found\" containerID=\"abc\"";
     assert!(explain(removed, "INFO container removed id=abc").is_some());
     assert!(explain(removed, "INFO container removed id=other").is_none());
-    let stats = "E1128 1 log.go:32] \"ListContainerStats with filter from runtime service failed\" err=\"rpc error: code = Unimplemented desc = ListContainerStats is not implemented by crust yet\"";
-    assert!(explain(stats, "").is_some());
+    let rlimit = "E1128 1 kubelet.go:1] \"Failed to set rlimit on max file handles\" err=\"operation not permitted\"";
+    assert!(explain(rlimit, "").is_some());
     let wrong = "E1128 1 log.go:32] \"CreateContainer in sandbox from runtime service failed\" err=\"rpc error: code = Unknown\"";
     assert!(explain(wrong, "").is_none());
     assert_eq!(

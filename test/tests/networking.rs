@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use crust_e2e::assertions::expect_code;
-use crust_e2e::cri::{NamespaceMode, UpdateRuntimeConfigRequest};
+use crust_e2e::cri::{NamespaceMode, StatusRequest, UpdateRuntimeConfigRequest};
 use crust_e2e::fake_cni::FakePlugin;
 use crust_e2e::network::{
     REFERENCE_PLUGINS, TestNetwork, attachment_records, install_conflist, loopback_plugin, pod_ips,
@@ -345,6 +345,48 @@ async fn network_condition(env: &TestEnv) -> Result<(bool, String, String)> {
     Ok((c.status, c.reason, c.message))
 }
 
+/// What `crictl info` shows: the effective config, the CNI network in use
+/// with its file and readiness, and the runtime handlers, each JSON.
+async fn verbose_status_names_the_network(env: &TestEnv, net: &TestNetwork) -> Result<()> {
+    let info = env
+        .cri
+        .runtime
+        .clone()
+        .status(StatusRequest { verbose: true })
+        .await?
+        .into_inner()
+        .info;
+    let json = |key: &str| -> Result<Value> {
+        let text = info
+            .get(key)
+            .with_context(|| format!("verbose Status lacks {key:?}: {info:?}"))?;
+        serde_json::from_str(text).with_context(|| format!("{key} is not JSON: {text}"))
+    };
+    let config = json("config")?;
+    ensure!(
+        config["cni"]["conf_dirs"].is_array(),
+        "the config lacks the CNI directories: {config}"
+    );
+    let cni = json("cniconfig")?;
+    let wanted = net.standard_conflist("1.0.0");
+    ensure!(
+        cni["ready"] == true
+            && cni["network"]["name"] == wanted["name"]
+            && cni["network"]["source"]
+                .as_str()
+                .is_some_and(|s| s.ends_with(".conflist"))
+            && cni["network"]["plugins"].as_array().map(Vec::len) == Some(3),
+        "cniconfig does not describe the installed network {}: {cni}",
+        wanted["name"]
+    );
+    let handlers = json("runtimeHandlers")?;
+    ensure!(
+        handlers[0]["name"] == "" && handlers[0]["runtime"].is_string(),
+        "runtimeHandlers: {handlers}"
+    );
+    Ok(())
+}
+
 async fn expect_not_ready(env: &TestEnv, wanted: &[&str]) -> Result<()> {
     let (ready, reason, message) = network_condition(env).await?;
     ensure!(
@@ -413,6 +455,7 @@ async fn network_ready(env: &mut TestEnv) -> Result<()> {
         ready,
         "NetworkReady stayed false after a config appeared: {reason} {message}"
     );
+    verbose_status_names_the_network(env, &net).await?;
     let pod = env.run_pod("on-time").await?;
     ipv4_in(env, &net, &pod).await?;
 

@@ -3,12 +3,14 @@
 //! writable layer, and bytes they sent between two pods over a real CNI
 //! bridge. Read from this machine's cgroups.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use crust_e2e::cri::{
     ContainerStats, ContainerStatsFilter, ContainerStatsRequest, ListContainerStatsRequest,
-    ListPodSandboxStatsRequest, PodSandboxStats, PodSandboxStatsFilter, PodSandboxStatsRequest,
+    ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest,
+    PodSandboxStats, PodSandboxStatsFilter, PodSandboxStatsRequest,
 };
 use crust_e2e::network::{TestNetwork, pod_ips};
 use crust_e2e::{Pod, TestEnv, run, wait};
@@ -235,9 +237,89 @@ async fn container_figures(env: &mut TestEnv) -> Result<()> {
         "pod CPU time missing"
     );
 
+    check_pod_metrics(env, &pod, &hog).await?;
+
     env.cri.stop_pod_sandbox(&pod.id).await?;
     env.cri.remove_pod_sandbox(&pod.id).await?;
     env.assert_no_leaks()
+}
+
+/// ListPodSandboxMetrics as kubelet turns it into `/metrics/cadvisor`: every
+/// sample named by a descriptor, with one label value per key and a value;
+/// the hog's working set among them, labelled with its pod and name.
+async fn check_pod_metrics(env: &TestEnv, pod: &Pod, hog: &str) -> Result<()> {
+    let mut runtime = env.cri.runtime.clone();
+    let descriptors = runtime
+        .list_metric_descriptors(ListMetricDescriptorsRequest {})
+        .await
+        .context("ListMetricDescriptors")?
+        .into_inner()
+        .descriptors;
+    let keys: HashMap<&str, &[String]> = descriptors
+        .iter()
+        .map(|d| (d.name.as_str(), d.label_keys.as_slice()))
+        .collect();
+    let all = runtime
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .context("ListPodSandboxMetrics")?
+        .into_inner()
+        .pod_metrics;
+    let ours = all
+        .iter()
+        .find(|p| p.pod_sandbox_id == pod.id)
+        .context("ListPodSandboxMetrics lacks the pod")?;
+    let samples = ours
+        .metrics
+        .iter()
+        .chain(ours.container_metrics.iter().flat_map(|c| c.metrics.iter()));
+    let mut seen = HashSet::new();
+    for m in samples {
+        let keys = keys
+            .get(m.name.as_str())
+            .with_context(|| format!("{} has no descriptor", m.name))?;
+        ensure!(
+            keys.len() == m.label_values.len(),
+            "{}: keys {keys:?}, values {:?}",
+            m.name,
+            m.label_values
+        );
+        ensure!(m.value.is_some(), "{} without a value", m.name);
+        ensure!(
+            seen.insert((m.name.clone(), m.label_values.clone())),
+            "{} {:?} twice",
+            m.name,
+            m.label_values
+        );
+    }
+    let hog_metrics = ours
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == hog)
+        .context("no metrics for the hog")?;
+    let working_set = hog_metrics
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_memory_working_set_bytes")
+        .context("no working set metric")?;
+    let keys = keys["container_memory_working_set_bytes"];
+    let label = |key: &str| {
+        keys.iter()
+            .position(|k| k == key)
+            .map(|i| working_set.label_values[i].as_str())
+    };
+    let meta = pod.config.metadata.as_ref().context("pod metadata")?;
+    ensure!(
+        label("pod") == Some(meta.name.as_str())
+            && label("namespace") == Some(meta.namespace.as_str())
+            && label("container") == Some("hog")
+            && label("id") == Some(hog),
+        "labels of the hog's working set: {keys:?} = {:?}",
+        working_set.label_values
+    );
+    let value = working_set.value.as_ref().map_or(0, |v| v.value);
+    ensure!(value >= 64 * MIB, "working set metric {value}");
+    Ok(())
 }
 
 fn attributes_id(s: &ContainerStats) -> &str {

@@ -3,6 +3,7 @@
 
 pub mod container;
 pub mod image;
+pub mod metrics;
 pub mod sandbox;
 pub mod stats;
 

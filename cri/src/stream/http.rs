@@ -88,9 +88,21 @@ async fn serve_connection<IO>(io: IO, shared: Arc<Shared>)
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    serve_http1(io, move |req| route(req, shared.clone())).await;
+}
+
+/// Serves one HTTP/1.1 connection, answering each request with `route`
+/// (which may upgrade the connection); the streaming and the metrics
+/// servers share it.
+pub(crate) async fn serve_http1<IO, R>(io: IO, route: R)
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    R: Fn(Request<Incoming>) -> Reply + Send + Sync + 'static,
+{
+    let route = Arc::new(route);
     let service = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(route(req, shared)) }
+        let route = route.clone();
+        async move { Ok::<_, Infallible>(route(req)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -98,13 +110,15 @@ where
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "streaming connection ended with an error");
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+/// A complete HTTP response.
+pub(crate) type Reply = Response<Full<Bytes>>;
 
-pub(super) fn plain(status: StatusCode, text: &str) -> Reply {
+/// A plain-text response.
+pub(crate) fn plain(status: StatusCode, text: &str) -> Reply {
     let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
     *r.status_mut() = status;
     r.headers_mut().insert(

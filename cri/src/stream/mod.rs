@@ -3,7 +3,7 @@
 //! or WebSocket and the session runs here, inside crustd.
 
 pub mod channel;
-mod http;
+pub(crate) mod http;
 mod over_spdy;
 mod over_websocket;
 pub mod portforward;

@@ -21,6 +21,7 @@
 
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -574,6 +575,7 @@ async fn download_and_unpack(
         tokio::task::spawn_blocking(move || unpack_streamed(&inner, rx, &job))
     };
     let size = job.size;
+    let pulled = &inner.pulled;
     let download = async move {
         loop {
             let next = tokio::select! {
@@ -581,6 +583,9 @@ async fn download_and_unpack(
                 _ = stop.wait() => return Err(stopped()),
             };
             let Some(chunk) = next else { break };
+            pulled
+                .bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             if body.received() > size {
                 return Err(Error::invalid(format!(
                     "{} sent more than the {size} bytes the manifest declares",
@@ -606,7 +611,9 @@ async fn download_and_unpack(
     let unpacked = unpacked.map_err(|e| Error::internal(format!("unpack task failed: {e}")))?;
     // The download's error explains an unpacker that saw its input break off.
     downloaded?;
-    unpacked
+    unpacked?;
+    inner.pulled.layers.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Unpacks a blob streaming in from the download while storing it, then

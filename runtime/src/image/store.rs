@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
@@ -48,10 +49,21 @@ pub(crate) struct Inner {
     pub(crate) locks: KeyedLocks,
     meta: MetaFiles,
     tallies: ImageTallies,
+    /// What pulls downloaded, for crustd's metrics.
+    pub(crate) pulled: PullTotals,
     state: Mutex<State>,
     meta_lock: Mutex<()>,
     gc_lock: Mutex<()>,
     _root_lock: nix::fcntl::Flock<File>,
+}
+
+/// Counts of what pulls downloaded.
+#[derive(Debug, Default)]
+pub(crate) struct PullTotals {
+    /// Layer bytes received from registries.
+    pub(crate) bytes: AtomicU64,
+    /// Layers downloaded and unpacked.
+    pub(crate) layers: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -218,6 +230,7 @@ impl ImageStore {
                 locks: KeyedLocks::default(),
                 meta,
                 tallies: ImageTallies::default(),
+                pulled: PullTotals::default(),
                 state: Mutex::new(state),
                 meta_lock: Mutex::new(()),
                 gc_lock: Mutex::new(()),
@@ -338,6 +351,16 @@ impl ImageStore {
     }
 
     /// Space and inodes used under `content/` and `snapshots/`; the
+    /// Layer bytes downloaded and layers unpacked by pulls since crustd
+    /// started, for its metrics.
+    pub fn pull_totals(&self) -> (u64, u64) {
+        let p = &self.inner.pulled;
+        (
+            p.bytes.load(Ordering::Relaxed),
+            p.layers.load(Ordering::Relaxed),
+        )
+    }
+
     /// mountpoint reported is the snapshots directory. Committed snapshots
     /// are walked once and remembered (see the usage module), so this is
     /// cheap enough for kubelet's periodic ImageFsInfo. Blocking.

@@ -233,6 +233,7 @@ fn sum(usages: impl Iterator<Item = CgroupUsage>) -> Option<CgroupUsage> {
             major_page_faults: add(a.major_page_faults, b.major_page_faults),
             swap_bytes: add(a.swap_bytes, b.swap_bytes),
             processes: add(a.processes, b.processes),
+            oom_kills: add(a.oom_kills, b.oom_kills),
         })
 }
 

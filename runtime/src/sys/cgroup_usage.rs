@@ -34,6 +34,8 @@ pub struct CgroupUsage {
     pub swap_bytes: Option<u64>,
     /// Processes (tasks) in the cgroup.
     pub processes: Option<u64>,
+    /// Processes the kernel's OOM killer killed in the cgroup.
+    pub oom_kills: Option<u64>,
 }
 
 impl CgroupUsage {
@@ -117,6 +119,7 @@ impl UsageReader for V1 {
             major_page_faults: stat_of("pgmajfault"),
             swap_bytes: swap,
             processes: number(&self.root.join("pids").join(rel), "pids.current"),
+            oom_kills: read(&memory, "memory.oom_control").and_then(|s| counter(&s, "oom_kill")),
         })
     }
 }
@@ -140,6 +143,7 @@ impl UsageReader for V2 {
             major_page_faults: counter(&stat, "pgmajfault"),
             swap_bytes: number(&dir, "memory.swap.current"),
             processes: number(&dir, "pids.current"),
+            oom_kills: read(&dir, "memory.events").and_then(|s| counter(&s, "oom_kill")),
         })
     }
 }
@@ -182,6 +186,11 @@ mod tests {
         put(&cg, "memory.max", "134217728\n");
         put(&cg, "memory.swap.current", "0\n");
         put(&cg, "pids.current", "2\n");
+        put(
+            &cg,
+            "memory.events",
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\noom_group_kill 0\n",
+        );
         let u = V2 { root: root.clone() }.read("/crust/pod/c1").unwrap();
         assert_eq!(u.cpu_ns, Some(1_500_000_000));
         assert_eq!(u.memory_bytes, Some(73_400_320));
@@ -197,6 +206,7 @@ mod tests {
             (Some(16_950), Some(3))
         );
         assert_eq!((u.swap_bytes, u.processes), (Some(0), Some(2)));
+        assert_eq!(u.oom_kills, Some(1));
 
         // No limit, and a cgroup that is gone.
         put(&cg, "memory.max", "max\n");
@@ -226,6 +236,11 @@ mod tests {
              total_inactive_file 2097152\ntotal_swap 1048576\n",
         );
         put(&root.join("pids/crust/pod/c1"), "pids.current", "3\n");
+        put(
+            &mem,
+            "memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        );
         let u = V1 { root: root.clone() }.read("/crust/pod/c1").unwrap();
         assert_eq!(u.cpu_ns, Some(2_500_000_000));
         assert_eq!(u.memory_bytes, Some(10_485_760));
@@ -238,6 +253,7 @@ mod tests {
         assert_eq!((u.page_faults, u.major_page_faults), (Some(1200), Some(2)));
         assert_eq!(u.swap_bytes, Some(1_048_576));
         assert_eq!(u.processes, Some(3));
+        assert_eq!(u.oom_kills, Some(2));
         assert_eq!(V1 { root: root.clone() }.read("/crust/pod/gone"), None);
         std::fs::remove_dir_all(&root).unwrap();
     }

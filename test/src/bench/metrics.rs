@@ -105,6 +105,10 @@ pub const EXEC_SYNC: &str = "exec_sync_true";
 pub const EXEC_STREAMED: &str = "exec_streamed_true";
 /// Per pod: shims plus pod infrastructure processes (pause) (Pss).
 pub const PER_POD_PSS: &str = "per_pod_pss";
+/// ListContainerStats with the N workload containers running.
+pub const LIST_CONTAINER_STATS: &str = "list_container_stats";
+/// ListPodSandboxStats with the N workload pods running.
+pub const LIST_POD_STATS: &str = "list_pod_sandbox_stats";
 
 /// Every metric, in report order.
 pub const ALL: &[MetricDef] = &[
@@ -116,6 +120,11 @@ pub const ALL: &[MetricDef] = &[
     latency(STOP_REMOVE_POD, "StopPodSandbox+RemovePodSandbox"),
     latency(EXEC_SYNC, "ExecSync true"),
     latency(EXEC_STREAMED, "Exec true, streamed (SPDY, to exit status)"),
+    latency(
+        LIST_CONTAINER_STATS,
+        "ListContainerStats, N containers running",
+    ),
+    latency(LIST_POD_STATS, "ListPodSandboxStats, N pods running"),
     latency(PULL_BUSYBOX, "PullImage busybox, cold (1 layer)"),
     latency(PULL_LAYERED, "PullImage layered, cold (3 layers)"),
     latency(PULL_BIG_COLD, "PullImage big, cold (5 layers, 100 MiB)"),

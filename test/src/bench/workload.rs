@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use k8s_cri::v1::{ContainerState, PodSandboxConfig};
+use k8s_cri::v1::{
+    ContainerState, ListContainerStatsRequest, ListPodSandboxStatsRequest, PodSandboxConfig,
+};
 
 use super::big_image::{BigImage, BigImages};
 use super::memory::{self, ProcessMemory};
@@ -23,6 +25,9 @@ pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// Recorded ExecSync and streamed execs.
 const EXECS: usize = 100;
+
+/// Recorded calls of each list-stats RPC.
+const STATS_CALLS: usize = 50;
 
 /// A CRI runtime under test, as the workload sees it.
 #[derive(Debug, Clone)]
@@ -93,6 +98,7 @@ pub async fn run(
     if let Some(pod) = running.first() {
         exec_latency(target, &pod.container_id, result).await?;
     }
+    stats_latency(target, running.len(), result).await?;
 
     for pod in &running {
         stop_pod(target, pod, Some(&mut *result)).await?;
@@ -275,6 +281,49 @@ async fn exec_latency(
         );
         if i > 0 {
             result.samples(m::EXEC_STREAMED).push(took);
+        }
+    }
+    Ok(())
+}
+
+/// ListContainerStats and ListPodSandboxStats with the workload running,
+/// each checked to cover the `running` pods.
+async fn stats_latency(target: &CriTarget, running: usize, result: &mut RunResult) -> Result<()> {
+    let mut rt = target.cri.runtime.clone();
+    for i in 0..=STATS_CALLS {
+        let started = Instant::now();
+        let stats = rt
+            .list_container_stats(ListContainerStatsRequest::default())
+            .await
+            .context("ListContainerStats")?
+            .into_inner()
+            .stats;
+        let took = started.elapsed();
+        anyhow::ensure!(
+            stats.len() >= running,
+            "ListContainerStats gave {} of {running} containers",
+            stats.len()
+        );
+        if i > 0 {
+            result.samples(m::LIST_CONTAINER_STATS).push(took);
+        }
+    }
+    for i in 0..=STATS_CALLS {
+        let started = Instant::now();
+        let stats = rt
+            .list_pod_sandbox_stats(ListPodSandboxStatsRequest::default())
+            .await
+            .context("ListPodSandboxStats")?
+            .into_inner()
+            .stats;
+        let took = started.elapsed();
+        anyhow::ensure!(
+            stats.len() >= running,
+            "ListPodSandboxStats gave {} of {running} pods",
+            stats.len()
+        );
+        if i > 0 {
+            result.samples(m::LIST_POD_STATS).push(took);
         }
     }
     Ok(())

@@ -10,7 +10,6 @@
 //! it back when dropped.
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -19,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
+use crate::network::free_port;
 use crate::processes;
 
 /// Kernel parameters kubelet sets at start (its `setupKernelTunables`).
@@ -143,11 +143,6 @@ fn remove_links_into(dir: &Path, target: &Path) -> Vec<String> {
                 .map(|err| format!("removing {}: {err}", e.path().display()))
         })
         .collect()
-}
-
-/// A free TCP port on 127.0.0.1 (free when asked; kubelet binds it soon after).
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl Kubelet {
