@@ -59,6 +59,15 @@ impl<T: Clone> Entry<T> {
         self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The lifecycle lock if no lifecycle call holds it now.
+    pub(crate) fn try_lock_lifecycle(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.lifecycle.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     pub(crate) fn rec(&self) -> MutexGuard<'_, T> {
         self.rec.lock().unwrap_or_else(|p| p.into_inner())
     }

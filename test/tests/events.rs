@@ -218,6 +218,24 @@ async fn exit_event(env: &mut TestEnv) -> Result<()> {
         "the STOPPED event came {delay:?} after the container exited"
     );
 
+    // A container that exits the moment it starts: still created, started,
+    // stopped, in that order.
+    let instant = env.shell_container(&pod, "instant", "exit 0")?;
+    let instant = env.start_container(&pod, &instant).await?;
+    let mut kinds = Vec::new();
+    while kinds.last() != Some(&ContainerEventType::ContainerStoppedEvent) {
+        kinds.push(kind(&next_about(&mut events, &instant).await?));
+    }
+    ensure!(
+        kinds
+            == [
+                ContainerEventType::ContainerCreatedEvent,
+                ContainerEventType::ContainerStartedEvent,
+                ContainerEventType::ContainerStoppedEvent
+            ],
+        "events of a container that exits at once: {kinds:?}"
+    );
+
     // ListContainers already knows, without a ContainerStatus call first.
     let listed = env
         .cri

@@ -105,7 +105,7 @@ impl Runtime {
         let entry = self.container_entry(id)?;
         let rt = self.clone();
         let c = tokio::task::spawn_blocking(move || {
-            rt.refresh_container(&entry);
+            rt.refresh_unless_busy(&entry);
             entry.snapshot()
         })
         .await

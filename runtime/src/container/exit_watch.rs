@@ -7,7 +7,7 @@
 //! shim that died without writing the file, or a watch that could not be
 //! added.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,10 @@ use crate::sys::notify::{RenameWatch, Renamed, WatchDescriptor};
 
 /// How often every live container is looked at regardless of inotify.
 const SWEEP_PERIOD: Duration = Duration::from_secs(2);
+
+/// How soon an exit seen while a lifecycle call held its container is
+/// looked at again.
+const RETRY_PERIOD: Duration = Duration::from_millis(50);
 
 /// The watched bundles, by watch descriptor.
 pub(crate) struct ExitWatch {
@@ -78,18 +82,25 @@ impl Runtime {
             .map(drop)
     }
 
-    /// Records the exit of the container behind `wd`, if it has one.
-    fn exit_noticed(&self, wd: WatchDescriptor) {
+    /// Records the exit of the container behind `wd`, if it has one; false
+    /// when a lifecycle call holds the container (the exit is looked at
+    /// again shortly).
+    fn exit_noticed(&self, wd: WatchDescriptor) -> bool {
         let id = self.exit_watch.lock().get(&wd).cloned();
         let Some(id) = id else {
-            return;
+            return true;
         };
         let Ok(entry) = self.container_entry(&id) else {
             self.forget_watch(wd);
-            return;
+            return true;
         };
-        if self.refresh_container(&entry) == ContainerState::Exited {
-            self.forget_watch(wd);
+        match self.refresh_unless_busy(&entry) {
+            None => false,
+            Some(ContainerState::Exited) => {
+                self.forget_watch(wd);
+                true
+            }
+            Some(_) => true,
         }
     }
 
@@ -101,18 +112,23 @@ impl Runtime {
         }
     }
 
-    /// Looks at every created or running container once.
+    /// Looks at every created or running container no lifecycle call holds.
     fn sweep_exits(&self) {
         for entry in self.all_containers() {
-            self.refresh_container(&entry);
+            self.refresh_unless_busy(&entry);
         }
     }
 }
 
 fn watch_exits(runtime: Weak<Runtime>, exits: Arc<ExitWatch>) {
     let mut next_sweep = Instant::now() + SWEEP_PERIOD;
+    // Exit files seen for containers a lifecycle call held at that moment.
+    let mut pending: HashSet<WatchDescriptor> = HashSet::new();
     loop {
-        let timeout = next_sweep.saturating_duration_since(Instant::now());
+        let mut timeout = next_sweep.saturating_duration_since(Instant::now());
+        if !pending.is_empty() {
+            timeout = timeout.min(RETRY_PERIOD);
+        }
         let seen = match &exits.watch {
             Some(watch) => watch.wait(timeout),
             None => {
@@ -125,13 +141,17 @@ fn watch_exits(runtime: Weak<Runtime>, exits: Arc<ExitWatch>) {
         };
         for event in seen {
             match event {
-                Renamed::Into(wd, name) if name == shim::EXIT_FILE => rt.exit_noticed(wd),
+                Renamed::Into(wd, name) if name == shim::EXIT_FILE => {
+                    pending.insert(wd);
+                }
                 Renamed::Into(..) => {}
                 Renamed::Gone(wd) => {
+                    pending.remove(&wd);
                     exits.lock().remove(&wd);
                 }
             }
         }
+        pending.retain(|wd| !rt.exit_noticed(*wd));
         if Instant::now() >= next_sweep {
             rt.sweep_exits();
             next_sweep = Instant::now() + SWEEP_PERIOD;

@@ -238,7 +238,7 @@ impl Runtime {
                 "PID namespace target container {target:?} not found"
             ))
         })?;
-        self.refresh_container(&entry);
+        self.refresh_unless_busy(&entry);
         let c = entry.snapshot();
         if c.sandbox_id != sandbox_id {
             return Err(Error::invalid(format!(
@@ -283,6 +283,9 @@ impl Runtime {
             }
             tracing::info!(id = %c.id, "container started");
             rt.publish_event(&c.id, &c.sandbox_id, EventKind::Started);
+            // An exit that came before the record said running is recorded
+            // (and announced) now, after the start.
+            rt.refresh_container(&entry);
             Ok(())
         })
         .await?;
@@ -388,7 +391,7 @@ impl Runtime {
     /// that happened since the last look recorded.
     pub fn container_status(&self, id: &str) -> Result<Container> {
         let entry = self.container_entry(id)?;
-        self.refresh_container(&entry);
+        self.refresh_unless_busy(&entry);
         Ok(entry.snapshot())
     }
 
@@ -434,7 +437,7 @@ impl Runtime {
     pub async fn reopen_container_log(self: &Arc<Self>, id: &str) -> Result<()> {
         let entry = self.container_entry(id)?;
         self.blocking(move |rt| {
-            rt.refresh_container(&entry);
+            rt.refresh_unless_busy(&entry);
             let c = entry.snapshot();
             if c.state != ContainerState::Running {
                 return Err(Error::FailedPrecondition(format!(
@@ -455,8 +458,18 @@ impl Runtime {
             .collect()
     }
 
+    /// [`Runtime::refresh_container`] for callers outside the lifecycle
+    /// calls: skipped while one of them runs on the container (it records
+    /// the exit itself, in order with its own events). `None` when skipped.
+    pub(crate) fn refresh_unless_busy(&self, entry: &Entry<Container>) -> Option<ContainerState> {
+        let _guard = entry.try_lock_lifecycle()?;
+        Some(self.refresh_container(entry))
+    }
+
     /// Picks up an exit the shim recorded (or the loss of the shim) and persists it,
-    /// publishing the change. Returns the state after the refresh.
+    /// publishing the change. Returns the state after the refresh. The caller
+    /// holds the container's lifecycle lock, so the events of one container
+    /// go out in the order its state changed.
     pub(crate) fn refresh_container(&self, entry: &Entry<Container>) -> ContainerState {
         let (before, after, id, sandbox_id) = {
             let mut c = entry.rec();
