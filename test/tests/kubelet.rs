@@ -12,6 +12,7 @@ use crust_e2e::conformance::images::BUSYBOX;
 use crust_e2e::conformance::kubelet::Kubelet;
 use crust_e2e::conformance::{self, KUBELET_ENV};
 use crust_e2e::network::TestNetwork;
+use crust_e2e::prometheus;
 use crust_e2e::{TestEnv, run_with_timeout, wait};
 use serde_json::{Value, json};
 
@@ -24,6 +25,8 @@ const PODS_UP: Duration = Duration::from_secs(120);
 /// How long kubelet may take to remove deleted pods from crust (its
 /// container garbage collection runs once a minute).
 const PODS_GONE: Duration = Duration::from_secs(150);
+/// How long kubelet's summary may take to show a running pod.
+const STATS_UP: Duration = Duration::from_secs(60);
 
 /// A kubelet error line that does not come from a wrong crust answer: the
 /// texts that identify it, and why it is there.
@@ -154,6 +157,7 @@ async fn run_pods(env: &TestEnv, kubelet: &Kubelet, host_port: u16) -> Result<()
     check_pair(kubelet, pair).await?;
     let retry = pod_named(&pods, "retry").context("retry pod")?;
     check_retry(kubelet, retry).await?;
+    check_stats(kubelet, pod_name(web)).await?;
 
     kubelet.remove_static_pods()?;
     wait::until(
@@ -168,6 +172,10 @@ async fn run_pods(env: &TestEnv, kubelet: &Kubelet, host_port: u16) -> Result<()
     .await?;
 
     let crustd_log = std::fs::read_to_string(&env.daemon.paths().log).unwrap_or_default();
+    ensure!(
+        crustd_log.contains("method=\"GetContainerEvents\""),
+        "kubelet (with EventedPLEG) never subscribed to crust's container events"
+    );
     let mut unexplained = Vec::new();
     let mut tolerated: BTreeMap<&str, (usize, String)> = BTreeMap::new();
     for line in kubelet.error_lines() {
@@ -363,6 +371,70 @@ async fn check_web(env: &TestEnv, kubelet: &Kubelet, pod: &Value, host_port: u16
         sandboxes.len() == 3,
         "crust runs {} pod sandboxes for kubelet's 3 pods",
         sandboxes.len()
+    );
+    Ok(())
+}
+
+/// kubelet's summary API and `/metrics/cadvisor`, both made from crust's
+/// stats and metrics RPCs (PodAndContainerStatsFromCRI): the web pod's nginx
+/// has CPU and memory figures, the pod has its interface's counters, and its
+/// working set is a series labelled with its pod and container.
+async fn check_stats(kubelet: &Kubelet, web: &str) -> Result<()> {
+    let pod = wait::until(
+        "kubelet's summary to show the web pod",
+        STATS_UP,
+        || async {
+            let summary: Value = serde_json::from_str(&kubelet.read_only("/stats/summary").await?)
+                .context("kubelet's /stats/summary is not JSON")?;
+            let pods = summary["pods"].as_array().cloned().unwrap_or_default();
+            Ok(pods.into_iter().find(|p| {
+                p["podRef"]["name"] == web
+                    && p["containers"]
+                        .as_array()
+                        .is_some_and(|cs| cs.iter().any(|c| c["name"] == "nginx"))
+            }))
+        },
+    )
+    .await?;
+    let nginx = pod["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "nginx"))
+        .context("nginx in the summary")?;
+    let positive = |v: &Value| v.as_u64().is_some_and(|n| n > 0);
+    ensure!(
+        positive(&nginx["cpu"]["usageCoreNanoSeconds"])
+            && positive(&nginx["memory"]["workingSetBytes"])
+            && nginx["rootfs"]["usedBytes"].is_u64(),
+        "kubelet's summary of nginx lacks CPU, memory or rootfs figures: {nginx}"
+    );
+    ensure!(
+        positive(&pod["network"]["rxBytes"]),
+        "kubelet's summary of the web pod has no received bytes: {}",
+        pod["network"]
+    );
+
+    let text = kubelet.read_only("/metrics/cadvisor").await?;
+    let metrics = prometheus::parse(&text).context("kubelet's /metrics/cadvisor")?;
+    let working_set = metrics.value(
+        "container_memory_working_set_bytes",
+        &[
+            ("pod", web),
+            ("namespace", "default"),
+            ("container", "nginx"),
+        ],
+    );
+    ensure!(
+        working_set.is_some_and(|v| v > 0.0),
+        "kubelet's /metrics/cadvisor has no working set for nginx in {web}"
+    );
+    ensure!(
+        metrics
+            .value(
+                "container_network_receive_bytes_total",
+                &[("pod", web), ("interface", "eth0")]
+            )
+            .is_some_and(|v| v > 0.0),
+        "kubelet's /metrics/cadvisor has no eth0 counters for {web}"
     );
     Ok(())
 }

@@ -181,6 +181,10 @@ impl Kubelet {
             "imageServiceEndpoint": endpoint,
             "podLogsDir": pod_logs,
             "makeIPTablesUtilChains": false,
+            // The customer's reading of crust's stats, metrics and events:
+            // pod and container stats, /metrics/cadvisor and the pod
+            // lifecycle all from the CRI.
+            "featureGates": {"PodAndContainerStatsFromCRI": true, "EventedPLEG": true},
         });
         let config_path = dir.join("kubelet-config.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
@@ -235,10 +239,20 @@ impl Kubelet {
 
     /// The pods kubelet runs, with their status, from its read-only `/pods`.
     pub async fn pods(&self) -> Result<Vec<Value>> {
-        let url = format!("http://127.0.0.1:{}/pods", self.ports.read_only);
-        let body = self.http.get(url).send().await?.bytes().await?;
-        let list: Value = serde_json::from_slice(&body).context("kubelet's /pods is not JSON")?;
+        let body = self.read_only("/pods").await?;
+        let list: Value = serde_json::from_str(&body).context("kubelet's /pods is not JSON")?;
         Ok(list["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// GET `path` (`/stats/summary`, `/metrics/cadvisor`...) on kubelet's
+    /// read-only port.
+    pub async fn read_only(&self, path: &str) -> Result<String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.ports.read_only);
+        let response = self.http.get(url).send().await?;
+        let status = response.status();
+        let body = response.text().await?;
+        ensure!(status.is_success(), "kubelet's {path}: {status} {body}");
+        Ok(body)
     }
 
     /// The log of `container` in pod `namespace/pod` as kubelet serves it
