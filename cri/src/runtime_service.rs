@@ -73,7 +73,11 @@ impl RuntimeService {
         Ok([
             ("config".to_string(), json_text(&*self.config)),
             ("cniconfig".to_string(), json_text(&cni)),
-            ("runtimeHandlers".to_string(), json_text(&handlers)),
+            // An object, not a bare list: crictl shows only objects as JSON.
+            (
+                "runtimeHandlers".to_string(),
+                json_text(&serde_json::json!({ "handlers": handlers })),
+            ),
         ]
         .into_iter()
         .collect())

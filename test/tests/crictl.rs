@@ -1,7 +1,8 @@
 //! `make conformance`, part three: crictl, a client-go client, drives exec,
 //! attach and port-forward through crustd's streaming server over both of its
-//! transports; its WebSocket port-forward is SPDY tunnelled in WebSocket,
-//! which the test crate's own client does not speak. Ignored by `make test`:
+//! transports (its WebSocket port-forward is SPDY tunnelled in WebSocket,
+//! which the test crate's own client does not speak), and reads crust's
+//! stats, metrics, info and events as an operator would. Ignored by `make test`:
 //! it needs crictl from `../shared/tools`, named in `CRUST_CRICTL`.
 
 use std::io::{Read, Write};
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use crust_e2e::conformance::{self, CRICTL_ENV};
-use crust_e2e::{TestEnv, run, wait};
+use crust_e2e::{Pod, TestEnv, run, wait};
+use serde_json::Value;
 
 /// crictl's two transports.
 const TRANSPORTS: [&str; 2] = ["spdy", "websocket"];
@@ -162,7 +164,107 @@ async fn crictl_streams(env: &mut TestEnv) -> Result<()> {
         );
         port_forward(&crictl, &pod.id, transport).await?;
     }
-    exec_on_a_terminal(&crictl, &web_id).await
+    exec_on_a_terminal(&crictl, &web_id).await?;
+    stats_info_and_events(env, &crictl, &pod, &web_id).await
+}
+
+/// crictl's JSON output of `args`, which must succeed.
+async fn json_of(crictl: &Crictl, args: &[&str]) -> Result<Value> {
+    let out = crictl.run_quietly(args, b"").await?;
+    ensure!(out.status.success(), "crictl {args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("crictl {args:?} printed no JSON: {}", text(&out.stdout)))
+}
+
+/// `crictl stats`, `statsp`, `metricsp`, `info` and `events` read what crust
+/// answers.
+async fn stats_info_and_events(
+    env: &TestEnv,
+    crictl: &Crictl,
+    pod: &Pod,
+    web_id: &str,
+) -> Result<()> {
+    let stats = json_of(crictl, &["stats", "-o", "json", "--id", web_id]).await?;
+    let web = &stats["stats"][0];
+    ensure!(
+        web["attributes"]["id"] == web_id
+            && web["memory"]["workingSetBytes"]["value"].is_string()
+            && web["cpu"]["usageCoreNanoSeconds"]["value"].is_string()
+            && web["writableLayer"]["fsId"]["mountpoint"].is_string(),
+        "crictl stats: {stats}"
+    );
+    println!(
+        "$ crictl stats -o json --id {web_id}   (working set {}, CPU {} ns)",
+        web["memory"]["workingSetBytes"]["value"], web["cpu"]["usageCoreNanoSeconds"]["value"]
+    );
+    let pods = json_of(crictl, &["statsp", "-o", "json", "--id", &pod.id]).await?;
+    let linux = &pods["stats"][0]["linux"];
+    ensure!(
+        linux["process"]["processCount"]["value"].is_string()
+            && linux["containers"].as_array().is_some_and(|c| c.len() == 2),
+        "crictl statsp: {pods}"
+    );
+    let metrics = json_of(crictl, &["metricsp", "-o", "json"]).await?;
+    let ours = metrics["podMetrics"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["podSandboxId"] == pod.id.as_str()))
+        .with_context(|| format!("crictl metricsp lacks the pod: {metrics}"))?;
+    ensure!(
+        ours["containerMetrics"]
+            .as_array()
+            .is_some_and(|c| c.len() == 2),
+        "crictl metricsp: {ours}"
+    );
+    let info = json_of(crictl, &["info", "-o", "json"]).await?;
+    ensure!(
+        info["status"]["conditions"].is_array()
+            && info["config"]["socket"].is_string()
+            && info["cniconfig"]["confDirs"].is_array()
+            && info["runtimeHandlers"]["handlers"][0]["name"] == "",
+        "crictl info: {info}"
+    );
+    println!(
+        "$ crictl info -o json   (keys: {:?})",
+        info.as_object().map(|o| o.keys().collect::<Vec<_>>())
+    );
+
+    // `crictl events` sees a container start.
+    let mut events = crictl
+        .command(&["events", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting crictl events")?;
+    let stdout = events.stdout.take().context("crictl events' stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) > 0 {
+            all.push_str(&line);
+            line.clear();
+            if tx.send(all.clone()).is_err() {
+                break;
+            }
+        }
+    });
+    // Let it subscribe before the container starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let late = env.shell_container(pod, "late", "exec sleep 3600")?;
+    let late_id = env.start_container(pod, &late).await?;
+    let seen = wait::until("crictl events to show the start", LIMIT, || {
+        let latest = rx.try_iter().last();
+        let late_id = late_id.clone();
+        async move {
+            Ok(latest
+                .filter(|all| all.contains(&late_id) && all.contains("CONTAINER_STARTED_EVENT")))
+        }
+    })
+    .await;
+    let _ = events.kill();
+    let _ = events.wait();
+    seen.map(|_| println!("$ crictl events -o json   (CONTAINER_STARTED_EVENT for {late_id})"))
 }
 
 /// `crictl exec -it`, run on a terminal of its own that `script` provides.

@@ -381,7 +381,7 @@ async fn verbose_status_names_the_network(env: &TestEnv, net: &TestNetwork) -> R
     );
     let handlers = json("runtimeHandlers")?;
     ensure!(
-        handlers[0]["name"] == "" && handlers[0]["runtime"].is_string(),
+        handlers["handlers"][0]["name"] == "" && handlers["handlers"][0]["runtime"].is_string(),
         "runtimeHandlers: {handlers}"
     );
     Ok(())

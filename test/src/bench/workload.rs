@@ -289,41 +289,48 @@ async fn exec_latency(
 /// ListContainerStats and ListPodSandboxStats with the workload running,
 /// each checked to cover the `running` pods.
 async fn stats_latency(target: &CriTarget, running: usize, result: &mut RunResult) -> Result<()> {
-    let mut rt = target.cri.runtime.clone();
-    for i in 0..=STATS_CALLS {
-        let started = Instant::now();
-        let stats = rt
-            .list_container_stats(ListContainerStatsRequest::default())
-            .await
-            .context("ListContainerStats")?
-            .into_inner()
-            .stats;
-        let took = started.elapsed();
-        anyhow::ensure!(
-            stats.len() >= running,
-            "ListContainerStats gave {} of {running} containers",
-            stats.len()
-        );
-        if i > 0 {
-            result.samples(m::LIST_CONTAINER_STATS).push(took);
+    let rt = target.cri.runtime.clone();
+    timed_listing(m::LIST_CONTAINER_STATS, running, result, || {
+        let mut rt = rt.clone();
+        async move {
+            let reply = rt
+                .list_container_stats(ListContainerStatsRequest::default())
+                .await?;
+            Ok(reply.into_inner().stats.len())
         }
-    }
+    })
+    .await?;
+    timed_listing(m::LIST_POD_STATS, running, result, || {
+        let mut rt = rt.clone();
+        async move {
+            let reply = rt
+                .list_pod_sandbox_stats(ListPodSandboxStatsRequest::default())
+                .await?;
+            Ok(reply.into_inner().stats.len())
+        }
+    })
+    .await
+}
+
+/// Times [`STATS_CALLS`] calls of `list` (after one unrecorded) into `key`,
+/// each of which must list at least `running` items.
+async fn timed_listing<F, Fut>(
+    key: &'static str,
+    running: usize,
+    result: &mut RunResult,
+    mut list: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize>>,
+{
     for i in 0..=STATS_CALLS {
         let started = Instant::now();
-        let stats = rt
-            .list_pod_sandbox_stats(ListPodSandboxStatsRequest::default())
-            .await
-            .context("ListPodSandboxStats")?
-            .into_inner()
-            .stats;
+        let listed = list().await.with_context(|| key.to_string())?;
         let took = started.elapsed();
-        anyhow::ensure!(
-            stats.len() >= running,
-            "ListPodSandboxStats gave {} of {running} pods",
-            stats.len()
-        );
+        anyhow::ensure!(listed >= running, "{key} listed {listed} of {running}");
         if i > 0 {
-            result.samples(m::LIST_POD_STATS).push(took);
+            result.samples(key).push(took);
         }
     }
     Ok(())
