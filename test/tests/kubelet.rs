@@ -85,13 +85,26 @@ fn explain(line: &str, crustd_log: &str) -> Option<&'static str> {
     {
         return Some(t.why);
     }
-    let removed = line.contains("ContainerStatus from runtime service failed")
-        && line.contains("code = NotFound")
-        && quoted_value(line, "containerID=")
-            .is_some_and(|id| crustd_log.contains(&format!("container removed id={id}")));
+    let was_removed = |id: &str| crustd_log.contains(&format!("container removed id={id}"));
+    // The same NotFound, as kubelet's container GC reports it when it raced
+    // the pod worker removing the same container.
+    let id = if line.contains("ContainerStatus from runtime service failed") {
+        quoted_value(line, "containerID=")
+    } else if line.contains("Failed to remove container") {
+        escaped_quoted_value(line, "failed to get container status ")
+    } else {
+        None
+    };
+    let removed = line.contains("code = NotFound") && id.is_some_and(was_removed);
     removed.then_some(
         "kubelet asked about a container its garbage collection had removed; NotFound is right",
     )
+}
+
+/// The value of `key\"value\"` inside a quoted klog field.
+fn escaped_quoted_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let rest = &line[line.find(key)? + key.len()..];
+    rest.strip_prefix("\\\"")?.split("\\\"").next()
 }
 
 /// The value of `key="value"` in a klog line.
@@ -479,6 +492,9 @@ fn kubelet_error_lines_are_explained_or_not() {
     let removed = "E1128 07:26:26.977 1 log.go:32] \"ContainerStatus from runtime service failed\" err=\"rpc error: code = NotFound desc = container \\\"abc\\\" not found\" containerID=\"abc\"";
     assert!(explain(removed, "INFO container removed id=abc").is_some());
     assert!(explain(removed, "INFO container removed id=other").is_none());
+    let gc = r#"E1128 11:33:31.576867   31087 kuberuntime_gc.go:150] "Failed to remove container" err="failed to get container status \"abc\": rpc error: code = NotFound desc = container \"abc\" not found" containerID="abc""#;
+    assert!(explain(gc, "INFO container removed id=abc").is_some());
+    assert!(explain(gc, "INFO container removed id=other").is_none());
     let rlimit = "E1128 1 kubelet.go:1] \"Failed to set rlimit on max file handles\" err=\"operation not permitted\"";
     assert!(explain(rlimit, "").is_some());
     let wrong = "E1128 1 log.go:32] \"CreateContainer in sandbox from runtime service failed\" err=\"rpc error: code = Unknown\"";

@@ -185,6 +185,18 @@ impl Kubelet {
             // pod and container stats, /metrics/cadvisor and the pod
             // lifecycle all from the CRI.
             "featureGates": {"PodAndContainerStatsFromCRI": true, "EventedPLEG": true},
+            // kubelet now sees real disk figures from crust's stats; the host
+            // disk this kubelet shares with builds may be more than 85% full,
+            // which must neither evict the test's pods nor collect its images.
+            "evictionHard": {
+                "memory.available": "100Mi",
+                "nodefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+                "imagefs.available": "1%",
+                "imagefs.inodesFree": "1%",
+            },
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
         });
         let config_path = dir.join("kubelet-config.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
