@@ -202,9 +202,9 @@ pub fn render(runtime: &Runtime) -> String {
             .filter(|c| crust_runtime::sys::process::alive(c.shim_pid, "crust-shim"))
             .count();
         s.shims.set(i64::try_from(shims).unwrap_or(i64::MAX));
-        let (rss, fds) = own_usage();
-        s.rss.set(rss);
-        s.fds.set(fds);
+        let (rss, fds) = crust_runtime::sys::process::own_rss_and_fds();
+        s.rss.set(i64::try_from(rss).unwrap_or(i64::MAX));
+        s.fds.set(i64::try_from(fds).unwrap_or(i64::MAX));
     }
     let mut out = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &m.registry) {
@@ -227,25 +227,6 @@ fn set(family: &Family<StateLabel, Gauge>, state: &str, n: usize) {
             state: state.to_string(),
         })
         .set(i64::try_from(n).unwrap_or(i64::MAX));
-}
-
-/// crustd's resident bytes and open file descriptors, from /proc.
-fn own_usage() -> (i64, i64) {
-    let pages: i64 = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0);
-    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096);
-    let fds = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0);
-    (
-        pages.saturating_mul(page_size),
-        i64::try_from(fds).unwrap_or(i64::MAX),
-    )
 }
 
 /// Serves `/metrics` on `address` (`host:port`) from now on.

@@ -23,6 +23,22 @@ pub fn alive(pid: i32, needle: &str) -> bool {
     }
 }
 
+/// This process's resident bytes and open file descriptors, for crustd's
+/// metrics.
+pub fn own_rss_and_fds() -> (u64, u64) {
+    let pages: u64 = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(4096);
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    (pages.saturating_mul(page_size), fds as u64)
+}
+
 /// This process's own `oom_score_adj`; a container may not go below it unless the
 /// process holds CAP_SYS_RESOURCE.
 pub fn own_oom_score_adj() -> i64 {
