@@ -161,9 +161,29 @@ pub fn pick_file(dirs: &[PathBuf]) -> Option<PathBuf> {
 /// Loads a network config file.
 pub fn load(path: &Path) -> Result<NetworkList, String> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking, so a FIFO dropped into the directory cannot hang Status
+    // or RunPodSandbox; it is refused as not a regular file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot inspect it: {e}"))?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".into());
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "it is {} bytes, more than the {MAX_CONFIG_BYTES} read",
+            meta.len()
+        ));
+    }
     let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_CONFIG_BYTES).read_to_string(&mut text))
+    file.take(MAX_CONFIG_BYTES)
+        .read_to_string(&mut text)
         .map_err(|e| format!("cannot read it: {e}"))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| format!("it is not valid JSON: {e}"))?;
     if path.extension().and_then(|e| e.to_str()) == Some("conflist") {
@@ -183,6 +203,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let d = tmp("fifo");
+        let fifo = d.join("10-net.conflist");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(load(&fifo).unwrap_err(), "it is not a regular file");
+        assert_eq!(pick_file(std::slice::from_ref(&d)), None);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

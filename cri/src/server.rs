@@ -1,7 +1,7 @@
 //! The CRI socket: binding it safely, serving both services on it, and shutting
 //! down on SIGTERM/SIGINT.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -160,11 +160,28 @@ async fn bind(path: &Path) -> Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
-    Ok(listener)
+    // Bound in a private directory, given its mode, then renamed into
+    // place: the socket never exists at `path` with the umask's mode, not
+    // even for an instant in which anyone could connect.
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let private = dir.join(format!(".crust-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let staged = private.join("s");
+    let bound = (|| {
+        let listener =
+            UnixListener::bind(&staged).with_context(|| format!("binding {}", staged.display()))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("setting the mode of {}", staged.display()))?;
+        std::fs::rename(&staged, path)
+            .with_context(|| format!("moving the socket to {}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 async fn shutdown() {

@@ -91,6 +91,12 @@ impl RawTar {
         Ok(self.push(h, data))
     }
 
+    /// A FIFO entry.
+    pub fn fifo(&mut self, name: &str, mode: u32) -> Result<&mut Self> {
+        let h = Self::header(name, tar::EntryType::Fifo, 0, mode)?;
+        Ok(self.push(h, b""))
+    }
+
     /// A symlink entry `name -> target`.
     pub fn symlink(&mut self, name: &str, target: &str) -> Result<&mut Self> {
         self.link(tar::EntryType::Symlink, name, target)

@@ -232,14 +232,15 @@ impl LogSink {
     }
 }
 
-/// Opens a log file for appending (O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC, 0640),
+/// Opens a log file for appending (O_WRONLY|O_APPEND|O_CREAT|O_CLOEXEC|O_NOFOLLOW, 0640),
 /// without creating parent directories.
 fn open_log(path: &std::path::Path) -> io::Result<File> {
     OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
-        .custom_flags(libc::O_CLOEXEC)
+        // A symlink planted at the log path is not followed.
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
 }
 
@@ -430,6 +431,15 @@ mod tests {
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
         assert_eq!(mode & 0o077 & !0o040, 0, "mode {mode:o}");
         std::fs::remove_dir_all(&dir).expect("cleanup");
+
+        // A symlink at the log path is refused, not followed.
+        let dir = std::env::temp_dir().join(format!("crust-crilog-link-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(dir.join("target"), dir.join("0.log")).unwrap();
+        assert!(open_log(&dir.join("0.log")).is_err());
+        assert!(!dir.join("target").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
 
         // No parent dir: records are discarded, reopen reports the error.
         let missing = LogSink::new(Some(dir.join("nope/c.log")));

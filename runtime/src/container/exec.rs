@@ -263,7 +263,7 @@ impl Runtime {
         let mut err_task = OutputReader(Some(tokio::spawn(read_capped(err))));
 
         let waited = if timeout > 0 {
-            tokio::time::timeout(Duration::from_secs(timeout.unsigned_abs()), process.wait())
+            tokio::time::timeout(crate::clock::request_secs(timeout), process.wait())
                 .await
                 .ok()
         } else {

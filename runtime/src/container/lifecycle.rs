@@ -92,6 +92,15 @@ impl Runtime {
             }
             _ => None,
         };
+        let log_path = container_log_path(&sb.config.log_directory, &cfg.log_path);
+        if let Some(log) = &log_path
+            && fs::symlink_metadata(log).is_ok_and(|m| !m.file_type().is_file())
+        {
+            return Err(Error::invalid(format!(
+                "the log path {} exists and is not a regular file (a symlink is not followed)",
+                log.display()
+            )));
+        }
         let id = ids::new_id();
         let mut undo = Cleanup::default();
 
@@ -156,7 +165,6 @@ impl Runtime {
         let spec_json = serde_json::to_vec_pretty(&oci).context("encoding config.json")?;
         fs::write(bundle.join("config.json"), spec_json).context("writing config.json")?;
 
-        let log_path = container_log_path(&sb.config.log_directory, &cfg.log_path);
         if let Some(parent) = log_path.as_deref().and_then(Path::parent) {
             fs::create_dir_all(parent)
                 .with_context(|| format!("creating the log directory {}", parent.display()))?;
@@ -315,7 +323,7 @@ impl Runtime {
             ContainerState::Running if timeout > 0 => {
                 tracing::info!(id = %c.id, signal = c.stop_signal, timeout, "stopping container");
                 self.signal(&c, c.stop_signal)?;
-                let deadline = Instant::now() + Duration::from_secs(timeout.unsigned_abs());
+                let deadline = clock::instant_after(clock::request_secs(timeout));
                 if self.wait_exit(entry, deadline) {
                     return Ok(());
                 }

@@ -736,6 +736,9 @@ fn host_devices() -> Vec<LinuxDevice> {
     out
 }
 
+/// Largest seccomp profile read (the runtime/default one is about 20 KiB).
+const MAX_SECCOMP_PROFILE: u64 = 1 << 20;
+
 fn seccomp(
     privileged: bool,
     profile: &Profile,
@@ -781,9 +784,11 @@ fn seccomp(
                     "seccomp profile path {path:?} must be absolute"
                 )));
             }
-            let data = std::fs::read(path).map_err(|e| {
+            let file = crate::fsutil::open_nonblocking(Path::new(path), false).map_err(|e| {
                 Error::invalid(format!("cannot read seccomp profile {path:?}: {e}"))
             })?;
+            let data = crate::fsutil::read_regular_capped(file, MAX_SECCOMP_PROFILE)
+                .map_err(|why| Error::invalid(format!("seccomp profile {path:?} {why}")))?;
             let profile: LinuxSeccomp = serde_json::from_slice(&data).map_err(|e| {
                 Error::invalid(format!("seccomp profile {path:?} is not valid: {e}"))
             })?;

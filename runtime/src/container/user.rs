@@ -2,7 +2,6 @@
 //! with names resolved in the image's own /etc/passwd and /etc/group (read with
 //! the container's root as `/`, so symlinks in the image cannot reach host files).
 
-use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::Path;
 
@@ -34,8 +33,8 @@ struct GroupEntry {
 
 /// Resolves the user of a container whose root filesystem is mounted at `rootfs`.
 pub fn resolve(rootfs: &Path, sec: &SecurityContext, image_user: &str) -> Result<ResolvedUser> {
-    let passwd = parse_passwd(&read_in_root(rootfs, "etc/passwd"));
-    let groups = parse_group(&read_in_root(rootfs, "etc/group"));
+    let passwd = parse_passwd(&read_in_root(rootfs, "etc/passwd")?);
+    let groups = parse_group(&read_in_root(rootfs, "etc/group")?);
     resolve_with(&passwd, &groups, sec, image_user)
 }
 
@@ -136,25 +135,25 @@ fn to_id(v: i64, what: &str) -> Result<u32> {
 }
 
 /// Reads `rel` inside `root` as if `root` were `/`; missing or unreadable is empty.
-fn read_in_root(root: &Path, rel: &str) -> String {
+/// The image's file at `rel`, resolved with `root` as `/`: empty when it
+/// does not exist; refused when it is not a regular file or is too large.
+fn read_in_root(root: &Path, rel: &str) -> Result<String> {
     let Ok(dir) = open(
         root,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     ) else {
-        return String::new();
+        return Ok(String::new());
     };
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let Ok(fd) = openat2(dir.as_fd(), rel, how) else {
-        return String::new();
+        return Ok(String::new());
     };
-    let mut out = String::new();
-    let _ = std::fs::File::from(fd)
-        .take(MAX_DB_SIZE)
-        .read_to_string(&mut out);
-    out
+    let data = crate::fsutil::read_regular_capped(std::fs::File::from(fd), MAX_DB_SIZE)
+        .map_err(|why| Error::FailedPrecondition(format!("the image's /{rel} {why}")))?;
+    Ok(String::from_utf8_lossy(&data).into_owned())
 }
 
 fn parse_passwd(text: &str) -> Vec<PasswdEntry> {

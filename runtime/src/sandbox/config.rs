@@ -98,11 +98,23 @@ impl SandboxConfig {
             ("namespace", &self.namespace),
             ("uid", &self.uid),
         ] {
-            if v.contains('/') || v.contains('\0') {
+            // '/' would leave the log and state directories; ';' and '='
+            // would rewrite the CNI_ARGS built from these (a client could
+            // choose the pod's IP). Kubernetes names contain none of them.
+            if let Some(bad) = v
+                .chars()
+                .find(|c| matches!(c, '/' | '\0' | ';' | '=' | '\n'))
+            {
                 return Err(Error::invalid(format!(
-                    "sandbox {what} {v:?} must not contain '/' or NUL"
+                    "sandbox {what} {v:?} must not contain {bad:?} (nor '/', ';', '=', newline or NUL)"
                 )));
             }
+        }
+        if !self.log_directory.is_empty() && !is_normal_absolute(&self.log_directory) {
+            return Err(Error::invalid(format!(
+                "log_directory {:?} must be an absolute path without '.' or '..' components",
+                self.log_directory
+            )));
         }
         if !matches!(self.runtime_handler.as_str(), "" | "runc") {
             return Err(Error::NotFound(format!(
@@ -162,6 +174,16 @@ impl SandboxConfig {
     }
 }
 
+/// Whether `p` is absolute and has no `.`, `..` or empty components (one
+/// trailing '/' aside).
+fn is_normal_absolute(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix('/') else {
+        return false;
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    rest.is_empty() || rest.split('/').all(|c| !matches!(c, "" | "." | ".."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +218,29 @@ mod tests {
         let mut c = valid();
         c.hostname = "x".repeat(65);
         assert!(matches!(c.validate(), Err(Error::InvalidArgument(_))));
+        for name in ["web;IP=10.0.0.9", "a=b", "x\ny"] {
+            let mut c = valid();
+            c.name = name.into();
+            assert!(
+                matches!(c.validate(), Err(Error::InvalidArgument(_))),
+                "{name:?}"
+            );
+        }
+        let mut c = valid();
+        c.uid = "u;IP=1.2.3.4".into();
+        assert!(matches!(c.validate(), Err(Error::InvalidArgument(_))));
+        for dir in ["logs", "/var/log/../etc", "/var/./log", "/var//log", "/.."] {
+            let mut c = valid();
+            c.log_directory = dir.into();
+            assert!(
+                matches!(c.validate(), Err(Error::InvalidArgument(_))),
+                "{dir:?}"
+            );
+        }
+        for dir in ["/var/log/pods/ns_p_u", "/var/log/", "/"] {
+            let mut c = valid();
+            c.log_directory = dir.into();
+            assert!(c.validate().is_ok(), "{dir:?}");
+        }
     }
 }

@@ -31,7 +31,7 @@ pub fn write_all(dir: &Path, cfg: &SandboxConfig, hostname: &str) -> Result<()> 
     write(&dir.join("hostname"), &format!("{hostname}\n"))?;
 
     let hosts = if cfg.host_network() {
-        fs::read_to_string("/etc/hosts").unwrap_or_else(|_| DEFAULT_HOSTS.to_string())
+        host_file("/etc/hosts").unwrap_or_else(|| DEFAULT_HOSTS.to_string())
     } else {
         DEFAULT_HOSTS.to_string()
     };
@@ -39,9 +39,25 @@ pub fn write_all(dir: &Path, cfg: &SandboxConfig, hostname: &str) -> Result<()> 
 
     let resolv = match &cfg.dns {
         Some(dns) => resolv_conf(dns),
-        None => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        None => host_file("/etc/resolv.conf").unwrap_or_default(),
     };
     write(&dir.join("resolv.conf"), &resolv)
+}
+
+/// Largest host file copied into a pod.
+const MAX_HOST_FILE: u64 = 1 << 20;
+
+/// A host file the pod gets a copy of; `None` when it is missing, not a
+/// regular file or larger than [`MAX_HOST_FILE`].
+fn host_file(path: &str) -> Option<String> {
+    let file = crate::fsutil::open_nonblocking(Path::new(path), false).ok()?;
+    match crate::fsutil::read_regular_capped(file, MAX_HOST_FILE) {
+        Ok(data) => Some(String::from_utf8_lossy(&data).into_owned()),
+        Err(why) => {
+            tracing::warn!(path, "the host file {why}; pods do not get a copy");
+            None
+        }
+    }
 }
 
 fn write(path: &Path, content: &str) -> Result<()> {

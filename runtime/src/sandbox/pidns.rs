@@ -44,7 +44,12 @@ pub fn start(shim: &Path, sandbox_dir: &Path) -> Result<i32> {
     match (report.pid, report.error) {
         (_, Some(e)) => bail!("creating the pod's PID namespace: {e}"),
         (Some(pid), None) if pid > 0 => {
-            let note = std::fs::write(sandbox_dir.join(PID_FILE), pid.to_string());
+            // Atomic: a crash mid-write must not leave a torn pid that a
+            // restarted crustd would signal.
+            let note = crate::fsutil::write_atomic(
+                &sandbox_dir.join(PID_FILE),
+                pid.to_string().as_bytes(),
+            );
             if let Err(e) = note {
                 let _ = stop(pid);
                 return Err(e).context("recording the PID namespace holder's pid");

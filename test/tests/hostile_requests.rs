@@ -1,0 +1,231 @@
+//! Hostile requests and images crust must survive without hanging, panicking
+//! or touching what is not its own: FIFOs and devices where crust reads a
+//! file, durations that would overflow, CNI arguments smuggled in pod names,
+//! log paths that leave the pod's directory or follow a planted symlink, and
+//! a socket that must never exist with a looser mode.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use crust_e2e::assertions::expect_code;
+use crust_e2e::crafted::{CraftedImage, CraftedLayer, LayerFormat, RawTar};
+use crust_e2e::cri::{ContainerState, SecurityProfile, security_profile};
+use crust_e2e::fake_registry::FakeRegistry;
+use crust_e2e::pod_config::security_mut;
+use crust_e2e::{TestEnv, run, unique};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tonic::Code;
+
+/// How long a refusal may take: it must never block.
+const PROMPT: Duration = Duration::from_secs(10);
+
+#[test]
+fn fifos_and_devices_where_crust_reads_a_file_are_refused_at_once() {
+    run(
+        "fifos_and_devices_where_crust_reads_a_file_are_refused_at_once",
+        special_files,
+    );
+}
+
+async fn special_files(env: &mut TestEnv) -> Result<()> {
+    // An image whose /etc/passwd is a FIFO.
+    let fake = FakeRegistry::start(None).await?;
+    let tar = RawTar::new()
+        .dir("etc", 0o755)?
+        .fifo("etc/passwd", 0o644)?
+        .file("etc/group", b"root:x:0:\n", 0o644)?
+        .finish();
+    let layer = CraftedLayer::new(&tar, LayerFormat::Gzip)?;
+    CraftedImage::new(std::slice::from_ref(&layer)).serve(&fake, "hostile/fifo-passwd", "1");
+    let reference = format!("{}/hostile/fifo-passwd:1", fake.host());
+    env.pull(&reference).await?;
+    let pod = env.run_pod("fifo").await?;
+    let mut config = env.container_config(&pod, "fifo", &reference)?;
+    config.command = vec!["/bin/true".into()];
+    let created = tokio::time::timeout(
+        PROMPT,
+        env.cri.create_container(&pod.id, &config, &pod.config),
+    )
+    .await
+    .context("CreateContainer blocked on the image's FIFO /etc/passwd")?;
+    expect_code(
+        created.map(drop),
+        Code::FailedPrecondition,
+        "a FIFO /etc/passwd",
+    )?;
+
+    // Seccomp profiles that are a FIFO or a device.
+    env.pull(&env.images.busybox.reference).await?;
+    let dir = env.daemon.paths().base.join("profiles");
+    std::fs::create_dir_all(&dir)?;
+    let fifo = dir.join("fifo.json");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    for (n, path) in [fifo.display().to_string(), "/dev/zero".to_string()]
+        .iter()
+        .enumerate()
+    {
+        let mut config = env.shell_container(&pod, &format!("seccomp-{n}"), "exec sleep 3600")?;
+        security_mut(&mut config).seccomp = Some(SecurityProfile {
+            profile_type: security_profile::ProfileType::Localhost as i32,
+            localhost_ref: path.clone(),
+        });
+        let created = tokio::time::timeout(
+            PROMPT,
+            env.cri.create_container(&pod.id, &config, &pod.config),
+        )
+        .await
+        .with_context(|| format!("CreateContainer blocked on the seccomp profile {path}"))?;
+        expect_code(
+            created.map(drop),
+            Code::InvalidArgument,
+            &format!("seccomp profile {path}"),
+        )?;
+    }
+
+    // The pod is not wedged: it stops and goes.
+    tokio::time::timeout(PROMPT, env.cri.stop_pod_sandbox(&pod.id))
+        .await
+        .context("StopPodSandbox hung")??;
+    env.cri.remove_pod_sandbox(&pod.id).await?;
+    env.cri.remove_image(&reference).await?;
+    env.assert_no_leaks()
+}
+
+#[test]
+fn a_stop_with_the_longest_timeout_neither_panics_nor_overflows() {
+    run(
+        "a_stop_with_the_longest_timeout_neither_panics_nor_overflows",
+        longest_stop,
+    );
+}
+
+async fn longest_stop(env: &mut TestEnv) -> Result<()> {
+    env.pull(&env.images.busybox.reference).await?;
+    let pod = env.run_pod("longest-stop").await?;
+    let config = env.shell_container(
+        &pod,
+        "polite",
+        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+    )?;
+    let id = env.start_container(&pod, &config).await?;
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        env.cri.stop_container(&id, i64::MAX),
+    )
+    .await
+    .context("StopContainer(i64::MAX) did not return after SIGTERM")??;
+    let status = env.cri.container_status(&id).await?;
+    ensure!(
+        status.state == ContainerState::ContainerExited as i32,
+        "the container is {:?} after StopContainer(i64::MAX)",
+        status.state
+    );
+    // crustd is still serving, and the container can be removed.
+    env.cri.version().await?;
+    env.cri.remove_container(&id).await?;
+    env.cri.stop_pod_sandbox(&pod.id).await?;
+    env.cri.remove_pod_sandbox(&pod.id).await?;
+    env.assert_no_leaks()
+}
+
+#[test]
+fn names_and_paths_that_would_escape_are_refused() {
+    run(
+        "names_and_paths_that_would_escape_are_refused",
+        escaping_names,
+    );
+}
+
+async fn escaping_names(env: &mut TestEnv) -> Result<()> {
+    // CNI_ARGS are `;`-separated `KEY=value` pairs built from these.
+    for (field, value) in [
+        ("name", "web;IP=10.243.0.99"),
+        ("namespace", "default;K8S_POD_NAME=other"),
+        ("uid", "u=1"),
+    ] {
+        let mut config = env.pod_config("cni-args")?;
+        let meta = config.metadata.as_mut().context("metadata")?;
+        match field {
+            "name" => meta.name = value.into(),
+            "namespace" => meta.namespace = value.into(),
+            _ => meta.uid = value.into(),
+        }
+        expect_code(
+            env.cri.run_pod_sandbox(&config).await.map(drop),
+            Code::InvalidArgument,
+            &format!("pod {field} {value:?}"),
+        )?;
+    }
+    for dir in ["relative/logs", "/var/log/pods/../../../etc", "/tmp/./x"] {
+        let mut config = env.pod_config("log-dir")?;
+        config.log_directory = dir.into();
+        expect_code(
+            env.cri.run_pod_sandbox(&config).await.map(drop),
+            Code::InvalidArgument,
+            &format!("log_directory {dir:?}"),
+        )?;
+    }
+    ensure!(
+        env.cri.list_pod_sandbox(None).await?.is_empty(),
+        "a refused pod was created"
+    );
+
+    // A symlink planted where the container's log goes is not followed.
+    env.pull(&env.images.busybox.reference).await?;
+    let pod = env.run_pod("planted").await?;
+    let config = env.shell_container(&pod, "planted", "echo written; exec sleep 3600")?;
+    let log = pod.log_file(&config);
+    let target = env
+        .daemon
+        .paths()
+        .base
+        .join(format!("target-{}", unique::suffix()));
+    std::os::unix::fs::symlink(&target, &log)?;
+    expect_code(
+        env.cri
+            .create_container(&pod.id, &config, &pod.config)
+            .await
+            .map(drop),
+        Code::InvalidArgument,
+        "a symlink at the log path",
+    )?;
+    ensure!(!target.exists(), "crust wrote through the planted symlink");
+    ensure!(
+        env.cri.list_containers(None).await?.is_empty(),
+        "the refused container was created"
+    );
+    std::fs::remove_file(&log)?;
+    env.cri.stop_pod_sandbox(&pod.id).await?;
+    env.cri.remove_pod_sandbox(&pod.id).await?;
+    env.assert_no_leaks()
+}
+
+#[test]
+fn the_socket_appears_with_its_final_mode() {
+    run("the_socket_appears_with_its_final_mode", socket_mode);
+}
+
+async fn socket_mode(env: &mut TestEnv) -> Result<()> {
+    let socket = env.daemon.paths().socket.clone();
+    let dir = socket.parent().context("socket directory")?.to_path_buf();
+    let name = socket.file_name().context("socket name")?.to_os_string();
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
+    inotify.add_watch(&dir, AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)?;
+    env.restart_daemon().await?;
+    let events = inotify.read_events().context("reading inotify events")?;
+    let about: Vec<_> = events
+        .iter()
+        .filter(|e| e.name.as_deref() == Some(name.as_os_str()))
+        .map(|e| e.mask)
+        .collect();
+    // Created elsewhere and renamed into place: never bound at its path with
+    // the umask's mode, not even for an instant.
+    ensure!(
+        !about.is_empty() && about.iter().all(|m| !m.contains(AddWatchFlags::IN_CREATE)),
+        "the socket was created in place (events {about:?}), so it existed before its mode was set"
+    );
+    let mode = std::fs::symlink_metadata(&socket)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o660, "the socket's mode is {mode:o}, not 660");
+    Ok(())
+}
