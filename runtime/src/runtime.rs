@@ -45,6 +45,9 @@ pub struct Options {
 pub(crate) struct Entry<T> {
     pub(crate) lifecycle: Mutex<()>,
     pub(crate) rec: Mutex<T>,
+    /// While a container is being stopped: the earliest deadline any
+    /// caller asked for (see `container::stop`).
+    stop_by: Mutex<Option<std::time::Instant>>,
 }
 
 impl<T: Clone> Entry<T> {
@@ -52,6 +55,7 @@ impl<T: Clone> Entry<T> {
         Arc::new(Entry {
             lifecycle: Mutex::new(()),
             rec: Mutex::new(rec),
+            stop_by: Mutex::new(None),
         })
     }
 
@@ -70,6 +74,10 @@ impl<T: Clone> Entry<T> {
 
     pub(crate) fn rec(&self) -> MutexGuard<'_, T> {
         self.rec.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn stop_by(&self) -> MutexGuard<'_, Option<std::time::Instant>> {
+        self.stop_by.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn snapshot(&self) -> T {

@@ -5,12 +5,12 @@
 //! a socket that must never exist with a looser mode.
 
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use crust_e2e::assertions::expect_code;
 use crust_e2e::crafted::{CraftedImage, CraftedLayer, LayerFormat, RawTar};
-use crust_e2e::cri::{ContainerState, SecurityProfile, security_profile};
+use crust_e2e::cri::{ContainerState, SecurityProfile, StopContainerRequest, security_profile};
 use crust_e2e::fake_registry::FakeRegistry;
 use crust_e2e::pod_config::security_mut;
 use crust_e2e::{TestEnv, run, unique};
@@ -126,6 +126,56 @@ async fn longest_stop(env: &mut TestEnv) -> Result<()> {
     env.cri.remove_container(&id).await?;
     env.cri.stop_pod_sandbox(&pod.id).await?;
     env.cri.remove_pod_sandbox(&pod.id).await?;
+    env.assert_no_leaks()
+}
+
+#[test]
+fn a_forced_stop_takes_over_an_abandoned_one() {
+    run("a_forced_stop_takes_over_an_abandoned_one", forced_stop);
+}
+
+async fn forced_stop(env: &mut TestEnv) -> Result<()> {
+    env.pull(&env.images.busybox.reference).await?;
+    let pod = env.run_pod("forced-stop").await?;
+    let config = env.shell_container(
+        &pod,
+        "stubborn",
+        "trap '' TERM; while true; do sleep 0.1; done",
+    )?;
+    let id = env.start_container(&pod, &config).await?;
+    // A stop with a long grace period whose client gives up after a second
+    // (crustd carries on with it).
+    let mut runtime = env.cri.runtime.clone();
+    let mut abandoned = tonic::Request::new(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 120,
+    });
+    abandoned.set_timeout(Duration::from_secs(1));
+    let gave_up = runtime.stop_container(abandoned).await;
+    ensure!(
+        gave_up.is_err(),
+        "a container ignoring SIGTERM stopped within a second"
+    );
+    // kubelet's force delete: stop again with no grace period.
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), env.cri.stop_container(&id, 0))
+        .await
+        .context("StopContainer(0) waited behind the abandoned stop")??;
+    let took = started.elapsed();
+    ensure!(
+        took < Duration::from_secs(2),
+        "StopContainer(0) took {took:?} with an abandoned stop under way"
+    );
+    let status = env.cri.container_status(&id).await?;
+    ensure!(
+        status.state == ContainerState::ContainerExited as i32 && status.exit_code == 137,
+        "after the forced stop the container is {:?} with exit code {}",
+        status.state,
+        status.exit_code
+    );
+    tokio::time::timeout(Duration::from_secs(10), env.cri.remove_pod_sandbox(&pod.id))
+        .await
+        .context("RemovePodSandbox waited behind the abandoned stop")??;
     env.assert_no_leaks()
 }
 

@@ -6,7 +6,7 @@ use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 
@@ -20,11 +20,8 @@ use crate::runtime::{Entry, Runtime, if_exists};
 use crate::sandbox::SandboxState;
 use crate::sandbox::config::NamespaceMode;
 use crate::sys::runc::RuncStatus;
-use crate::sys::{cgroup, mount, notify, process};
+use crate::sys::{cgroup, mount, process};
 use crate::{Error, Result, clock, fsutil, ids, teardown};
-
-/// How long to wait for a killed container to be reaped before giving up.
-const KILL_GRACE: Duration = Duration::from_secs(30);
 
 /// ListContainers filter; empty fields match everything.
 #[derive(Clone, Debug, Default)]
@@ -298,63 +295,6 @@ impl Runtime {
         })
         .await?;
         Ok(())
-    }
-
-    /// StopContainer: stop signal, up to `timeout` seconds, then SIGKILL. Stopping an
-    /// exited or unknown container succeeds.
-    pub async fn stop_container(self: &Arc<Self>, id: &str, timeout: i64) -> Result<()> {
-        let Some(entry) = if_exists(self.container_entry(id))? else {
-            return Ok(());
-        };
-        self.blocking(move |rt| rt.stop_container_entry(&entry, timeout))
-            .await
-    }
-
-    pub(crate) fn stop_container_entry(
-        &self,
-        entry: &Entry<Container>,
-        timeout: i64,
-    ) -> Result<()> {
-        let _guard = entry.lock_lifecycle();
-        self.refresh_container(entry);
-        let c = entry.snapshot();
-        match c.state {
-            ContainerState::Exited => return Ok(()),
-            ContainerState::Running if timeout > 0 => {
-                tracing::info!(id = %c.id, signal = c.stop_signal, timeout, "stopping container");
-                self.signal(&c, c.stop_signal)?;
-                let deadline = clock::instant_after(clock::request_secs(timeout));
-                if self.wait_exit(entry, deadline) {
-                    return Ok(());
-                }
-            }
-            _ => {}
-        }
-        tracing::info!(id = %c.id, "killing container");
-        self.signal(&c, libc::SIGKILL)?;
-        if self.wait_exit(entry, Instant::now() + KILL_GRACE) {
-            return Ok(());
-        }
-        Err(Error::DeadlineExceeded(format!(
-            "container {} did not exit within {}s of SIGKILL",
-            c.id,
-            KILL_GRACE.as_secs()
-        )))
-    }
-
-    fn signal(&self, c: &Container, signal: i32) -> Result<()> {
-        self.runc
-            .kill(&c.id, signal)
-            .map(|_| ())
-            .map_err(|e| Error::Internal(e.context(format!("signalling container {}", c.id))))
-    }
-
-    /// Waits until the container is recorded as exited, or the deadline passes.
-    fn wait_exit(&self, entry: &Entry<Container>, deadline: Instant) -> bool {
-        let bundle = entry.rec().bundle.clone();
-        notify::wait_in_dir(&bundle, deadline, || {
-            self.refresh_container(entry) == ContainerState::Exited
-        })
     }
 
     /// RemoveContainer: kills it if needed and removes everything it had. Removing an

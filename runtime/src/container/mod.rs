@@ -8,6 +8,7 @@ pub(crate) mod exit_watch;
 mod lifecycle;
 pub mod shim;
 pub mod spec;
+mod stop;
 pub mod user;
 
 use std::path::PathBuf;

@@ -1,0 +1,129 @@
+//! StopContainer: the stop signal, a grace period, then SIGKILL, with a later
+//! stop taking over an earlier one.
+//!
+//! kubelet force-deletes a pod by stopping its containers again with a
+//! shorter grace period while the first stop (whose client may have given
+//! up) still waits. So the stop in progress keeps the earliest deadline any
+//! caller asked for, and every later caller only moves that deadline
+//! earlier and waits for the exit: a `StopContainer(0)` kills at once
+//! instead of queueing behind a long grace period.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Container, ContainerState};
+use crate::runtime::{Entry, Runtime, if_exists};
+use crate::sys::notify;
+use crate::{Error, Result, clock};
+
+/// How long to wait for a killed container to be reaped before giving up.
+const KILL_GRACE: Duration = Duration::from_secs(30);
+
+impl Runtime {
+    /// StopContainer: stop signal, up to `timeout` seconds, then SIGKILL. Stopping an
+    /// exited or unknown container succeeds.
+    pub async fn stop_container(self: &Arc<Self>, id: &str, timeout: i64) -> Result<()> {
+        let Some(entry) = if_exists(self.container_entry(id))? else {
+            return Ok(());
+        };
+        self.blocking(move |rt| rt.stop_container_entry(&entry, timeout))
+            .await
+    }
+
+    /// Stops the container within `timeout` seconds (0 or less: kill now),
+    /// taking over the deadline of a stop already under way when this one is
+    /// sooner.
+    pub(crate) fn stop_container_entry(
+        &self,
+        entry: &Entry<Container>,
+        timeout: i64,
+    ) -> Result<()> {
+        let deadline = clock::instant_after(clock::request_secs(timeout));
+        let performer = {
+            let mut stop_by = entry.stop_by();
+            let first = stop_by.is_none();
+            *stop_by = Some(stop_by.map_or(deadline, |d| d.min(deadline)));
+            first
+        };
+        if !performer {
+            return self.await_other_stop(entry, deadline);
+        }
+        let result = {
+            let _guard = entry.lock_lifecycle();
+            self.stop_locked(entry)
+        };
+        *entry.stop_by() = None;
+        result
+    }
+
+    /// Waits for the stop under way (whose deadline this caller moved) to
+    /// end with the container exited.
+    fn await_other_stop(&self, entry: &Entry<Container>, deadline: Instant) -> Result<()> {
+        let limit = deadline.checked_add(KILL_GRACE).unwrap_or(deadline);
+        let bundle = entry.rec().bundle.clone();
+        let exited = notify::wait_in_dir(&bundle, limit, || {
+            entry.rec().state == ContainerState::Exited || entry.stop_by().is_none()
+        });
+        if entry.rec().state == ContainerState::Exited {
+            return Ok(());
+        }
+        if exited {
+            // The other stop ended without the exit (it failed): try again.
+            return self.stop_container_entry(entry, 0);
+        }
+        Err(Error::DeadlineExceeded(format!(
+            "container {} did not exit within {}s of its stop deadline",
+            entry.rec().id,
+            KILL_GRACE.as_secs()
+        )))
+    }
+
+    /// The stop itself, under the container's lifecycle lock: the stop
+    /// signal while the (possibly moving) deadline is ahead, then SIGKILL.
+    fn stop_locked(&self, entry: &Entry<Container>) -> Result<()> {
+        self.refresh_container(entry);
+        let c = entry.snapshot();
+        let deadline_ahead = || entry.stop_by().is_some_and(|d| Instant::now() < d);
+        match c.state {
+            ContainerState::Exited => return Ok(()),
+            ContainerState::Running if deadline_ahead() => {
+                tracing::info!(id = %c.id, signal = c.stop_signal, "stopping container");
+                self.signal(&c, c.stop_signal)?;
+                let bundle = c.bundle.clone();
+                let far = clock::instant_after(Duration::MAX);
+                notify::wait_in_dir(&bundle, far, || {
+                    self.refresh_container(entry) == ContainerState::Exited || !deadline_ahead()
+                });
+                if entry.rec().state == ContainerState::Exited {
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
+        tracing::info!(id = %c.id, "killing container");
+        self.signal(&c, libc::SIGKILL)?;
+        if self.wait_exit(entry, Instant::now() + KILL_GRACE) {
+            return Ok(());
+        }
+        Err(Error::DeadlineExceeded(format!(
+            "container {} did not exit within {}s of SIGKILL",
+            c.id,
+            KILL_GRACE.as_secs()
+        )))
+    }
+
+    fn signal(&self, c: &Container, signal: i32) -> Result<()> {
+        self.runc
+            .kill(&c.id, signal)
+            .map(|_| ())
+            .map_err(|e| Error::Internal(e.context(format!("signalling container {}", c.id))))
+    }
+
+    /// Waits until the container is recorded as exited, or the deadline passes.
+    fn wait_exit(&self, entry: &Entry<Container>, deadline: Instant) -> bool {
+        let bundle = entry.rec().bundle.clone();
+        notify::wait_in_dir(&bundle, deadline, || {
+            self.refresh_container(entry) == ContainerState::Exited
+        })
+    }
+}
