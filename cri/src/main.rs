@@ -54,6 +54,7 @@ enum ConfigCommand {
 }
 
 fn main() -> Result<()> {
+    crust_runtime::sys::process::return_large_frees();
     let cli = Cli::parse();
     if let Some(Command::Config {
         what: ConfigCommand::Default,

@@ -118,6 +118,8 @@ pub struct Runtime {
     pub(crate) events: crate::events::Events,
     /// The bundles watched for exit files.
     pub(crate) exit_watch: Arc<crate::container::exit_watch::ExitWatch>,
+    /// What bounds ExecSync's memory.
+    pub(crate) exec_limits: crate::container::ExecLimits,
 }
 
 impl Runtime {
@@ -177,6 +179,7 @@ impl Runtime {
             stats,
             events: crate::events::Events::default(),
             exit_watch: Arc::new(crate::container::exit_watch::ExitWatch::new()),
+            exec_limits: Default::default(),
         });
         rt.recover()?;
         rt.start_exit_watcher()

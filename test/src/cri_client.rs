@@ -43,6 +43,9 @@ pub struct ExecOutput {
     pub exit_code: i32,
 }
 
+/// The largest message kubelet's CRI client accepts (its `maxMsgSize`).
+pub const KUBELET_MAX_MESSAGE: usize = 16 << 20;
+
 impl CriClient {
     /// Connects to the CRI socket at `socket`.
     pub async fn connect(socket: &Path) -> Result<Self> {
@@ -59,9 +62,11 @@ impl CriClient {
                 }))
                 .await
                 .context("connecting to the CRI socket")?;
+        // kubelet's limit on what it receives: a reply crust sends must fit.
         Ok(Self {
-            runtime: RuntimeServiceClient::new(channel.clone()),
-            images: ImageServiceClient::new(channel),
+            runtime: RuntimeServiceClient::new(channel.clone())
+                .max_decoding_message_size(KUBELET_MAX_MESSAGE),
+            images: ImageServiceClient::new(channel).max_decoding_message_size(KUBELET_MAX_MESSAGE),
         })
     }
 

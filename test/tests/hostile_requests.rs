@@ -9,11 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use crust_e2e::assertions::expect_code;
+use crust_e2e::bench::memory::ProcessMemory;
 use crust_e2e::crafted::{CraftedImage, CraftedLayer, LayerFormat, RawTar};
-use crust_e2e::cri::{ContainerState, SecurityProfile, StopContainerRequest, security_profile};
+use crust_e2e::cri::{
+    ContainerState, ExecSyncRequest, SecurityProfile, StopContainerRequest, security_profile,
+};
+use crust_e2e::cri_client::KUBELET_MAX_MESSAGE;
 use crust_e2e::fake_registry::FakeRegistry;
 use crust_e2e::pod_config::security_mut;
-use crust_e2e::{TestEnv, run, unique};
+use crust_e2e::{TestEnv, run, unique, wait};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tonic::Code;
 
@@ -176,6 +180,93 @@ async fn forced_stop(env: &mut TestEnv) -> Result<()> {
     tokio::time::timeout(Duration::from_secs(10), env.cri.remove_pod_sandbox(&pod.id))
         .await
         .context("RemovePodSandbox waited behind the abandoned stop")??;
+    env.assert_no_leaks()
+}
+
+#[test]
+fn concurrent_large_exec_syncs_stay_bounded() {
+    run("concurrent_large_exec_syncs_stay_bounded", exec_flood);
+}
+
+/// crustd's resident memory in MiB.
+fn rss_mib(pid: u32) -> Result<f64> {
+    Ok(ProcessMemory::of(pid as i32)?.rss_kib / 1024.0)
+}
+
+async fn exec_flood(env: &mut TestEnv) -> Result<()> {
+    env.pull(&env.images.busybox.reference).await?;
+    let pod = env.run_pod("exec-flood").await?;
+    let config = env.shell_container(&pod, "target", "exec sleep 3600")?;
+    let id = env.start_container(&pod, &config).await?;
+    let pid = env.daemon.pid().context("crustd's pid")?;
+    env.cri.exec_sync(&id, &["true"], 10).await?;
+    let base = rss_mib(pid)?;
+
+    // 32 clients at once, each asking for 64 MB of output (four times what
+    // one reply may carry).
+    let calls: Vec<_> = (0..32)
+        .map(|_| {
+            let cri = env.cri.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                cri.exec_sync(&id, &["head", "-c", "64000000", "/dev/zero"], 120)
+                    .await
+            })
+        })
+        .collect();
+    let mut peak = base;
+    while calls.iter().any(|c| !c.is_finished()) {
+        peak = peak.max(rss_mib(pid)?);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for call in calls {
+        let out = call.await?.context("a large ExecSync failed")?;
+        ensure!(
+            out.exit_code == 0 && !out.stdout.is_empty() && out.stdout.len() < KUBELET_MAX_MESSAGE,
+            "a large ExecSync gave exit {} and {} bytes",
+            out.exit_code,
+            out.stdout.len()
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_mib(pid)?;
+    println!(
+        "crustd RSS: {base:.1} MiB before, {peak:.1} MiB at peak, {after:.1} MiB after 32 ExecSyncs of 64 MB"
+    );
+    ensure!(
+        peak - base < 200.0,
+        "crustd grew from {base:.1} to {peak:.1} MiB serving 32 large ExecSyncs"
+    );
+    ensure!(
+        after - base < 24.0,
+        "crustd kept {:.1} MiB after the large ExecSyncs ({base:.1} → {after:.1})",
+        after - base
+    );
+
+    // An ExecSync whose client gives up: its process is killed and reaped.
+    let mut runtime = env.cri.runtime.clone();
+    let mut abandoned = tonic::Request::new(ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["sleep".into(), "301".into()],
+        timeout: 0,
+    });
+    abandoned.set_timeout(Duration::from_secs(1));
+    ensure!(
+        runtime.exec_sync(abandoned).await.is_err(),
+        "sleep 301 finished within a second"
+    );
+    wait::until(
+        "the abandoned exec's process to go",
+        Duration::from_secs(10),
+        || async {
+            let ps = env.sh(&id, "ps -o args").await?;
+            Ok((!ps.contains("sleep 301")).then_some(()))
+        },
+    )
+    .await?;
+
+    env.cri.stop_pod_sandbox(&pod.id).await?;
+    env.cri.remove_pod_sandbox(&pod.id).await?;
     env.assert_no_leaks()
 }
 

@@ -1,7 +1,17 @@
 //! Commands run in a running container through `runc exec`: ExecSync, whose output
-//! is captured (capped at 16 MiB per stream, as CRI asks) and whose timeout is
-//! enforced, and streamed execs, whose stdio the streaming server carries. Either
-//! is killed, with what runc started for it, when its client goes away.
+//! is captured and whose timeout is enforced, and streamed execs, whose stdio the
+//! streaming server carries. Either is killed, with what runc started for it,
+//! when its client goes away.
+//!
+//! ExecSync's memory is bounded: one reply carries at most
+//! [`MAX_REPLY_OUTPUT`] (stdout and stderr together, under kubelet's 16 MiB
+//! receive limit); at most [`MAX_CONCURRENT_EXEC_SYNCS`] capture at once (the
+//! others wait their turn within their deadline); each keeps its first
+//! [`SMALL_OUTPUT`] freely, and only [`LARGE_OUTPUTS`] at a time may grow
+//! past that (a call waits, its command blocked on the pipe, until one ends).
+//! A call takes its large share once and whole, so no call that holds memory
+//! ever waits for more: the bound cannot deadlock. Together: at most
+//! 32 × 512 KiB + 3 × 16 MiB.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,6 +20,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::process::{Child, Command};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Container, ContainerState};
 use crate::runtime::Runtime;
@@ -17,8 +28,44 @@ use crate::sys::pty::{Pty, open_terminal};
 use crate::sys::runc::runc_error;
 use crate::{Error, Result};
 
-/// The most output kept per stream.
-const MAX_OUTPUT: usize = 16 << 20;
+/// The most output one ExecSync returns, stdout and stderr together: kubelet
+/// accepts messages of up to 16 MiB, and the reply needs room for its framing.
+pub const MAX_REPLY_OUTPUT: usize = (16 << 20) - (64 << 10);
+
+/// ExecSyncs capturing output at the same time.
+pub const MAX_CONCURRENT_EXEC_SYNCS: usize = 32;
+
+/// Output every ExecSync may keep without taking a large share.
+pub const SMALL_OUTPUT: usize = 512 << 10;
+
+/// ExecSyncs whose output may grow past [`SMALL_OUTPUT`] at the same time.
+pub const LARGE_OUTPUTS: usize = 3;
+
+/// The bounds every ExecSync shares.
+pub(crate) struct ExecLimits {
+    calls: Arc<Semaphore>,
+    large: Arc<Semaphore>,
+}
+
+impl Default for ExecLimits {
+    fn default() -> Self {
+        ExecLimits {
+            calls: Arc::new(Semaphore::new(MAX_CONCURRENT_EXEC_SYNCS)),
+            large: Arc::new(Semaphore::new(LARGE_OUTPUTS)),
+        }
+    }
+}
+
+/// One ExecSync's output allowance, shared by its stdout and stderr readers.
+struct CallOutput {
+    /// What the reply may still carry.
+    room: std::sync::atomic::AtomicUsize,
+    /// What was kept so far.
+    kept: std::sync::atomic::AtomicUsize,
+    /// Its large share, once it needs one.
+    large: tokio::sync::OnceCell<OwnedSemaphorePermit>,
+    shares: Arc<Semaphore>,
+}
 
 /// How long to keep reading output after the command exited (a background child
 /// can hold the pipes open).
@@ -241,6 +288,13 @@ impl Runtime {
             return Err(Error::invalid("exec needs a command"));
         }
         let c = self.running_container(id, "exec").await?;
+        let _turn = self
+            .exec_limits
+            .calls
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("the ExecSync limiter is closed"))?;
         let pid_file = c.bundle.join(format!("exec-{}.pid", crate::ids::new_id()));
         let child = self
             .runc_exec()
@@ -259,8 +313,15 @@ impl Runtime {
             Some(c) => (c.stdout.take(), c.stderr.take()),
             None => (None, None),
         };
-        let mut out_task = OutputReader(Some(tokio::spawn(read_capped(out))));
-        let mut err_task = OutputReader(Some(tokio::spawn(read_capped(err))));
+        let call = Arc::new(CallOutput {
+            room: MAX_REPLY_OUTPUT.into(),
+            kept: 0.into(),
+            large: tokio::sync::OnceCell::new(),
+            shares: self.exec_limits.large.clone(),
+        });
+        let mut out_task = OutputReader(Some(tokio::spawn(read_capped(out, call.clone()))));
+        // `call` (and the large share it may take) lives until the reply.
+        let mut err_task = OutputReader(Some(tokio::spawn(read_capped(err, call.clone()))));
 
         let waited = if timeout > 0 {
             tokio::time::timeout(crate::clock::request_secs(timeout), process.wait())
@@ -435,20 +496,39 @@ fn read_runc_log(path: &Path) -> Vec<String> {
         .collect()
 }
 
-async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
+/// Reads `pipe` to its end, keeping what the call's allowance lets it keep
+/// (and reading on past it, so the command is never blocked by the cap).
+async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>, call: Arc<CallOutput>) -> Vec<u8> {
+    use std::sync::atomic::Ordering;
     let mut out = Vec::new();
     let Some(mut pipe) = pipe else {
         return out;
     };
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        match pipe.read(&mut buf).await {
+        let n = match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => return out,
-            Ok(n) => {
-                let room = MAX_OUTPUT.saturating_sub(out.len());
-                out.extend_from_slice(&buf[..n.min(room)]);
+            Ok(n) => n,
+        };
+        let keep = call
+            .room
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                Some(left - left.min(n))
+            })
+            .map_or(0, |left| left.min(n));
+        if keep == 0 {
+            continue;
+        }
+        if call.kept.fetch_add(keep, Ordering::Relaxed) + keep > SMALL_OUTPUT {
+            let share = call
+                .large
+                .get_or_try_init(|| call.shares.clone().acquire_owned())
+                .await;
+            if share.is_err() {
+                return out;
             }
         }
+        out.extend_from_slice(&buf[..keep]);
     }
 }
 

@@ -17,7 +17,11 @@ use serde::{Deserialize, Serialize};
 
 pub use self::attach::{AttachInput, AttachOutput, AttachRequest, AttachStream};
 use self::config::ContainerConfig;
-pub use self::exec::{ExecOutput, ExecProcess, ExecReader, ExecRequest, ExecWriter};
+pub(crate) use self::exec::ExecLimits;
+pub use self::exec::{
+    ExecOutput, ExecProcess, ExecReader, ExecRequest, ExecWriter, LARGE_OUTPUTS,
+    MAX_CONCURRENT_EXEC_SYNCS, MAX_REPLY_OUTPUT, SMALL_OUTPUT,
+};
 pub use self::lifecycle::ContainerFilter;
 use crate::sandbox::config::SandboxConfig;
 

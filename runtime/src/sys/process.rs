@@ -68,6 +68,20 @@ fn capability_mask(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Makes glibc give large freed blocks back at once: buffers of 128 KiB and
+/// more (ExecSync output, layer chunks, replies) are mapped on their own and
+/// unmapped when freed, and a heap top larger than 1 MiB is trimmed. Without
+/// this, glibc raises both thresholds after the first large free (to 32 MiB
+/// per arena), and crustd keeps tens of MiB after a burst of large replies.
+pub fn return_large_frees() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator tunables; called at start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 20);
+    }
+}
+
 /// Returns freed heap memory to the operating system (glibc keeps it otherwise).
 pub fn release_free_memory() {
     #[cfg(target_env = "gnu")]
