@@ -298,7 +298,7 @@ impl Runtime {
             .map(|e| e.snapshot().config);
         match sandbox {
             Some(s) => crate::container::reserved_name(&c.config, &s),
-            None => format!("{}_{}", c.config.name, c.sandbox_id),
+            None => serde_json::json!([c.config.name, c.sandbox_id]).to_string(),
         }
     }
 

@@ -343,6 +343,58 @@ async fn escaping_names(env: &mut TestEnv) -> Result<()> {
 }
 
 #[test]
+fn names_that_join_alike_stay_apart() {
+    run("names_that_join_alike_stay_apart", colliding_names);
+}
+
+async fn colliding_names(env: &mut TestEnv) -> Result<()> {
+    env.pull(&env.images.busybox.reference).await?;
+    // Joined with '_', container "a_p" of pod n/u/1 and container "a" of pod
+    // p/n/u_1 are both "a_p_n_u_1_0".
+    let mut pods = Vec::new();
+    for (container, (name, namespace, uid)) in [("a_p", ("n", "u", "1")), ("a", ("p", "n", "u_1"))]
+    {
+        let mut config = env.pod_config("collide")?;
+        let meta = config.metadata.as_mut().context("metadata")?;
+        meta.name = name.into();
+        meta.namespace = namespace.into();
+        meta.uid = uid.into();
+        let pod = env.run_pod_with(config).await?;
+        let mut c = env.shell_container(&pod, container, "exec sleep 3600")?;
+        c.metadata.as_mut().context("container metadata")?.name = container.into();
+        let id = env
+            .cri
+            .create_container(&pod.id, &c, &pod.config)
+            .await
+            .with_context(|| {
+                format!("CreateContainer {container} in pod {name}/{namespace}/{uid}")
+            })?;
+        pods.push((pod, id));
+    }
+    ensure!(
+        pods[0].1 != pods[1].1,
+        "both pods got container {}",
+        pods[0].1
+    );
+    for (pod, id) in &pods {
+        let status = env.cri.container_status(id).await?;
+        let listed = env.cri.list_containers(None).await?;
+        ensure!(
+            listed
+                .iter()
+                .any(|c| c.id == *id && c.pod_sandbox_id == pod.id),
+            "container {id} is not listed in its own pod {}: {status:?}",
+            pod.id
+        );
+    }
+    for (pod, _) in &pods {
+        env.cri.stop_pod_sandbox(&pod.id).await?;
+        env.cri.remove_pod_sandbox(&pod.id).await?;
+    }
+    env.assert_no_leaks()
+}
+
+#[test]
 fn the_socket_appears_with_its_final_mode() {
     run("the_socket_appears_with_its_final_mode", socket_mode);
 }

@@ -48,9 +48,20 @@ impl Runtime {
     ) -> Result<String> {
         cfg.validate()?;
         let sandbox = self.sandbox_entry(sandbox_id)?;
+        let sandbox_id = sandbox.snapshot().id;
         let name = reserved_name(&cfg, &sandbox.snapshot().config);
         let ticket = match self.container_names.reserve(&name, "container").await? {
-            Reservation::Existing(id) => return Ok(id),
+            // A retry gets the first attempt's container only in the same pod
+            // sandbox: the name says nothing about which sandbox made it.
+            Reservation::Existing(id) => {
+                let owner = self.container_entry(&id).map(|e| e.snapshot().sandbox_id);
+                return match owner {
+                    Ok(owner) if owner == sandbox_id => Ok(id),
+                    _ => Err(Error::AlreadyExists(format!(
+                        "container name {name} is in use by container {id} of another pod sandbox; remove it first"
+                    ))),
+                };
+            }
             Reservation::Fresh(t) => t,
         };
         let id = self

@@ -97,11 +97,39 @@ pub struct Container {
     pub cgroup_path: String,
 }
 
-/// The reserved name of a container: its name, its pod's name, namespace and uid,
-/// and its attempt.
+/// The reserved name of a container: its name, its pod's name, namespace and
+/// uid, and its attempt, as a JSON array, so that no two distinct tuples
+/// share a name (joined with `_`, `a_p` in pod `n/u/1` and `a` in `p/n/u_1`
+/// would).
 pub fn reserved_name(c: &ContainerConfig, pod: &SandboxConfig) -> String {
-    format!(
-        "{}_{}_{}_{}_{}",
-        c.name, pod.name, pod.namespace, pod.uid, c.attempt
-    )
+    serde_json::json!([c.name, pod.name, pod.namespace, pod.uid, c.attempt]).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_do_not_collide() {
+        let container = |name: &str| ContainerConfig {
+            name: name.into(),
+            attempt: 0,
+            ..Default::default()
+        };
+        let pod = |name: &str, namespace: &str, uid: &str| SandboxConfig {
+            name: name.into(),
+            namespace: namespace.into(),
+            uid: uid.into(),
+            ..Default::default()
+        };
+        let one = reserved_name(&container("a_p"), &pod("n", "u", "1"));
+        let two = reserved_name(&container("a"), &pod("p", "n", "u_1"));
+        assert_ne!(one, two);
+        let mut other_attempt = container("a");
+        other_attempt.attempt = 1;
+        assert_ne!(
+            reserved_name(&container("a"), &pod("p", "n", "u")),
+            reserved_name(&other_attempt, &pod("p", "n", "u"))
+        );
+    }
 }

@@ -78,12 +78,10 @@ pub struct SandboxConfig {
 }
 
 impl SandboxConfig {
-    /// The reserved name: `name_namespace_uid_attempt`.
+    /// The reserved name: `[name, namespace, uid, attempt]` as JSON, so no two
+    /// distinct tuples share it.
     pub fn reserved_name(&self) -> String {
-        format!(
-            "{}_{}_{}_{}",
-            self.name, self.namespace, self.uid, self.attempt
-        )
+        serde_json::json!([self.name, self.namespace, self.uid, self.attempt]).to_string()
     }
 
     /// Checks the request before anything is created.
@@ -205,7 +203,7 @@ mod tests {
     #[test]
     fn validation() {
         assert!(valid().validate().is_ok());
-        assert_eq!(valid().reserved_name(), "web_default_u1_0");
+        assert_eq!(valid().reserved_name(), r#"["web","default","u1",0]"#);
         let mut c = valid();
         c.name.clear();
         assert!(matches!(c.validate(), Err(Error::InvalidArgument(_))));
