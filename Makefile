@@ -24,6 +24,7 @@ BENCH_PKGS := containerd skopeo
 
 # make bench knobs: pods per runtime, cold pulls per image, rounds of the big-image
 # pulls (5 layers, ~100 MiB; 0 skips them), where the JSON goes.
+SOAK_ROUNDS ?= 10
 BENCH_N     ?= 30
 BENCH_PULLS ?= 15
 BENCH_BIG_PULLS ?= 5
@@ -48,7 +49,7 @@ IMAGE_BUSYBOX := $(CONFORMANCE_DIR)/busybox/bin/busybox
 # (The AppArmor specs skip themselves on a host without AppArmor.)
 CRITEST_SKIP ?= public image with digest should be pulled and removed
 
-.PHONY: all build release run test unit e2e bench lint install conformance deps-build deps-run deps-test deps-bench deps-conformance
+.PHONY: all build release run test unit e2e bench lint install conformance soak deps-build deps-run deps-test deps-bench deps-conformance
 
 all: build
 
@@ -100,6 +101,10 @@ bench: deps-bench release
 	$(CARGO) build --release -p crust-e2e --bin crust-bench
 	CRUST_BIN_DIR=$(CURDIR)/$(RELEASE) CRUST_BENCH_N=$(BENCH_N) CRUST_BENCH_PULLS=$(BENCH_PULLS) \
 		CRUST_BENCH_BIG_PULLS=$(BENCH_BIG_PULLS) CRUST_BENCH_JSON=$(BENCH_JSON) $(RELEASE)/crust-bench
+
+soak: deps-test build
+	CRUST_BIN_DIR=$(CURDIR)/$(DEBUG) CRUST_SOAK_ROUNDS=$(SOAK_ROUNDS) \
+		$(CARGO) test -p crust-e2e --test load -- --ignored --nocapture soak
 
 conformance: deps-conformance build $(CRITEST) $(KUBELET) $(CRICTL) $(IMAGE_BUSYBOX)
 	CRUST_BIN_DIR=$(CURDIR)/$(DEBUG) CRUST_CRITEST=$(CRITEST) CRUST_KUBELET=$(KUBELET) \

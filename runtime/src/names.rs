@@ -73,7 +73,7 @@ impl Names {
                             return Ok(Reservation::Existing(id.clone()));
                         }
                         return Err(Error::AlreadyExists(format!(
-                            "{what} name {name:?} is already in use by {what} {id}; remove it first"
+                            "{what} name {name} is already in use by {what} {id}; remove it first"
                         )));
                     }
                     Some(Slot::InFlight(rx)) => rx.clone(),

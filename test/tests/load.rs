@@ -2,15 +2,18 @@
 //! clients over a real CNI bridge on this 2-core machine, then all removed
 //! the same way: no error, nothing left (netns, veth, IP reservations,
 //! attachment records, mounts, shims, cgroups, directories), and crustd's
-//! memory measured at the peak and after.
+//! memory measured at the peak and after. The soak (ignored; `make soak`)
+//! repeats rounds of it while crustd is killed with SIGKILL at a random
+//! moment and restarted, and checks the same.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use crust_e2e::bench::memory::ProcessMemory;
-use crust_e2e::cri::ContainerState;
+use crust_e2e::cri::{ContainerConfig, ContainerFilter, ContainerState, PodSandboxConfig};
 use crust_e2e::network::{TestNetwork, attachment_records};
 use crust_e2e::{CriClient, Pod, TestEnv, run_with_timeout};
+use tonic::Code;
 
 /// Concurrent clients.
 const CLIENTS: usize = 10;
@@ -136,5 +139,156 @@ async fn hundred_pods(env: &mut TestEnv) -> Result<()> {
             .map(|id| format!("attachment record of {id}")),
     );
     ensure!(left.is_empty(), "100 pods left behind: {left:#?}");
+    env.assert_no_leaks()
+}
+
+/// Environment variable with the number of soak rounds (`make soak`'s
+/// `SOAK_ROUNDS`).
+const SOAK_ROUNDS_ENV: &str = "CRUST_SOAK_ROUNDS";
+
+/// Pods per soak round, made by [`CLIENTS`] clients.
+const SOAK_PODS: usize = 30;
+
+#[test]
+#[ignore = "long: run by `make soak`"]
+fn soak_with_crustd_killed_at_random() {
+    let rounds: u64 = std::env::var(SOAK_ROUNDS_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    run_with_timeout(
+        "soak_with_crustd_killed_at_random",
+        Duration::from_secs(120 * rounds + 60),
+        async move |env: &mut TestEnv| soak(env, rounds).await,
+    );
+}
+
+/// A pseudo-random number below `n`, from the clock (no seed to keep).
+fn random_below(n: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos) % n.max(1)
+}
+
+/// Makes `config`'s pod with a running container as kubelet would through
+/// crustd being killed: each step is retried on a fresh connection while
+/// crustd is down, and a step that had already been done before the kill
+/// (AlreadyExists) is picked up where it got.
+async fn make_pod_through_kills(
+    socket: &std::path::Path,
+    config: &PodSandboxConfig,
+    container: &ContainerConfig,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match make_pod_once(socket, config, container).await {
+            Ok(()) => return Ok(()),
+            // crustd is down or restarting: the next attempt picks up.
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.context("making a pod while crustd was killed")),
+        }
+    }
+}
+
+async fn make_pod_once(
+    socket: &std::path::Path,
+    config: &PodSandboxConfig,
+    container: &ContainerConfig,
+) -> Result<()> {
+    let cri = CriClient::connect(socket).await?;
+    let uid = config
+        .metadata
+        .as_ref()
+        .map(|m| m.uid.clone())
+        .unwrap_or_default();
+    let pod = match cri.run_pod_sandbox(config).await {
+        Ok(id) => id,
+        Err(s) if s.code() == Code::AlreadyExists => cri
+            .list_pod_sandbox(None)
+            .await?
+            .into_iter()
+            .find(|p| p.metadata.as_ref().is_some_and(|m| m.uid == uid))
+            .map(|p| p.id)
+            .context("AlreadyExists for a pod that is not listed")?,
+        Err(s) => return Err(s.into()),
+    };
+    let id = match cri.create_container(&pod, container, config).await {
+        Ok(id) => id,
+        Err(s) if s.code() == Code::AlreadyExists => cri
+            .list_containers(Some(ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }))
+            .await?
+            .into_iter()
+            .next()
+            .map(|c| c.id)
+            .context("AlreadyExists for a container that is not listed")?,
+        Err(s) => return Err(s.into()),
+    };
+    let state = cri.container_status(&id).await?.state;
+    if state == ContainerState::ContainerCreated as i32 {
+        cri.start_container(&id).await?;
+    }
+    Ok(())
+}
+
+async fn soak(env: &mut TestEnv, rounds: u64) -> Result<()> {
+    let net = TestNetwork::claim(env)?;
+    net.install(&net.standard_conflist("1.0.0"))?;
+    env.pull(&env.images.busybox.reference).await?;
+    for round in 0..rounds {
+        let socket = env.daemon.paths().socket.clone();
+        let mut clients = Vec::new();
+        for client in 0..CLIENTS {
+            let mut mine = Vec::new();
+            for n in 0..SOAK_PODS / CLIENTS {
+                let config = env.pod_config(&format!("soak-{round}-{client}-{n}"))?;
+                let pod = Pod {
+                    id: String::new(),
+                    config,
+                };
+                let container = env.shell_container(&pod, "sleeper", "exec sleep 3600")?;
+                mine.push((pod.config, container));
+            }
+            let socket = socket.clone();
+            clients.push(tokio::spawn(async move {
+                for (config, container) in mine {
+                    make_pod_through_kills(&socket, &config, &container).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        let kill_after = Duration::from_millis(200 + random_below(2500));
+        tokio::time::sleep(kill_after).await;
+        env.kill_daemon().await?;
+        env.restart_daemon().await?;
+        for c in clients {
+            c.await??;
+        }
+        let pid = env.daemon.pid().context("crustd's pid")?;
+        let up = env.cri.list_pod_sandbox(None).await?;
+        let rss = rss_mib(pid)?;
+        for sandbox in &up {
+            env.cri.stop_pod_sandbox(&sandbox.id).await?;
+            env.cri.remove_pod_sandbox(&sandbox.id).await?;
+        }
+        let mut left = net.leftovers()?;
+        left.extend(
+            attachment_records(env)
+                .into_iter()
+                .map(|id| format!("attachment record of {id}")),
+        );
+        left.extend(env.daemon.leaks());
+        println!(
+            "soak round {round}: crustd killed after {kill_after:.1?}; {} pods up, crustd RSS {rss:.1} MiB; {} left after removal",
+            up.len(),
+            left.len()
+        );
+        ensure!(left.is_empty(), "soak round {round} left behind: {left:#?}");
+    }
     env.assert_no_leaks()
 }
