@@ -25,6 +25,8 @@ BENCH_PKGS := containerd skopeo
 # make bench knobs: pods per runtime, cold pulls per image, rounds of the big-image
 # pulls (5 layers, ~100 MiB; 0 skips them), where the JSON goes.
 SOAK_ROUNDS ?= 10
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := reference manifest config hosts_toml layer_tar cri_log cni
 BENCH_N     ?= 30
 BENCH_PULLS ?= 15
 BENCH_BIG_PULLS ?= 5
@@ -49,7 +51,7 @@ IMAGE_BUSYBOX := $(CONFORMANCE_DIR)/busybox/bin/busybox
 # (The AppArmor specs skip themselves on a host without AppArmor.)
 CRITEST_SKIP ?= public image with digest should be pulled and removed
 
-.PHONY: all build release run test unit e2e bench lint install conformance soak deps-build deps-run deps-test deps-bench deps-conformance
+.PHONY: all build release run test unit e2e bench lint install conformance soak fuzz deps-build deps-run deps-test deps-bench deps-conformance
 
 all: build
 
@@ -101,6 +103,16 @@ bench: deps-bench release
 	$(CARGO) build --release -p crust-e2e --bin crust-bench
 	CRUST_BIN_DIR=$(CURDIR)/$(RELEASE) CRUST_BENCH_N=$(BENCH_N) CRUST_BENCH_PULLS=$(BENCH_PULLS) \
 		CRUST_BENCH_BIG_PULLS=$(BENCH_BIG_PULLS) CRUST_BENCH_JSON=$(BENCH_JSON) $(RELEASE)/crust-bench
+
+# Each target for FUZZ_SECONDS from the seeds in fuzz/corpus (new inputs go
+# to fuzz/work, crashes to fuzz/artifacts); needs nightly and cargo-fuzz.
+fuzz:
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		mkdir -p work/$$t && \
+		cargo +nightly fuzz run $$t work/$$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 soak: deps-test build
 	CRUST_BIN_DIR=$(CURDIR)/$(DEBUG) CRUST_SOAK_ROUNDS=$(SOAK_ROUNDS) \

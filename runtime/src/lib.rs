@@ -6,6 +6,8 @@ pub mod container;
 pub mod error;
 pub mod events;
 pub mod fsutil;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod ids;
 pub mod image;
 pub mod names;

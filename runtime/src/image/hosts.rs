@@ -139,7 +139,7 @@ pub(crate) fn load(config_path: &Path, domain: &str) -> Result<RegistryHosts> {
         });
     };
     let file = dir.join(HOSTS_FILE);
-    match std::fs::read_to_string(&file) {
+    match read_hosts_file(&file) {
         Ok(text) => {
             let hosts = parse(&text, &dir, domain).map_err(|why| {
                 Error::FailedPrecondition(format!(
@@ -161,6 +161,18 @@ pub(crate) fn load(config_path: &Path, domain: &str) -> Result<RegistryHosts> {
             file.display()
         ))),
     }
+}
+
+/// Largest hosts.toml read.
+const MAX_HOSTS_FILE: u64 = 1 << 20;
+
+/// hosts.toml's text: without blocking on a FIFO, and only from a regular
+/// file of at most [`MAX_HOSTS_FILE`] bytes.
+fn read_hosts_file(file: &Path) -> std::io::Result<String> {
+    let opened = crate::fsutil::open_nonblocking(file, false)?;
+    let data = crate::fsutil::read_regular_capped(opened, MAX_HOSTS_FILE)
+        .map_err(|why| std::io::Error::other(format!("it {why}")))?;
+    String::from_utf8(data).map_err(|_| std::io::Error::other("it is not UTF-8 text"))
 }
 
 /// The first of containerd's candidate directories for `domain` that exists.
@@ -265,7 +277,11 @@ pub(crate) fn is_loopback(host_port: &str) -> bool {
 }
 
 /// Parses a `hosts.toml` of directory `dir` for registry `domain`.
-fn parse(text: &str, dir: &Path, domain: &str) -> std::result::Result<Vec<RegistryHost>, String> {
+pub(crate) fn parse(
+    text: &str,
+    dir: &Path,
+    domain: &str,
+) -> std::result::Result<Vec<RegistryHost>, String> {
     let table: Table = text.parse().map_err(|e: toml::de::Error| {
         let reason = e.message().trim_end_matches('.');
         match e.span() {

@@ -28,9 +28,9 @@
 mod content;
 mod digest;
 mod foreign;
-mod hosts;
+pub(crate) mod hosts;
 mod locks;
-mod manifest;
+pub(crate) mod manifest;
 mod options;
 mod platform;
 mod pull;
@@ -40,7 +40,7 @@ mod registry;
 mod snapshot;
 mod store;
 mod transfer;
-mod unpack;
+pub(crate) mod unpack;
 mod usage;
 
 pub use manifest::{MAX_CONFIG_BYTES, MAX_LAYER_BYTES, MAX_LAYERS, MAX_MANIFEST_BYTES};

@@ -376,3 +376,19 @@ fn loopback_hosts() {
         assert!(!is_loopback(h), "{h}");
     }
 }
+
+#[test]
+fn a_fifo_hosts_toml_is_refused_without_blocking() {
+    let root = config_dir("fifo");
+    let dir = root.0.join("registry.example");
+    std::fs::create_dir_all(&dir).unwrap();
+    nix::unistd::mkfifo(
+        &dir.join(HOSTS_FILE),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    match load(&root.0, "registry.example") {
+        Err(Error::FailedPrecondition(m)) => assert!(m.contains("FIFO"), "{m}"),
+        other => panic!("a FIFO hosts.toml gave {:?}", other.map(|h| h.source)),
+    }
+}

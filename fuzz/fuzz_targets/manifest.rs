@@ -1,0 +1,6 @@
+//! Manifests and indexes as registries send them.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    crust_runtime::fuzzing::manifest(data);
+});
