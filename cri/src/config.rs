@@ -177,6 +177,13 @@ impl Config {
         if self.stream.token_timeout == 0 || self.stream.idle_timeout == 0 {
             bail!("stream.token_timeout and stream.idle_timeout must be at least 1 second");
         }
+        // Deadlines are instants from now: keep them representable.
+        const YEAR: u64 = 365 * 24 * 3600;
+        if self.stream.token_timeout > YEAR || self.stream.idle_timeout > YEAR {
+            bail!(
+                "stream.token_timeout and stream.idle_timeout must be at most a year ({YEAR} seconds)"
+            );
+        }
         if !self.metrics.address.is_empty()
             && self
                 .metrics
@@ -292,6 +299,7 @@ mod tests {
         assert!(Config::parse("[runtime]\nshm_size = \"big\"").is_err());
         assert!(Config::parse("[stream]\naddress = \"localhost\"").is_err());
         assert!(Config::parse("[metrics]\naddress = \"localhost:1338\"").is_err());
+        assert!(Config::parse("[stream]\nidle_timeout = 18446744073709551615").is_err());
         assert_eq!(
             Config::parse("[metrics]\naddress = \"127.0.0.1:1338\"")
                 .unwrap()
