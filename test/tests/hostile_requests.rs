@@ -12,7 +12,7 @@ use crust_e2e::assertions::expect_code;
 use crust_e2e::bench::memory::ProcessMemory;
 use crust_e2e::crafted::{CraftedImage, CraftedLayer, LayerFormat, RawTar};
 use crust_e2e::cri::{
-    ContainerState, ExecSyncRequest, SecurityProfile, StopContainerRequest, security_profile,
+    ContainerState, ExecSyncRequest, Mount, SecurityProfile, StopContainerRequest, security_profile,
 };
 use crust_e2e::cri_client::KUBELET_MAX_MESSAGE;
 use crust_e2e::fake_registry::FakeRegistry;
@@ -332,6 +332,21 @@ async fn escaping_names(env: &mut TestEnv) -> Result<()> {
         "a symlink at the log path",
     )?;
     ensure!(!target.exists(), "crust wrote through the planted symlink");
+    // A relative host path would resolve wherever runc happens to run.
+    let mut relative = env.shell_container(&pod, "relative", "exec sleep 3600")?;
+    relative.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: "../../etc".into(),
+        ..Default::default()
+    }];
+    expect_code(
+        env.cri
+            .create_container(&pod.id, &relative, &pod.config)
+            .await
+            .map(drop),
+        Code::InvalidArgument,
+        "a relative mount host_path",
+    )?;
     ensure!(
         env.cri.list_containers(None).await?.is_empty(),
         "the refused container was created"

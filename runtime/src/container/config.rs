@@ -209,6 +209,13 @@ impl ContainerConfig {
                     m.container_path
                 )));
             }
+            // A relative host path would resolve against wherever runc runs.
+            if !m.host_path.starts_with('/') {
+                return Err(Error::invalid(format!(
+                    "mount host_path {:?} (at {:?}) must be absolute",
+                    m.host_path, m.container_path
+                )));
+            }
             if m.recursive_read_only && (!m.readonly || m.propagation != Propagation::Private) {
                 return Err(Error::invalid(format!(
                     "recursive read-only mount at {:?} must also be readonly with private propagation",
@@ -256,5 +263,38 @@ impl ContainerConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_mount(host_path: &str) -> ContainerConfig {
+        ContainerConfig {
+            name: "c".into(),
+            image: "busybox".into(),
+            mounts: vec![Mount {
+                container_path: "/data".into(),
+                host_path: host_path.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn mount_host_paths_must_be_absolute() {
+        assert!(
+            with_mount("/var/lib/kubelet/pods/x/volumes/data")
+                .validate()
+                .is_ok()
+        );
+        for bad in ["", "data", "../../etc", "./x"] {
+            assert!(
+                matches!(with_mount(bad).validate(), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
     }
 }
