@@ -8,7 +8,7 @@ use k8s_cri::v1::image_service_server;
 use tonic::{Request, Response, Status};
 
 use crate::convert::image;
-use crate::instrument::rpc;
+use crate::instrument::{off_thread, rpc};
 
 /// The ImageService implementation.
 pub struct ImageService {
@@ -115,11 +115,10 @@ impl image_service_server::ImageService for ImageService {
         rpc("ImageFsInfo", async {
             let images = self.runtime.images().clone();
             let layers = self.runtime.writable_layers().clone();
-            let (image_fs, container_fs) = tokio::task::spawn_blocking(move || {
+            let (image_fs, container_fs) = off_thread(move || {
                 Ok::<_, Error>((images.usage()?, layers.usage()?.total.clone()))
             })
-            .await
-            .map_err(|e| Error::internal(format!("usage task failed: {e}")))??;
+            .await??;
             // One entry each: kubelet reads the first of each list as the
             // image filesystem and the container filesystem.
             Ok(v1::ImageFsInfoResponse {

@@ -66,3 +66,15 @@ pub fn deadline<T>(req: &tonic::Request<T>) -> Option<Instant> {
 pub fn unimplemented(method: &str) -> Status {
     Status::unimplemented(format!("{method} is not implemented by crust yet"))
 }
+
+/// Runs `f` on the blocking pool: what reads files or enters namespaces
+/// stays off the threads that serve RPCs.
+pub async fn off_thread<T, F>(f: F) -> crust_runtime::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("a worker task failed: {e}")))
+}

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::convert::{self, container, metrics, sandbox, stats};
-use crate::instrument::{deadline, rpc, unimplemented};
+use crate::instrument::{deadline, off_thread, rpc, unimplemented};
 use crate::stream::StreamServer;
 use crate::stream::tokens::Pending;
 
@@ -98,18 +98,6 @@ type Reply<T> = Result<Response<T>, Status>;
 /// `v` as a JSON document for verbose answers.
 fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
-}
-
-/// Runs `f` on the blocking pool: what reads files or enters namespaces
-/// stays off the threads that serve RPCs.
-async fn off_thread<T, F>(f: F) -> crust_runtime::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("a worker task failed: {e}")))
 }
 
 #[tonic::async_trait]
