@@ -231,8 +231,9 @@ impl Runtime {
             .collect()
     }
 
-    /// Runs blocking lifecycle work on the blocking pool. The work is never cancelled
-    /// half-way when the client goes away: it finishes (or rolls back) on its own.
+    /// Runs blocking work (lifecycle calls, namespace and file I/O) on the
+    /// blocking pool. The work is never cancelled half-way when the client
+    /// goes away: it finishes (or rolls back) on its own.
     pub(crate) async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
     where
         T: Send + 'static,

@@ -150,13 +150,12 @@ impl Runtime {
         what: &str,
     ) -> Result<Container> {
         let entry = self.container_entry(id)?;
-        let rt = self.clone();
-        let c = tokio::task::spawn_blocking(move || {
-            rt.refresh_unless_busy(&entry);
-            entry.snapshot()
-        })
-        .await
-        .map_err(|e| Error::internal(format!("{what} task failed: {e}")))?;
+        let c = self
+            .blocking(move |rt| {
+                rt.refresh_unless_busy(&entry);
+                Ok(entry.snapshot())
+            })
+            .await?;
         if c.state != ContainerState::Running {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is not running; {what} needs a running container",

@@ -38,21 +38,19 @@ impl Runtime {
             )));
         }
         let netns = sandbox.netns.clone();
-        let stream = tokio::task::spawn_blocking(move || {
-            crate::sys::netns::connect_loopback(netns.as_deref(), port)
-        })
-        .await
-        .map_err(|e| Error::internal(format!("port-forward task failed: {e}")))?
-        .and_then(|s| {
-            s.set_nonblocking(true)?;
-            tokio::net::TcpStream::from_std(s)
-        })
-        .map_err(|e| {
-            Error::FailedPrecondition(format!(
-                "connecting to port {port} in pod sandbox {}: {e}",
-                sandbox.id
-            ))
-        })?;
+        let stream = self
+            .blocking(move |_| Ok(crate::sys::netns::connect_loopback(netns.as_deref(), port)))
+            .await?
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                tokio::net::TcpStream::from_std(s)
+            })
+            .map_err(|e| {
+                Error::FailedPrecondition(format!(
+                    "connecting to port {port} in pod sandbox {}: {e}",
+                    sandbox.id
+                ))
+            })?;
         Ok(stream)
     }
 }
