@@ -20,7 +20,7 @@ use crate::runtime::{Entry, Runtime, if_exists};
 use crate::sandbox::SandboxState;
 use crate::sandbox::config::NamespaceMode;
 use crate::sys::runc::RuncStatus;
-use crate::sys::{cgroup, mount, process};
+use crate::sys::{mount, process};
 use crate::{Error, Result, clock, fsutil, ids, teardown};
 
 /// ListContainers filter; empty fields match everything.
@@ -489,7 +489,7 @@ impl Runtime {
         c.finished_at = at.max(c.started_at).max(c.created_at);
         c.reason = if code == 0 {
             "Completed"
-        } else if cgroup::oom_killed(&c.cgroup_path) {
+        } else if self.oom_killed(&c.cgroup_path) {
             "OOMKilled"
         } else {
             "Error"

@@ -84,6 +84,15 @@ impl Runtime {
         &self.stats.layers
     }
 
+    /// Whether the kernel's OOM killer killed a process in the cgroup at
+    /// `cgroup_path`; a missing cgroup or counter reads as false.
+    pub(crate) fn oom_killed(&self, cgroup_path: &str) -> bool {
+        self.stats
+            .reader
+            .oom_kills(cgroup_path)
+            .is_some_and(|n| n > 0)
+    }
+
     /// ContainerStats: the figures of one container, by id or unique prefix.
     pub fn container_stats(&self, id: &str) -> Result<ContainerStats> {
         let c = self.container_status(id)?;

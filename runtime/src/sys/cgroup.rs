@@ -1,32 +1,11 @@
 //! The host's cgroups: which controllers can enforce a container's limits
-//! (read once at start), and whether the kernel's OOM killer struck in a
-//! container's cgroup. Works on cgroup v1 (including the hybrid layout with
+//! (read once at start). Works on cgroup v1 (including the hybrid layout with
 //! cgroup2 beside the v1 hierarchies) and on pure v2.
 
 use std::path::{Path, PathBuf};
 
 /// Where the cgroup hierarchies are mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-/// True when the OOM killer killed a process in the cgroup at `cgroup_path`
-/// (a cgroupfs-style path such as `/kubepods/pod1/<id>`). A missing cgroup or
-/// counter reads as false.
-pub fn oom_killed(cgroup_path: &str) -> bool {
-    let rel = cgroup_path.trim_start_matches('/');
-    let root = Path::new(CGROUP_ROOT);
-    let (file, key) = if super::process::cgroup_v2_only() {
-        (root.join(rel).join("memory.events"), "oom_kill")
-    } else {
-        (
-            memory_v1(root).join(rel).join("memory.oom_control"),
-            "oom_kill",
-        )
-    };
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|text| counter(&text, key))
-        .is_some_and(|n| n > 0)
-}
 
 /// What the host's cgroups can enforce: kubelet asks for limits of every
 /// kind (hugepage limits for each page size it knows, for instance), and a
@@ -153,7 +132,6 @@ mod tests {
         let v2 = "low 0\nhigh 0\nmax 3\noom 1\noom_kill 0\n";
         assert_eq!(counter(v2, "oom_kill"), Some(0));
         assert_eq!(counter(v2, "missing"), None);
-        assert!(!oom_killed("/no/such/cgroup/for/crust"));
     }
 
     #[test]

@@ -54,6 +54,10 @@ impl CgroupUsage {
 pub trait UsageReader: Send + Sync {
     /// The usage of the cgroup at `cgroup_path`.
     fn read(&self, cgroup_path: &str) -> Option<CgroupUsage>;
+
+    /// Only the processes the OOM killer killed there (a container's exit
+    /// reason needs no more).
+    fn oom_kills(&self, cgroup_path: &str) -> Option<u64>;
 }
 
 /// The reader for this host's cgroups.
@@ -119,8 +123,16 @@ impl UsageReader for V1 {
             major_page_faults: stat_of("pgmajfault"),
             swap_bytes: swap,
             processes: number(&self.root.join("pids").join(rel), "pids.current"),
-            oom_kills: read(&memory, "memory.oom_control").and_then(|s| counter(&s, "oom_kill")),
+            oom_kills: self.oom_kills(cgroup_path),
         })
+    }
+
+    fn oom_kills(&self, cgroup_path: &str) -> Option<u64> {
+        let memory = self
+            .root
+            .join("memory")
+            .join(cgroup_path.trim_start_matches('/'));
+        counter(&read(&memory, "memory.oom_control")?, "oom_kill")
     }
 }
 
@@ -143,8 +155,13 @@ impl UsageReader for V2 {
             major_page_faults: counter(&stat, "pgmajfault"),
             swap_bytes: number(&dir, "memory.swap.current"),
             processes: number(&dir, "pids.current"),
-            oom_kills: read(&dir, "memory.events").and_then(|s| counter(&s, "oom_kill")),
+            oom_kills: self.oom_kills(cgroup_path),
         })
+    }
+
+    fn oom_kills(&self, cgroup_path: &str) -> Option<u64> {
+        let dir = self.root.join(cgroup_path.trim_start_matches('/'));
+        counter(&read(&dir, "memory.events")?, "oom_kill")
     }
 }
 
@@ -255,6 +272,7 @@ mod tests {
         assert_eq!(u.processes, Some(3));
         assert_eq!(u.oom_kills, Some(2));
         assert_eq!(V1 { root: root.clone() }.read("/crust/pod/gone"), None);
+        assert_eq!(V1 { root: root.clone() }.oom_kills("/crust/pod/gone"), None);
         std::fs::remove_dir_all(&root).unwrap();
     }
 
