@@ -532,6 +532,20 @@ fn release_forwarding() -> Vec<String> {
     problems
 }
 
+/// Everything torn-down pods on `net` may have left: the network's veths,
+/// reservations and NAT rules, crustd's attachment records, and its mounts,
+/// bundles, shims and cgroups.
+pub fn pod_leftovers(env: &TestEnv, net: &TestNetwork) -> Result<Vec<String>> {
+    let mut left = net.leftovers()?;
+    left.extend(
+        attachment_records(env)
+            .into_iter()
+            .map(|id| format!("attachment record of {id}")),
+    );
+    left.extend(env.daemon.leaks());
+    Ok(left)
+}
+
 /// Ids of the pods crustd holds a CNI attachment record for (`<root>/cni`).
 pub fn attachment_records(env: &TestEnv) -> Vec<String> {
     let dir = env.daemon.paths().root.join("cni");

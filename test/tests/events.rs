@@ -46,6 +46,19 @@ async fn next_about(
         .with_context(|| format!("no event about {id} within {EVENT_WAIT:?}"))?
 }
 
+/// The kinds of the events about `id`, up to and including the first `last`.
+async fn kinds_until(
+    events: &mut Streaming<ContainerEventResponse>,
+    id: &str,
+    last: ContainerEventType,
+) -> Result<Vec<ContainerEventType>> {
+    let mut kinds = Vec::new();
+    while kinds.last() != Some(&last) {
+        kinds.push(kind(&next_about(events, id).await?));
+    }
+    Ok(kinds)
+}
+
 fn kind(e: &ContainerEventResponse) -> ContainerEventType {
     ContainerEventType::try_from(e.container_event_type)
         .unwrap_or(ContainerEventType::ContainerCreatedEvent)
@@ -151,10 +164,8 @@ async fn life_events(env: &mut TestEnv) -> Result<()> {
         let id = env.create_container(&pod, &config).await?;
         env.cri.remove_container(&id).await?;
         // Removing a created container kills it first: created, stopped, deleted.
-        let mut kinds = Vec::new();
-        while kinds.last() != Some(&ContainerEventType::ContainerDeletedEvent) {
-            kinds.push(kind(&next_about(&mut events, &id).await?));
-        }
+        let kinds =
+            kinds_until(&mut events, &id, ContainerEventType::ContainerDeletedEvent).await?;
         ensure!(
             kinds
                 == [
@@ -222,10 +233,12 @@ async fn exit_event(env: &mut TestEnv) -> Result<()> {
     // stopped, in that order.
     let instant = env.shell_container(&pod, "instant", "exit 0")?;
     let instant = env.start_container(&pod, &instant).await?;
-    let mut kinds = Vec::new();
-    while kinds.last() != Some(&ContainerEventType::ContainerStoppedEvent) {
-        kinds.push(kind(&next_about(&mut events, &instant).await?));
-    }
+    let kinds = kinds_until(
+        &mut events,
+        &instant,
+        ContainerEventType::ContainerStoppedEvent,
+    )
+    .await?;
     ensure!(
         kinds
             == [

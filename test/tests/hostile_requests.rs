@@ -188,11 +188,6 @@ fn concurrent_large_exec_syncs_stay_bounded() {
     run("concurrent_large_exec_syncs_stay_bounded", exec_flood);
 }
 
-/// crustd's resident memory in MiB.
-fn rss_mib(pid: u32) -> Result<f64> {
-    Ok(ProcessMemory::of(pid as i32)?.rss_kib / 1024.0)
-}
-
 async fn exec_flood(env: &mut TestEnv) -> Result<()> {
     env.pull(&env.images.busybox.reference).await?;
     let pod = env.run_pod("exec-flood").await?;
@@ -200,7 +195,7 @@ async fn exec_flood(env: &mut TestEnv) -> Result<()> {
     let id = env.start_container(&pod, &config).await?;
     let pid = env.daemon.pid().context("crustd's pid")?;
     env.cri.exec_sync(&id, &["true"], 10).await?;
-    let base = rss_mib(pid)?;
+    let base = ProcessMemory::rss_mib(pid)?;
 
     // 32 clients at once, each asking for 64 MB of output (four times what
     // one reply may carry).
@@ -216,7 +211,7 @@ async fn exec_flood(env: &mut TestEnv) -> Result<()> {
         .collect();
     let mut peak = base;
     while calls.iter().any(|c| !c.is_finished()) {
-        peak = peak.max(rss_mib(pid)?);
+        peak = peak.max(ProcessMemory::rss_mib(pid)?);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for call in calls {
@@ -229,7 +224,7 @@ async fn exec_flood(env: &mut TestEnv) -> Result<()> {
         );
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_mib(pid)?;
+    let after = ProcessMemory::rss_mib(pid)?;
     println!(
         "crustd RSS: {base:.1} MiB before, {peak:.1} MiB at peak, {after:.1} MiB after 32 ExecSyncs of 64 MB"
     );

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use crust_e2e::bench::memory::ProcessMemory;
 use crust_e2e::cri::{ContainerConfig, ContainerFilter, ContainerState, PodSandboxConfig};
-use crust_e2e::network::{TestNetwork, attachment_records};
+use crust_e2e::network::{TestNetwork, pod_leftovers};
 use crust_e2e::{CriClient, Pod, TestEnv, run_with_timeout};
 use tonic::Code;
 
@@ -29,8 +29,27 @@ fn a_hundred_pods_from_ten_clients_come_and_go_cleanly() {
     );
 }
 
-fn rss_mib(pid: u32) -> Result<f64> {
-    Ok(ProcessMemory::of(pid as i32)?.rss_kib / 1024.0)
+/// For each of [`CLIENTS`] clients, `per_client` pod configs named after
+/// `prefix`, each with a container that sleeps.
+fn sleeper_pods(
+    env: &TestEnv,
+    prefix: &str,
+    per_client: usize,
+) -> Result<Vec<Vec<(PodSandboxConfig, ContainerConfig)>>> {
+    let mut work = Vec::new();
+    for client in 0..CLIENTS {
+        let mut mine = Vec::new();
+        for n in 0..per_client {
+            let pod = Pod {
+                id: String::new(),
+                config: env.pod_config(&format!("{prefix}-{client}-{n}"))?,
+            };
+            let container = env.shell_container(&pod, "sleeper", "exec sleep 3600")?;
+            mine.push((pod.config, container));
+        }
+        work.push(mine);
+    }
+    Ok(work)
 }
 
 async fn hundred_pods(env: &mut TestEnv) -> Result<()> {
@@ -38,23 +57,10 @@ async fn hundred_pods(env: &mut TestEnv) -> Result<()> {
     net.install(&net.standard_conflist("1.0.0"))?;
     env.pull(&env.images.busybox.reference).await?;
     let pid = env.daemon.pid().context("crustd's pid")?;
-    let before = rss_mib(pid)?;
+    let before = ProcessMemory::rss_mib(pid)?;
 
     // Every config first (they make log directories), then the clients.
-    let mut work = Vec::new();
-    for client in 0..CLIENTS {
-        let mut mine = Vec::new();
-        for n in 0..PODS_PER_CLIENT {
-            let config = env.pod_config(&format!("load-{client}-{n}"))?;
-            let pod = Pod {
-                id: String::new(),
-                config,
-            };
-            let container = env.shell_container(&pod, "sleeper", "exec sleep 3600")?;
-            mine.push((pod.config, container));
-        }
-        work.push(mine);
-    }
+    let work = sleeper_pods(env, "load", PODS_PER_CLIENT)?;
     let socket = env.daemon.paths().socket.clone();
     let started = Instant::now();
     let mut clients = Vec::new();
@@ -79,7 +85,7 @@ async fn hundred_pods(env: &mut TestEnv) -> Result<()> {
     }
     let mut peak = before;
     while clients.iter().any(|c| !c.is_finished()) {
-        peak = peak.max(rss_mib(pid)?);
+        peak = peak.max(ProcessMemory::rss_mib(pid)?);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut pods = Vec::new();
@@ -87,7 +93,7 @@ async fn hundred_pods(env: &mut TestEnv) -> Result<()> {
         pods.extend(c.await??);
     }
     let up = started.elapsed();
-    peak = peak.max(rss_mib(pid)?);
+    peak = peak.max(ProcessMemory::rss_mib(pid)?);
 
     let sandboxes = env.cri.list_pod_sandbox(None).await?;
     let containers = env.cri.list_containers(None).await?;
@@ -126,18 +132,13 @@ async fn hundred_pods(env: &mut TestEnv) -> Result<()> {
     }
     let down = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_mib(pid)?;
+    let after = ProcessMemory::rss_mib(pid)?;
     println!(
         "{} pods by {CLIENTS} clients: up in {up:.1?}, down in {down:.1?}; crustd RSS {before:.1} MiB before, {peak:.1} MiB at the peak, {after:.1} MiB after",
         pods.len()
     );
 
-    let mut left = net.leftovers()?;
-    left.extend(
-        attachment_records(env)
-            .into_iter()
-            .map(|id| format!("attachment record of {id}")),
-    );
+    let left = pod_leftovers(env, &net)?;
     ensure!(left.is_empty(), "100 pods left behind: {left:#?}");
     env.assert_no_leaks()
 }
@@ -243,17 +244,7 @@ async fn soak(env: &mut TestEnv, rounds: u64) -> Result<()> {
     for round in 0..rounds {
         let socket = env.daemon.paths().socket.clone();
         let mut clients = Vec::new();
-        for client in 0..CLIENTS {
-            let mut mine = Vec::new();
-            for n in 0..SOAK_PODS / CLIENTS {
-                let config = env.pod_config(&format!("soak-{round}-{client}-{n}"))?;
-                let pod = Pod {
-                    id: String::new(),
-                    config,
-                };
-                let container = env.shell_container(&pod, "sleeper", "exec sleep 3600")?;
-                mine.push((pod.config, container));
-            }
+        for mine in sleeper_pods(env, &format!("soak-{round}"), SOAK_PODS / CLIENTS)? {
             let socket = socket.clone();
             clients.push(tokio::spawn(async move {
                 for (config, container) in mine {
@@ -271,18 +262,12 @@ async fn soak(env: &mut TestEnv, rounds: u64) -> Result<()> {
         }
         let pid = env.daemon.pid().context("crustd's pid")?;
         let up = env.cri.list_pod_sandbox(None).await?;
-        let rss = rss_mib(pid)?;
+        let rss = ProcessMemory::rss_mib(pid)?;
         for sandbox in &up {
             env.cri.stop_pod_sandbox(&sandbox.id).await?;
             env.cri.remove_pod_sandbox(&sandbox.id).await?;
         }
-        let mut left = net.leftovers()?;
-        left.extend(
-            attachment_records(env)
-                .into_iter()
-                .map(|id| format!("attachment record of {id}")),
-        );
-        left.extend(env.daemon.leaks());
+        let left = pod_leftovers(env, &net)?;
         println!(
             "soak round {round}: crustd killed after {kill_after:.1?}; {} pods up, crustd RSS {rss:.1} MiB; {} left after removal",
             up.len(),

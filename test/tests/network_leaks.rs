@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use crust_e2e::fake_cni::SlowPlugin;
 use crust_e2e::network::{
-    TestNetwork, attachment_records, loopback_plugin, pod_ips, portmap_plugin, tcp_host_port,
+    TestNetwork, attachment_records, loopback_plugin, pod_ips, pod_leftovers, portmap_plugin,
+    tcp_host_port,
 };
 use crust_e2e::{TestEnv, run, wait};
 
@@ -37,18 +38,12 @@ fn leftovers(
     ids: &[String],
     ips: &[String],
 ) -> Result<Vec<String>> {
-    let mut left = net.leftovers()?;
+    let mut left = pod_leftovers(env, net)?;
     left.extend(
         net.iptables_lines_mentioning(&needles(ids, ips))?
             .into_iter()
             .map(|l| format!("iptables: {l}")),
     );
-    left.extend(
-        attachment_records(env)
-            .into_iter()
-            .map(|id| format!("attachment record of {id}")),
-    );
-    left.extend(env.daemon.leaks());
     Ok(left)
 }
 

@@ -29,6 +29,11 @@ impl ProcessMemory {
         })
     }
 
+    /// The resident memory of `pid` in MiB.
+    pub fn rss_mib(pid: u32) -> Result<f64> {
+        Ok(Self::of(pid as i32)?.rss_kib / 1024.0)
+    }
+
     /// The sum of several processes' memory (e.g. a shim and a pause process).
     pub fn sum(items: impl IntoIterator<Item = ProcessMemory>) -> Self {
         items.into_iter().fold(Self::default(), |acc, m| Self {
