@@ -270,6 +270,7 @@ impl Runtime {
             self.container_names.insert_owned(&name, &c.id);
             let entry = Entry::new(c);
             self.refresh_container(&entry);
+            self.recover_start(&entry);
             let id = entry.snapshot().id;
             self.containers
                 .write()

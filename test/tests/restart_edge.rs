@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, ensure};
+use crust_e2e::assertions::expect_code;
 use crust_e2e::cri::{Container, ContainerState, ContainerStatus, PodSandbox, PodSandboxStatus};
 use crust_e2e::env::nanos_since_epoch;
+use crust_e2e::network::tool;
 use crust_e2e::processes;
 use crust_e2e::{TestEnv, run, unique};
+use tonic::Code;
 
 /// Everything the List calls return, by id.
 #[derive(Debug, Clone, PartialEq)]
@@ -271,6 +274,47 @@ async fn killed_while_down(env: &mut TestEnv) -> Result<()> {
         .context("starting the created container after two restarts")?;
     ensure!(env.sh(&idle, "echo idle-now-running").await? == "idle-now-running\n");
 
+    env.cri.stop_pod_sandbox(&pod.id).await?;
+    env.cri.remove_pod_sandbox(&pod.id).await?;
+    env.assert_no_leaks()
+}
+
+#[test]
+fn a_start_crustd_did_not_live_to_record_is_found_running() {
+    run(
+        "a_start_crustd_did_not_live_to_record_is_found_running",
+        unrecorded_start,
+    );
+}
+
+/// runc started the container, then crustd died before recording it (the
+/// window between `runc start` and the record's save): after the restart the
+/// container is running, not created for good with every start failing.
+async fn unrecorded_start(env: &mut TestEnv) -> Result<()> {
+    env.pull(&env.images.busybox.reference).await?;
+    let pod = env.run_pod("unrecorded-start").await?;
+    let config = env.shell_container(&pod, "started", "exec sleep 3600")?;
+    let id = env.create_container(&pod, &config).await?;
+    env.kill_daemon().await?;
+    let runc_root = env.daemon.paths().state.join("runc");
+    tool(
+        "runc",
+        &["--root", &runc_root.to_string_lossy(), "start", &id],
+    )?;
+    env.restart_daemon().await?;
+
+    let status = env.cri.container_status(&id).await?;
+    ensure!(
+        status.state == ContainerState::ContainerRunning as i32 && status.started_at > 0,
+        "a container runc runs is {:?} (started_at {}) after the restart",
+        status.state,
+        status.started_at
+    );
+    expect_code(
+        env.cri.start_container(&id).await,
+        Code::FailedPrecondition,
+        "StartContainer of the running container",
+    )?;
     env.cri.stop_pod_sandbox(&pod.id).await?;
     env.cri.remove_pod_sandbox(&pod.id).await?;
     env.assert_no_leaks()

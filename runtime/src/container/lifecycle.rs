@@ -466,11 +466,7 @@ impl Runtime {
                 } else {
                     match self.runc.status(&c.id) {
                         Ok(RuncStatus::Running) => {
-                            if c.state == ContainerState::Created {
-                                c.state = ContainerState::Running;
-                                c.started_at = clock::now_ns();
-                                self.persist(c);
-                            }
+                            self.record_started(c);
                             return c.state;
                         }
                         Ok(RuncStatus::Created) => return c.state,
@@ -499,6 +495,28 @@ impl Runtime {
         self.persist(c);
         tracing::info!(id = %c.id, exit_code = code, "container exited");
         c.state
+    }
+
+    /// At restart: a created container that runc already runs was started
+    /// by a crustd that died before recording it. Without this its record
+    /// would say created for good, and every StartContainer would fail.
+    pub(crate) fn recover_start(&self, entry: &Entry<Container>) {
+        let mut c = entry.rec();
+        if c.state == ContainerState::Created
+            && matches!(self.runc.status(&c.id), Ok(RuncStatus::Running))
+        {
+            tracing::info!(id = %c.id, "container was started before the restart");
+            self.record_started(&mut c);
+        }
+    }
+
+    /// Records a created container as running, runc having started it.
+    fn record_started(&self, c: &mut Container) {
+        if c.state == ContainerState::Created {
+            c.state = ContainerState::Running;
+            c.started_at = clock::now_ns();
+            self.persist(c);
+        }
     }
 
     fn persist(&self, c: &Container) {
