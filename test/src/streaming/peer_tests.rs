@@ -40,6 +40,25 @@ impl FakeSpdy {
     }
 
     /// Reads frames until one matches, keeping every frame in `seen`.
+    /// Waits for the stream's (1) and the session's (0) WINDOW_UPDATE of
+    /// `delta`, in either order.
+    async fn expect_credits(&mut self, delta: u32) {
+        let mut credited = Vec::new();
+        while credited.len() < 2 {
+            let got = self
+                .expect(
+                    "credit",
+                    |f| matches!(f, Frame::WindowUpdate { delta: d, .. } if *d == delta),
+                )
+                .await;
+            if let Frame::WindowUpdate { stream_id, .. } = got {
+                credited.push(stream_id);
+            }
+        }
+        credited.sort_unstable();
+        assert_eq!(credited, [0, 1], "credits of {delta}");
+    }
+
     async fn expect(&mut self, what: &str, want: impl Fn(&Frame) -> bool) -> Frame {
         loop {
             let frame = tokio::time::timeout(T, read_frame(&mut self.sock, &mut self.decompressor))
@@ -231,20 +250,7 @@ async fn spdy_credits_only_a_flow_controlling_server() {
             delta: 1,
         })
         .await;
-        // The stream's and the session's credit, in either order.
-        let mut credited = Vec::new();
-        while credited.len() < 2 {
-            let got = peer
-                .expect("owed credit", |f| {
-                    matches!(f, Frame::WindowUpdate { delta: 3, .. })
-                })
-                .await;
-            if let Frame::WindowUpdate { stream_id, .. } = got {
-                credited.push(stream_id);
-            }
-        }
-        credited.sort_unstable();
-        assert_eq!(credited, [0, 1]);
+        peer.expect_credits(3).await;
     });
     let conn = SpdyConnection::connect(&url, "POST", &[], SpdyConfig::default())
         .await
@@ -279,13 +285,7 @@ async fn spdy_always_credits_when_asked() {
             data: b"abcd".to_vec(),
         })
         .await;
-        for stream_id in [1, 0] {
-            let want = Frame::WindowUpdate {
-                stream_id,
-                delta: 4,
-            };
-            peer.expect("credit", |f| *f == want).await;
-        }
+        peer.expect_credits(4).await;
     });
     let config = SpdyConfig {
         window_updates: WindowUpdates::Always,
