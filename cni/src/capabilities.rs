@@ -17,6 +17,38 @@ pub struct PortMapping {
     pub host_ip: String,
 }
 
+impl PortMapping {
+    /// Checks the ports, protocol and host address, so a bad one is refused
+    /// before any plugin runs rather than failing inside the portmap plugin.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(1..=65535).contains(&self.container_port) {
+            return Err(format!(
+                "port mapping container_port {} must be between 1 and 65535",
+                self.container_port
+            ));
+        }
+        if !(0..=65535).contains(&self.host_port) {
+            return Err(format!(
+                "port mapping host_port {} must be between 0 (none) and 65535",
+                self.host_port
+            ));
+        }
+        if !matches!(self.protocol.as_str(), "tcp" | "udp" | "sctp") {
+            return Err(format!(
+                "port mapping protocol {:?} must be tcp, udp or sctp",
+                self.protocol
+            ));
+        }
+        if !self.host_ip.is_empty() && self.host_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "port mapping host_ip {:?} is not an IP address",
+                self.host_ip
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Traffic shaping (the bandwidth plugin's input), in bits per second.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bandwidth {

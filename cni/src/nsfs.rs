@@ -55,6 +55,12 @@ pub struct PinRequest {
     pub sysctls: Vec<(String, String)>,
 }
 
+/// A sysctl the kernel would not take (unknown name, bad value): the
+/// request's fault, so callers can tell it from a failure of the host.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SysctlRefused(pub String);
+
 /// The namespace a namespaced sysctl belongs to, or None for one that is not
 /// namespaced (setting it would change the whole node).
 pub fn sysctl_kind(name: &str) -> Option<Kind> {
@@ -123,8 +129,11 @@ fn pin_in_fresh_thread(req: &PinRequest) -> Result<()> {
     for (name, value) in &req.sysctls {
         let path =
             sysctl_path(name).with_context(|| format!("sysctl name {name:?} is not valid"))?;
-        std::fs::write(&path, value)
-            .with_context(|| format!("setting sysctl {name} = {value:?} in the pod"))?;
+        std::fs::write(&path, value).map_err(|e| {
+            SysctlRefused(format!(
+                "the kernel refused sysctl {name}={value:?} in the pod: {e}"
+            ))
+        })?;
     }
     let tid = nix::unistd::gettid();
     for (kind, path) in &req.pins {

@@ -120,6 +120,20 @@ pub fn remove_dir_all_if_exists(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Removes a directory if it is empty: one that is gone, or that something
+/// else has put a file in since, is left as it is.
+pub fn remove_dir_if_empty(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_dir(path) {
+        Err(e)
+            if e.kind() != std::io::ErrorKind::NotFound
+                && e.kind() != std::io::ErrorKind::DirectoryNotEmpty =>
+        {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

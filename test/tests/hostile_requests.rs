@@ -12,11 +12,13 @@ use crust_e2e::assertions::expect_code;
 use crust_e2e::bench::memory::ProcessMemory;
 use crust_e2e::crafted::{CraftedImage, CraftedLayer, LayerFormat, RawTar};
 use crust_e2e::cri::{
-    ContainerState, ExecSyncRequest, Mount, SecurityProfile, StopContainerRequest, security_profile,
+    ContainerConfig, ContainerState, ExecSyncRequest, HugepageLimit, Int64Value,
+    LinuxPodSandboxConfig, Mount, PodSandboxConfig, PortMapping, SecurityProfile,
+    StopContainerRequest, security_profile,
 };
 use crust_e2e::cri_client::KUBELET_MAX_MESSAGE;
 use crust_e2e::fake_registry::FakeRegistry;
-use crust_e2e::pod_config::security_mut;
+use crust_e2e::pod_config::{env_var, resources_mut, security_mut, string_map};
 use crust_e2e::{TestEnv, run, unique, wait};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tonic::Code;
@@ -431,4 +433,166 @@ async fn socket_mode(env: &mut TestEnv) -> Result<()> {
     let mode = std::fs::symlink_metadata(&socket)?.permissions().mode() & 0o777;
     ensure!(mode == 0o660, "the socket's mode is {mode:o}, not 660");
     Ok(())
+}
+
+#[test]
+fn odd_field_values_are_refused_before_anything_is_made() {
+    run(
+        "odd_field_values_are_refused_before_anything_is_made",
+        odd_values,
+    );
+}
+
+/// One way to spoil a pod's config, and what it is called in a failure.
+type PodSpoiler = (&'static str, fn(&mut PodSandboxConfig));
+/// One way to spoil a container's config.
+type ContainerSpoiler = (&'static str, Code, fn(&mut ContainerConfig));
+
+async fn odd_values(env: &mut TestEnv) -> Result<()> {
+    let pods: [PodSpoiler; 9] = [
+        ("a hostname with a newline", |c| {
+            c.hostname = "web\nx".into()
+        }),
+        ("a hostname with a space", |c| c.hostname = "web x".into()),
+        ("a cgroup parent that climbs", |c| {
+            linux_mut(c).cgroup_parent = "/../../tmp/escape".into()
+        }),
+        ("container port 0", |c| {
+            c.port_mappings = vec![port(0, 8080, 0, "")]
+        }),
+        ("host port 70000", |c| {
+            c.port_mappings = vec![port(80, 70000, 0, "")]
+        }),
+        ("an unknown protocol", |c| {
+            c.port_mappings = vec![port(80, 8080, 7, "")]
+        }),
+        ("a host_ip that is no address", |c| {
+            c.port_mappings = vec![port(80, 8080, 0, "local host")]
+        }),
+        ("a sysctl the kernel does not have", |c| {
+            linux_mut(c).sysctls = string_map(&[("net.ipv4.no_such_sysctl", "1")])
+        }),
+        ("600 KiB of annotations", |c| {
+            c.annotations.insert("big".into(), "x".repeat(600 << 10));
+        }),
+    ];
+    for (what, spoil) in pods {
+        let mut config = env.pod_config("odd")?;
+        spoil(&mut config);
+        expect_code(
+            env.cri.run_pod_sandbox(&config).await.map(drop),
+            Code::InvalidArgument,
+            what,
+        )?;
+    }
+    ensure!(
+        env.cri.list_pod_sandbox(None).await?.is_empty(),
+        "a refused pod was created"
+    );
+    env.assert_no_leaks()?;
+
+    env.pull(&env.images.busybox.reference).await?;
+    let pod = env.run_pod("odd-containers").await?;
+    let containers: [ContainerSpoiler; 9] = [
+        ("a NUL in the command", Code::InvalidArgument, |c| {
+            c.command = vec!["sh\0".into()]
+        }),
+        ("a log path ending in '/'", Code::InvalidArgument, |c| {
+            c.log_path = "odd/".into()
+        }),
+        ("a log path with '.'", Code::InvalidArgument, |c| {
+            c.log_path = "odd/./0.log".into()
+        }),
+        ("uid (uid_t)-1", Code::InvalidArgument, |c| {
+            security_mut(c).run_as_user = Some(Int64Value { value: 4294967295 })
+        }),
+        (
+            "a negative supplemental group",
+            Code::InvalidArgument,
+            |c| security_mut(c).supplemental_groups = vec![-1],
+        ),
+        ("a hugepage limit above 2^63", Code::InvalidArgument, |c| {
+            resources_mut(c).hugepage_limits = vec![HugepageLimit {
+                page_size: "2MB".into(),
+                limit: u64::MAX,
+            }]
+        }),
+        ("seccomp profile type 7", Code::InvalidArgument, |c| {
+            security_mut(c).seccomp = Some(SecurityProfile {
+                profile_type: 7,
+                localhost_ref: String::new(),
+            })
+        }),
+        ("an AppArmor profile", Code::Unimplemented, |c| {
+            security_mut(c).apparmor = Some(SecurityProfile {
+                profile_type: security_profile::ProfileType::Localhost as i32,
+                localhost_ref: "k8s-deny-write".into(),
+            })
+        }),
+        ("9 MiB of environment", Code::InvalidArgument, |c| {
+            c.envs = vec![env_var("BIG", &"x".repeat(9 << 20))]
+        }),
+    ];
+    for (what, code, spoil) in containers {
+        let mut config = env.shell_container(&pod, "odd", "exec sleep 3600")?;
+        spoil(&mut config);
+        expect_code(
+            env.cri
+                .create_container(&pod.id, &config, &pod.config)
+                .await
+                .map(drop),
+            code,
+            what,
+        )?;
+    }
+    ensure!(
+        env.cri.list_containers(None).await?.is_empty(),
+        "a refused container was created"
+    );
+
+    // A create that fails late takes back the log directories it made.
+    let mut late = env.shell_container(&pod, "late", "exec sleep 3600")?;
+    late.command = vec!["/no/such/binary".into()];
+    late.log_path = "late/a/b/0.log".into();
+    expect_code(
+        env.cri
+            .create_container(&pod.id, &late, &pod.config)
+            .await
+            .map(drop),
+        Code::FailedPrecondition,
+        "a command that does not exist",
+    )?;
+    let made = pod.log_directory().join("late/a");
+    ensure!(!made.exists(), "{} was left behind", made.display());
+
+    let running = env
+        .start_container(
+            &pod,
+            &env.shell_container(&pod, "sleeper", "exec sleep 3600")?,
+        )
+        .await?;
+    expect_code(
+        env.cri
+            .exec_sync(&running, &["ec\0ho", "x"], 10)
+            .await
+            .map(drop),
+        Code::InvalidArgument,
+        "a NUL in an exec argument",
+    )?;
+    env.cri.stop_pod_sandbox(&pod.id).await?;
+    env.cri.remove_pod_sandbox(&pod.id).await?;
+    env.assert_no_leaks()
+}
+
+fn linux_mut(config: &mut PodSandboxConfig) -> &mut LinuxPodSandboxConfig {
+    config.linux.get_or_insert_with(Default::default)
+}
+
+fn port(container_port: i32, host_port: i32, protocol: i32, host_ip: &str) -> PortMapping {
+    PortMapping {
+        protocol,
+        container_port,
+        host_port,
+        host_ip: host_ip.into(),
+    }
 }

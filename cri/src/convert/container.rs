@@ -19,6 +19,12 @@ pub fn config_from(c: v1::ContainerConfig) -> Result<ContainerConfig> {
     let linux = c.linux.unwrap_or_default();
     let sec = linux.security_context.unwrap_or_default();
     let caps = sec.capabilities.clone().unwrap_or_default();
+    // Older clients still send profiles in the deprecated string fields.
+    #[allow(deprecated)]
+    let (seccomp_path, apparmor_name) = (
+        sec.seccomp_profile_path.clone(),
+        sec.apparmor_profile.clone(),
+    );
     Ok(ContainerConfig {
         name: meta.name,
         attempt: meta.attempt,
@@ -62,8 +68,8 @@ pub fn config_from(c: v1::ContainerConfig) -> Result<ContainerConfig> {
             no_new_privs: sec.no_new_privs,
             masked_paths: (!sec.masked_paths.is_empty()).then_some(sec.masked_paths),
             readonly_paths: (!sec.readonly_paths.is_empty()).then_some(sec.readonly_paths),
-            seccomp: profile_from(sec.seccomp),
-            apparmor: profile_from(sec.apparmor),
+            seccomp: profile_from("seccomp", sec.seccomp, &seccomp_path)?,
+            apparmor: profile_from("AppArmor", sec.apparmor, &apparmor_name)?,
         },
         cdi_devices: c.cdi_devices.into_iter().map(|d| d.name).collect(),
     })
@@ -144,14 +150,33 @@ fn resources_to(r: &Resources) -> v1::LinuxContainerResources {
     }
 }
 
-fn profile_from(p: Option<v1::SecurityProfile>) -> Profile {
+/// A seccomp or AppArmor profile: the structured field, else the
+/// deprecated string form ("runtime/default", "unconfined",
+/// "localhost/<ref>"). A type this version does not know is refused: running
+/// unconfined instead would fail open.
+fn profile_from(what: &str, p: Option<v1::SecurityProfile>, deprecated: &str) -> Result<Profile> {
+    use v1::security_profile::ProfileType;
     let Some(p) = p else {
-        return Profile::Unset;
+        return match deprecated {
+            "" => Ok(Profile::Unset),
+            "runtime/default" | "docker/default" => Ok(Profile::RuntimeDefault),
+            "unconfined" => Ok(Profile::Unconfined),
+            other => match other.strip_prefix("localhost/") {
+                Some(r) => Ok(Profile::Localhost(r.to_string())),
+                None => Err(Error::invalid(format!(
+                    "{what} profile {other:?} is not runtime/default, unconfined or localhost/<profile>"
+                ))),
+            },
+        };
     };
-    match v1::security_profile::ProfileType::try_from(p.profile_type) {
-        Ok(v1::security_profile::ProfileType::RuntimeDefault) => Profile::RuntimeDefault,
-        Ok(v1::security_profile::ProfileType::Localhost) => Profile::Localhost(p.localhost_ref),
-        _ => Profile::Unconfined,
+    match ProfileType::try_from(p.profile_type) {
+        Ok(ProfileType::RuntimeDefault) => Ok(Profile::RuntimeDefault),
+        Ok(ProfileType::Unconfined) => Ok(Profile::Unconfined),
+        Ok(ProfileType::Localhost) => Ok(Profile::Localhost(p.localhost_ref)),
+        Err(_) => Err(Error::invalid(format!(
+            "{what} profile type {} is not RuntimeDefault, Unconfined or Localhost",
+            p.profile_type
+        ))),
     }
 }
 

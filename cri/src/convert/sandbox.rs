@@ -32,18 +32,26 @@ pub fn config_from(req: v1::RunPodSandboxRequest) -> Result<SandboxConfig> {
         port_mappings: c
             .port_mappings
             .into_iter()
-            .map(|p| PortMapping {
-                protocol: match v1::Protocol::try_from(p.protocol) {
+            .map(|p| {
+                let protocol = match v1::Protocol::try_from(p.protocol) {
+                    Ok(v1::Protocol::Tcp) => "tcp",
                     Ok(v1::Protocol::Udp) => "udp",
                     Ok(v1::Protocol::Sctp) => "sctp",
-                    _ => "tcp",
-                }
-                .to_string(),
-                container_port: p.container_port,
-                host_port: p.host_port,
-                host_ip: p.host_ip,
+                    Err(_) => {
+                        return Err(Error::invalid(format!(
+                            "port mapping protocol {} is not TCP, UDP or SCTP",
+                            p.protocol
+                        )));
+                    }
+                };
+                Ok(PortMapping {
+                    protocol: protocol.to_string(),
+                    container_port: p.container_port,
+                    host_port: p.host_port,
+                    host_ip: p.host_ip,
+                })
             })
-            .collect(),
+            .collect::<Result<_>>()?,
         labels: to_btree(c.labels),
         annotations: to_btree(c.annotations),
         cgroup_parent: linux.cgroup_parent,

@@ -185,10 +185,23 @@ impl ContainerConfig {
         if self.image.is_empty() {
             return Err(Error::invalid("container config must name an image"));
         }
-        if self.log_path.starts_with('/') || self.log_path.split('/').any(|c| c == "..") {
+        if !self.log_path.is_empty()
+            && self
+                .log_path
+                .split('/')
+                .any(|c| matches!(c, "" | "." | "..") || c.contains('\0'))
+        {
             return Err(Error::invalid(format!(
-                "log_path {:?} must be relative to the pod's log directory and stay inside it",
+                "log_path {:?} must be a file path relative to the pod's log directory, without '.', '..' or empty components",
                 self.log_path
+            )));
+        }
+        self.check_strings()?;
+        self.check_sizes()?;
+        self.check_ids()?;
+        if let Profile::Localhost(name) = &self.security.apparmor {
+            return Err(Error::Unimplemented(format!(
+                "AppArmor profile {name:?} cannot be applied: crust does not load AppArmor profiles yet"
             )));
         }
         for m in &self.mounts {
@@ -264,6 +277,108 @@ impl ContainerConfig {
         }
         Ok(())
     }
+
+    /// Refuses NUL in every string that becomes an argument, an environment
+    /// entry or a path: the kernel cannot take one, and the failure would
+    /// come late (at start) and read as the runtime's fault.
+    fn check_strings(&self) -> Result<()> {
+        let strings = self
+            .command
+            .iter()
+            .chain(&self.args)
+            .chain(self.envs.iter().map(|(_, v)| v))
+            .chain([&self.image, &self.working_dir])
+            .chain(
+                self.mounts
+                    .iter()
+                    .flat_map(|m| [&m.container_path, &m.host_path]),
+            )
+            .chain(
+                self.devices
+                    .iter()
+                    .flat_map(|d| [&d.container_path, &d.host_path]),
+            );
+        for v in strings {
+            if v.contains('\0') {
+                return Err(Error::invalid(format!(
+                    "{v:?} contains a NUL byte, which no command, environment or path may hold"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bounds what one container may carry, so no request makes crust keep
+    /// or return without bound.
+    fn check_sizes(&self) -> Result<()> {
+        crate::sandbox::config::check_metadata_size("container", &self.labels, &self.annotations)?;
+        let argv_env: usize = self
+            .command
+            .iter()
+            .chain(&self.args)
+            .map(String::len)
+            .chain(self.envs.iter().map(|(k, v)| k.len() + v.len()))
+            .sum();
+        if argv_env > MAX_ARGV_ENV_BYTES {
+            return Err(Error::invalid(format!(
+                "the command, arguments and environment hold {argv_env} bytes; at most {MAX_ARGV_ENV_BYTES} are accepted"
+            )));
+        }
+        for (what, n) in [
+            ("mounts", self.mounts.len()),
+            ("devices", self.devices.len()),
+        ] {
+            if n > MAX_MOUNTS_OR_DEVICES {
+                return Err(Error::invalid(format!(
+                    "{n} {what} asked for; at most {MAX_MOUNTS_OR_DEVICES} are accepted"
+                )));
+            }
+        }
+        for (page_size, limit) in &self.resources.hugepage_limits {
+            if !is_page_size(page_size) || i64::try_from(*limit).is_err() {
+                return Err(Error::invalid(format!(
+                    "hugepage limit {page_size:?} = {limit} must name a page size such as 2MB and a limit below 2^63"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// User and group ids in Kubernetes' range (0 to 2^31-1); larger ones
+    /// include (uid_t)-1, which means "no change" to the kernel.
+    fn check_ids(&self) -> Result<()> {
+        let sec = &self.security;
+        let ids = sec
+            .run_as_user
+            .iter()
+            .chain(&sec.run_as_group)
+            .chain(&sec.supplemental_groups);
+        for id in ids {
+            if !(0..=i64::from(i32::MAX)).contains(id) {
+                return Err(Error::invalid(format!(
+                    "user or group id {id} is outside 0..={}",
+                    i32::MAX
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Most bytes of command, arguments and environment one container may
+/// carry; Linux's exec takes far less with the default stack limit.
+const MAX_ARGV_ENV_BYTES: usize = 8 << 20;
+
+/// Most mounts, and most devices, one container may ask for.
+const MAX_MOUNTS_OR_DEVICES: usize = 1024;
+
+/// A hugepage size as kubelet writes it: digits and a unit ("2MB", "1GB").
+fn is_page_size(s: &str) -> bool {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && matches!(unit, "B" | "KB" | "MB" | "GB" | "TB" | "PB")
 }
 
 #[cfg(test)]

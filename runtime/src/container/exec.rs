@@ -168,9 +168,7 @@ impl Runtime {
     /// Checks a streamed exec before a URL is handed out for it: the container
     /// runs and the request is coherent.
     pub async fn check_exec(self: &Arc<Self>, id: &str, req: &ExecRequest) -> Result<String> {
-        if req.cmd.is_empty() {
-            return Err(Error::invalid("exec needs a command"));
-        }
+        check_command(&req.cmd)?;
         if req.tty && req.stderr {
             return Err(Error::invalid(
                 "tty and stderr cannot both be set: a terminal has one output stream",
@@ -283,9 +281,7 @@ impl Runtime {
         cmd: Vec<String>,
         timeout: i64,
     ) -> Result<ExecOutput> {
-        if cmd.is_empty() {
-            return Err(Error::invalid("exec needs a command"));
-        }
+        check_command(&cmd)?;
         let c = self.running_container(id, "exec").await?;
         let _turn = self
             .exec_limits
@@ -562,4 +558,17 @@ fn looks_like_runc_failure(stderr: &[u8]) -> bool {
     text.contains("runc exec failed")
         || text.contains("level=error")
         || text.contains("exec failed:")
+}
+
+/// An exec's command: present, and without the NUL no argument can hold.
+fn check_command(cmd: &[String]) -> Result<()> {
+    if cmd.is_empty() {
+        return Err(Error::invalid("exec needs a command"));
+    }
+    if let Some(arg) = cmd.iter().find(|a| a.contains('\0')) {
+        return Err(Error::invalid(format!(
+            "exec argument {arg:?} contains a NUL byte"
+        )));
+    }
+    Ok(())
 }

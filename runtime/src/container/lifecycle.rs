@@ -174,8 +174,19 @@ impl Runtime {
         fs::write(bundle.join("config.json"), spec_json).context("writing config.json")?;
 
         if let Some(parent) = log_path.as_deref().and_then(Path::parent) {
+            let made: Vec<PathBuf> = parent
+                .ancestors()
+                .take_while(|d| !d.exists())
+                .map(Path::to_path_buf)
+                .collect();
             fs::create_dir_all(parent)
                 .with_context(|| format!("creating the log directory {}", parent.display()))?;
+            undo.push("remove the log directories it made", move || {
+                for d in &made {
+                    fsutil::remove_dir_if_empty(d)?;
+                }
+                Ok(())
+            });
         }
         // kubelet numbers a container's attempts by the files in its log
         // directory: a create that fails must not leave one behind.

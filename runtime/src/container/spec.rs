@@ -635,7 +635,7 @@ fn resources(input: &SpecInput<'_>) -> Result<oci_spec::runtime::LinuxResources>
         .map(|(size, limit)| {
             LinuxHugepageLimitBuilder::default()
                 .page_size(size.clone())
-                .limit(*limit as i64)
+                .limit(i64::try_from(*limit).unwrap_or(i64::MAX))
                 .build()
                 .map_err(internal)
         })

@@ -126,6 +126,36 @@ impl SandboxConfig {
                 self.hostname
             )));
         }
+        // It goes into /etc/hostname, the UTS namespace and HOSTNAME=.
+        if let Some(bad) = self
+            .hostname
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+        {
+            return Err(Error::invalid(format!(
+                "hostname {:?} must be made of letters, digits, '-', '.' and '_' (found {bad:?})",
+                self.hostname
+            )));
+        }
+        if self.cgroup_parent.contains('\0')
+            || self.cgroup_parent.split('/').any(|c| c == "." || c == "..")
+        {
+            return Err(Error::invalid(format!(
+                "cgroup_parent {:?} must not contain '.' or '..' components or NUL",
+                self.cgroup_parent
+            )));
+        }
+        for p in &self.port_mappings {
+            p.validate().map_err(Error::invalid)?;
+        }
+        for (name, value) in &self.sysctls {
+            if value.contains('\0') || value.contains('\n') {
+                return Err(Error::invalid(format!(
+                    "sysctl {name}={value:?} must not contain a newline or NUL"
+                )));
+            }
+        }
+        check_metadata_size("pod sandbox", &self.labels, &self.annotations)?;
         if self.namespaces.pid == NamespaceMode::Target {
             return Err(Error::invalid("a sandbox's PID namespace cannot be TARGET"));
         }
@@ -172,9 +202,37 @@ impl SandboxConfig {
     }
 }
 
+/// Most bytes of labels and annotations (keys and values) one pod or
+/// container may carry. They come back in every List reply, whose sum
+/// kubelet reads under a 16 MiB limit; the API server allows 256 KiB of
+/// annotations per object.
+pub const MAX_METADATA_BYTES: usize = 512 << 10;
+
+/// Refuses labels and annotations that together exceed [`MAX_METADATA_BYTES`].
+pub fn check_metadata_size(
+    what: &str,
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Result<()> {
+    let bytes: usize = labels
+        .iter()
+        .chain(annotations)
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if bytes > MAX_METADATA_BYTES {
+        return Err(Error::invalid(format!(
+            "the {what}'s labels and annotations hold {bytes} bytes; at most {MAX_METADATA_BYTES} are accepted"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether `p` is absolute and has no `.`, `..` or empty components (one
-/// trailing '/' aside).
-fn is_normal_absolute(p: &str) -> bool {
+/// trailing '/' aside), nor NUL.
+pub(crate) fn is_normal_absolute(p: &str) -> bool {
+    if p.contains('\0') {
+        return false;
+    }
     let Some(rest) = p.strip_prefix('/') else {
         return false;
     };

@@ -16,7 +16,7 @@ use crate::events::EventKind;
 use crate::names::Reservation;
 use crate::runtime::{Entry, Runtime, if_exists};
 use crate::sys::mount;
-use crate::{Result, clock, ids, teardown};
+use crate::{Error, Result, clock, ids, teardown};
 
 /// ListPodSandbox filter; empty fields match everything.
 #[derive(Clone, Debug, Default)]
@@ -101,7 +101,10 @@ impl Runtime {
                 hostname: Some(hostname.clone()),
                 sysctls,
             })
-            .context("creating the pod's namespaces")?;
+            .map_err(|e| match e.downcast_ref::<nsfs::SysctlRefused>() {
+                Some(refused) => Error::invalid(refused.0.clone()),
+                None => Error::Internal(e.context("creating the pod's namespaces")),
+            })?;
             undo.push("unpin the pod's namespaces", move || {
                 undo_pins.iter().try_for_each(|p| nsfs::unpin(p))
             });

@@ -48,15 +48,21 @@ pub fn attachment(
     })
 }
 
+/// The bandwidth kubelet accepts: 1 kbit/s to 1 Pbit/s.
+const MIN_RATE: u64 = 1_000;
+const MAX_RATE: u64 = 1_000_000_000_000_000;
+
 fn bandwidth(cfg: &SandboxConfig) -> Result<Option<Bandwidth>> {
     let rate = |key: &str| -> Result<u64> {
         match cfg.annotations.get(key) {
             None => Ok(0),
-            Some(v) => parse_rate(v).ok_or_else(|| {
-                Error::invalid(format!(
-                    "annotation {key}={v:?} is not a bandwidth (use a quantity such as 10M)"
-                ))
-            }),
+            Some(v) => parse_rate(v)
+                .filter(|r| (MIN_RATE..=MAX_RATE).contains(r))
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "annotation {key}={v:?} is not a bandwidth between 1k and 1P (use a quantity such as 10M)"
+                    ))
+                }),
         }
     };
     let (ingress_rate, egress_rate) = (rate(INGRESS_BANDWIDTH)?, rate(EGRESS_BANDWIDTH)?);
@@ -123,6 +129,17 @@ mod tests {
             attachment("id", &cfg, Path::new("/x"), ""),
             Err(Error::InvalidArgument(_))
         ));
+        for out_of_range in ["2000P", "999"] {
+            cfg.annotations
+                .insert(EGRESS_BANDWIDTH.into(), out_of_range.into());
+            assert!(
+                matches!(
+                    attachment("id", &cfg, Path::new("/x"), ""),
+                    Err(Error::InvalidArgument(_))
+                ),
+                "{out_of_range}"
+            );
+        }
 
         let mut cfg = SandboxConfig::default();
         cfg.sysctls
