@@ -1,10 +1,9 @@
 //! Running one CNI plugin binary: the environment, the config on stdin, the
 //! result or the CNI error JSON on stdout, and a time limit.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use serde_json::Value;
@@ -66,58 +65,17 @@ pub fn run(call: &Call<'_>) -> Result<Value> {
         .env("CNI_NETNS", call.netns)
         .env("CNI_IFNAME", call.ifname)
         .env("CNI_ARGS", call.args)
-        .env("CNI_PATH", join_paths(call.plugin_dirs))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = spawn_retrying_busy(&mut command)
-        .with_context(|| format!("starting CNI plugin {}", binary.display()))?;
-    let mut stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("plugin stdout missing"))?;
-    let mut stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow!("plugin stderr missing"))?;
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = (&mut stdout).take(MAX_OUTPUT).read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = (&mut stderr).take(MAX_OUTPUT).read_to_end(&mut buf);
-        buf
-    });
-    // Written from a thread of its own, so neither a plugin that prints before
-    // reading all of a large config nor one that never reads it can hold
-    // crustd past the time limit. A plugin may exit without reading its
-    // config; that is its business.
-    if let Some(mut stdin) = child.stdin.take() {
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
-    }
-    let deadline = Instant::now() + call.timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().context("waiting for the CNI plugin")? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(Error::Other(anyhow!(
-                "CNI plugin {} {} did not finish within {}s",
+        .env("CNI_PATH", join_paths(call.plugin_dirs));
+    let finished =
+        crust_child::run(&mut command, &input, call.timeout, MAX_OUTPUT).map_err(|e| {
+            Error::Other(anyhow!(
+                "CNI plugin {} {} ({}): {e}",
                 call.plugin,
                 call.command,
-                call.timeout.as_secs()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let out = out_reader.join().unwrap_or_default();
-    let err = err_reader.join().unwrap_or_default();
+                binary.display()
+            ))
+        })?;
+    let (status, out, err) = (finished.status, finished.stdout, finished.stderr);
     if status.success() {
         if out.iter().all(u8::is_ascii_whitespace) {
             return Ok(Value::Null);
@@ -164,22 +122,6 @@ fn plugin_error(call: &Call<'_>, out: &[u8], err: &[u8], exit: Option<i32>) -> E
         code,
         msg,
         details: field("details"),
-    }
-}
-
-/// Spawns `command`, retrying for a moment while the binary is "text file
-/// busy": a plugin just installed (or rewritten by an upgrade) can still be
-/// open for writing in a process that is between fork and exec.
-fn spawn_retrying_busy(command: &mut Command) -> std::io::Result<std::process::Child> {
-    let mut tries = 0;
-    loop {
-        match command.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            other => return other,
-        }
     }
 }
 
@@ -253,6 +195,28 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+        std::fs::remove_dir_all(&dirs[0]).unwrap();
+    }
+
+    #[test]
+    fn a_plugin_that_forks_or_hangs_does_not_hold_crustd() {
+        let dirs = vec![plugin_dir(
+            "#!/bin/sh\nsleep 30 &\necho '{\"cniVersion\":\"1.0.0\"}'\n",
+        )];
+        let config = serde_json::json!({});
+        let start = std::time::Instant::now();
+        let out = run(&call(&dirs, &config)).unwrap();
+        assert_eq!(out["cniVersion"], "1.0.0");
+        assert!(start.elapsed() < Duration::from_secs(3));
+        std::fs::remove_dir_all(&dirs[0]).unwrap();
+
+        let dirs = vec![plugin_dir("#!/bin/sh\nsleep 30 & wait\n")];
+        let mut hanging = call(&dirs, &config);
+        hanging.timeout = Duration::from_millis(300);
+        let start = std::time::Instant::now();
+        let err = run(&hanging).unwrap_err().to_string();
+        assert!(err.contains("did not finish"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(3));
         std::fs::remove_dir_all(&dirs[0]).unwrap();
     }
 

@@ -17,8 +17,14 @@ use crate::config::{self, NetworkList};
 use crate::invoke::{self, Call};
 use crate::{Error, Result, result};
 
-/// How long one plugin call may take.
+/// How long one plugin call that changes a pod's network (ADD, DEL, CHECK)
+/// may take.
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long a STATUS or VERSION query may take: it answers kubelet's Status
+/// RPC, which must say "network not ready" before kubelet's own deadline
+/// rather than time out as if the whole runtime were down.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The CNI error code a plugin's STATUS uses for "not available".
 const PLUGIN_NOT_AVAILABLE: u32 = 50;
@@ -236,7 +242,10 @@ impl Cni {
             ifname: IFNAME,
             args,
             config,
-            timeout: PLUGIN_TIMEOUT,
+            timeout: match command {
+                "STATUS" | "VERSION" => QUERY_TIMEOUT,
+                _ => PLUGIN_TIMEOUT,
+            },
         }
     }
 

@@ -1,9 +1,18 @@
 //! runc invocations crustd makes itself (the shim makes `runc create`).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+/// The longest crustd waits for one runc call (start, kill, delete, state,
+/// list); each takes milliseconds when the host is well.
+pub const RUNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most of runc's stdout or stderr kept (`runc list` of many
+/// containers is the largest).
+const MAX_RUNC_OUTPUT: u64 = 4 << 20;
 
 /// One runc binary with its state directory.
 #[derive(Clone, Debug)]
@@ -31,15 +40,20 @@ impl Runc {
     fn command(&self) -> Command {
         let mut c = Command::new(&self.binary);
         c.arg("--root").arg(&self.root);
-        c.stdin(Stdio::null());
         c
     }
 
-    fn run(&self, args: &[&str]) -> Result<std::process::Output> {
-        self.command()
-            .args(args)
-            .output()
-            .with_context(|| format!("running {} {}", self.binary.display(), args.join(" ")))
+    /// Runs runc with `args`, at most [`RUNC_TIMEOUT`]: a runc that hangs
+    /// (on a frozen cgroup, a process stuck in the kernel) is killed rather
+    /// than holding the container's lifecycle lock for good.
+    fn run(&self, args: &[&str]) -> Result<crust_child::Finished> {
+        crust_child::run(
+            self.command().args(args),
+            b"",
+            RUNC_TIMEOUT,
+            MAX_RUNC_OUTPUT,
+        )
+        .with_context(|| format!("running {} {}", self.binary.display(), args.join(" ")))
     }
 
     /// `runc start`: lets a created container's process run.
@@ -115,7 +129,7 @@ impl Runc {
     }
 }
 
-fn check(out: &std::process::Output, what: &str) -> Result<()> {
+fn check(out: &crust_child::Finished, what: &str) -> Result<()> {
     if out.status.success() {
         return Ok(());
     }
