@@ -77,13 +77,21 @@ fn main() -> Result<()> {
         cfg.log_level = l;
     }
     init_logging(&cfg.log_level)?;
-    tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("crustd")
         .build()
-        .context("starting the async runtime")?
-        .block_on(server::run(cfg))
+        .context("starting the async runtime")?;
+    let served = rt.block_on(server::run(cfg));
+    // Work still on the blocking pool (a stop's grace period, a call
+    // waiting on runc) must not keep crustd alive once it has stopped
+    // serving: what it was doing is recovered at the next start.
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    served
 }
+
+/// How long crustd's exit waits for blocking work still under way.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn init_logging(level: &str) -> Result<()> {
     let filter = match std::env::var("RUST_LOG") {

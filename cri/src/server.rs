@@ -22,8 +22,12 @@ use crate::image_service::ImageService;
 use crate::runtime_service::RuntimeService;
 use crate::stream::StreamServer;
 
-/// Largest CRI message accepted or sent (ExecSync output may be 2×16 MiB).
+/// Largest CRI reply sent (a List of many objects can be large; kubelet
+/// itself reads at most 16 MiB).
 const MAX_MESSAGE: usize = 64 << 20;
+/// Largest CRI request accepted: kubelet sends at most 16 MiB, and every
+/// request crustd reads is held whole in memory while it is decoded.
+const MAX_REQUEST: usize = 16 << 20;
 /// Largest header block accepted, as tonic's server allows.
 const MAX_HEADER_LIST: u32 = 16 << 20;
 
@@ -59,10 +63,10 @@ pub async fn run(cfg: Config) -> Result<()> {
     let cfg = Arc::new(cfg);
     let runtime_svc =
         RuntimeServiceServer::new(RuntimeService::new(runtime.clone(), cfg.clone(), streams))
-            .max_decoding_message_size(MAX_MESSAGE)
+            .max_decoding_message_size(MAX_REQUEST)
             .max_encoding_message_size(MAX_MESSAGE);
     let image_svc = ImageServiceServer::new(ImageService::new(runtime))
-        .max_decoding_message_size(MAX_MESSAGE)
+        .max_decoding_message_size(MAX_REQUEST)
         .max_encoding_message_size(MAX_MESSAGE);
     let routes = tonic::service::Routes::new(runtime_svc).add_service(image_svc);
     serve(listener, Deadlines::new(routes)).await;

@@ -43,33 +43,42 @@ pub struct Options {
 
 /// One live object: a lifecycle lock serializing create/start/stop/remove, and the record.
 pub(crate) struct Entry<T> {
-    pub(crate) lifecycle: Mutex<()>,
+    /// An async lock, so a call queued behind a long one (a stop's grace
+    /// period, a slow runc) waits without holding a thread of the blocking
+    /// pool, and goes away when its client does: see [`Runtime::locked`].
+    lifecycle: Arc<tokio::sync::Mutex<()>>,
     pub(crate) rec: Mutex<T>,
     /// While a container is being stopped: the earliest deadline any
     /// caller asked for (see `container::stop`).
     stop_by: Mutex<Option<std::time::Instant>>,
 }
 
+/// The lifecycle lock of one object, held.
+pub(crate) type LifecycleGuard = tokio::sync::OwnedMutexGuard<()>;
+
 impl<T: Clone> Entry<T> {
     pub(crate) fn new(rec: T) -> Arc<Self> {
         Arc::new(Entry {
-            lifecycle: Mutex::new(()),
+            lifecycle: Arc::new(tokio::sync::Mutex::new(())),
             rec: Mutex::new(rec),
             stop_by: Mutex::new(None),
         })
     }
 
-    pub(crate) fn lock_lifecycle(&self) -> MutexGuard<'_, ()> {
-        self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+    /// Takes the lifecycle lock from a blocking thread (never from async
+    /// code: tokio refuses that).
+    pub(crate) fn lock_lifecycle(&self) -> LifecycleGuard {
+        self.lifecycle.clone().blocking_lock_owned()
+    }
+
+    /// Takes the lifecycle lock from async code.
+    pub(crate) async fn lock_lifecycle_async(&self) -> LifecycleGuard {
+        self.lifecycle.clone().lock_owned().await
     }
 
     /// The lifecycle lock if no lifecycle call holds it now.
-    pub(crate) fn try_lock_lifecycle(&self) -> Option<MutexGuard<'_, ()>> {
-        match self.lifecycle.try_lock() {
-            Ok(g) => Some(g),
-            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
+    pub(crate) fn try_lock_lifecycle(&self) -> Option<LifecycleGuard> {
+        self.lifecycle.clone().try_lock_owned().ok()
     }
 
     pub(crate) fn rec(&self) -> MutexGuard<'_, T> {
@@ -243,6 +252,24 @@ impl Runtime {
         tokio::task::spawn_blocking(move || f(&this))
             .await
             .map_err(|e| Error::internal(format!("lifecycle task failed: {e}")))?
+    }
+
+    /// Runs `f` on the blocking pool holding `entry`'s lifecycle lock. The
+    /// lock is awaited before a thread is taken, so any number of calls
+    /// queued behind a long one cost no thread; once `f` starts it finishes
+    /// even if the client leaves.
+    pub(crate) async fn locked<E, T, F>(self: &Arc<Self>, entry: &Entry<E>, f: F) -> Result<T>
+    where
+        E: Clone,
+        T: Send + 'static,
+        F: FnOnce(&Runtime) -> Result<T> + Send + 'static,
+    {
+        let guard = entry.lock_lifecycle_async().await;
+        self.blocking(move |rt| {
+            let _guard = guard;
+            f(rt)
+        })
+        .await
     }
 
     fn recover(&self) -> Result<()> {

@@ -14,7 +14,7 @@ use crust_e2e::crafted::{CraftedImage, CraftedLayer, LayerFormat, RawTar};
 use crust_e2e::cri::{
     ContainerConfig, ContainerState, ExecSyncRequest, HugepageLimit, Int64Value,
     LinuxPodSandboxConfig, Mount, PodSandboxConfig, PortMapping, SecurityProfile,
-    StopContainerRequest, security_profile,
+    StartContainerRequest, StopContainerRequest, security_profile,
 };
 use crust_e2e::cri_client::KUBELET_MAX_MESSAGE;
 use crust_e2e::fake_registry::FakeRegistry;
@@ -595,4 +595,114 @@ fn port(container_port: i32, host_port: i32, protocol: i32, host_ip: &str) -> Po
         host_port,
         host_ip: host_ip.into(),
     }
+}
+
+#[test]
+fn calls_piling_up_on_a_busy_container_hold_no_threads() {
+    run(
+        "calls_piling_up_on_a_busy_container_hold_no_threads",
+        pile_up,
+    );
+}
+
+/// More calls than tokio's blocking pool has threads (512).
+const PILED_CALLS: usize = 600;
+
+async fn pile_up(env: &mut TestEnv) -> Result<()> {
+    env.pull(&env.images.busybox.reference).await?;
+    let pod = env.run_pod("pile-up").await?;
+    let config = env.shell_container(
+        &pod,
+        "stubborn",
+        "trap '' TERM; while true; do sleep 0.1; done",
+    )?;
+    let id = env.start_container(&pod, &config).await?;
+    // A stop with a long grace period holds the container's lifecycle lock.
+    let mut runtime = env.cri.runtime.clone();
+    let long_stop = StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 600,
+    };
+    let stopping = tokio::spawn(async move { runtime.stop_container(long_stop).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Calls that queue behind it, each given up by its client at 200 ms.
+    let (runtime, _) = crust_e2e::raw_grpc::connect(&env.daemon.paths().socket).await?;
+    let calls = (0..PILED_CALLS).map(|_| {
+        let mut runtime = runtime.clone();
+        let mut request = tonic::Request::new(StartContainerRequest {
+            container_id: id.clone(),
+        });
+        request.set_timeout(Duration::from_millis(200));
+        async move { runtime.start_container(request).await }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    let timed_out = answers
+        .iter()
+        .filter(|a| matches!(a, Err(s) if s.code() == Code::DeadlineExceeded))
+        .count();
+    ensure!(
+        timed_out == PILED_CALLS,
+        "{timed_out} of {PILED_CALLS} queued StartContainers answered DeadlineExceeded"
+    );
+
+    // crustd still answers everything else, and can still kill the container.
+    tokio::time::timeout(Duration::from_secs(5), env.cri.list_containers(None))
+        .await
+        .context("ListContainers stalled behind the abandoned calls")??;
+    tokio::time::timeout(Duration::from_secs(5), env.cri.stop_container(&id, 0))
+        .await
+        .context("StopContainer(0) stalled behind the abandoned calls")??;
+    stopping.abort();
+    env.cri.stop_pod_sandbox(&pod.id).await?;
+    env.cri.remove_pod_sandbox(&pod.id).await?;
+    env.assert_no_leaks()
+}
+
+#[test]
+fn crustd_exits_on_sigterm_with_a_long_stop_under_way() {
+    run(
+        "crustd_exits_on_sigterm_with_a_long_stop_under_way",
+        sigterm_mid_stop,
+    );
+}
+
+async fn sigterm_mid_stop(env: &mut TestEnv) -> Result<()> {
+    env.pull(&env.images.busybox.reference).await?;
+    let pod = env.run_pod("sigterm").await?;
+    let config = env.shell_container(
+        &pod,
+        "stubborn",
+        "trap '' TERM; while true; do sleep 0.1; done",
+    )?;
+    let id = env.start_container(&pod, &config).await?;
+    let mut runtime = env.cri.runtime.clone();
+    let long_stop = StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 600,
+    };
+    let stopping = tokio::spawn(async move { runtime.stop_container(long_stop).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let pid = env.daemon.pid().context("crustd is not running")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    // Ten seconds for the RPCs in flight, two for the blocking work.
+    let started = Instant::now();
+    while env.daemon.is_running() {
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "crustd still runs 20 s after SIGTERM, waiting on a stop's grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stopping.abort();
+
+    env.restart_daemon().await?;
+    env.cri.stop_container(&id, 0).await?;
+    env.cri.stop_pod_sandbox(&pod.id).await?;
+    env.cri.remove_pod_sandbox(&pod.id).await?;
+    env.assert_no_leaks()
 }

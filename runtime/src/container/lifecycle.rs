@@ -65,8 +65,7 @@ impl Runtime {
             Reservation::Fresh(t) => t,
         };
         let id = self
-            .blocking(move |rt| {
-                let _sandbox_guard = sandbox.lock_lifecycle();
+            .locked(&sandbox.clone(), move |rt| {
                 let id = rt.make_container(&sandbox.snapshot(), cfg)?;
                 ticket.complete(&id);
                 Ok(id)
@@ -196,6 +195,14 @@ impl Runtime {
             });
         }
 
+        // Registered before the shim starts: a create that times out or
+        // fails after it must not leave the shim, runc or the container's
+        // init running.
+        let (runc, rid, b) = (self.runc.clone(), id.clone(), bundle.clone());
+        undo.push("stop the shim and delete the runc container", move || {
+            shim::kill_abandoned(&b);
+            runc.delete(&rid)
+        });
         let created = shim::spawn(&Launch {
             shim: &self.opts.shim,
             runc: &self.opts.runc,
@@ -213,9 +220,6 @@ impl Runtime {
             )),
             CreateError::Shim(e) => Error::Internal(e.context("starting crust-shim")),
         })?;
-        let runc = self.runc.clone();
-        let rid = id.clone();
-        undo.push("delete the runc container", move || runc.delete(&rid));
 
         let stop_signal = parse_signal(&image.config.stop_signal).unwrap_or(libc::SIGTERM);
         let image_ref = image
@@ -283,8 +287,7 @@ impl Runtime {
     /// StartContainer: lets a created container run.
     pub async fn start_container(self: &Arc<Self>, id: &str) -> Result<()> {
         let entry = self.container_entry(id)?;
-        self.blocking(move |rt| {
-            let _guard = entry.lock_lifecycle();
+        self.locked(&entry.clone(), move |rt| {
             rt.refresh_container(&entry);
             let c = entry.snapshot();
             if c.state != ContainerState::Created {
@@ -325,13 +328,20 @@ impl Runtime {
         let Some(entry) = if_exists(self.container_entry(id))? else {
             return Ok(());
         };
-        self.blocking(move |rt| rt.remove_container_entry(&entry))
+        self.stop_entry(&entry, 0).await?;
+        self.locked(&entry.clone(), move |rt| rt.remove_locked(&entry))
             .await
     }
 
+    /// Removes a container from a blocking thread (RemovePodSandbox's).
     pub(crate) fn remove_container_entry(&self, entry: &Entry<Container>) -> Result<()> {
         self.stop_container_entry(entry, 0)?;
         let _guard = entry.lock_lifecycle();
+        self.remove_locked(entry)
+    }
+
+    /// Removes a stopped container, under its lifecycle lock.
+    fn remove_locked(&self, entry: &Entry<Container>) -> Result<()> {
         let c = entry.snapshot();
         if !self
             .containers

@@ -134,6 +134,29 @@ pub fn spawn(l: &Launch<'_>) -> std::result::Result<Created, CreateError> {
     }
 }
 
+/// The file in which a detached shim records its pid before it runs runc.
+const SHIM_PID_FILE: &str = "shim.pid";
+
+/// Kills the process group of a shim that started in `bundle` but whose
+/// create was abandoned (its report never came, or the create is being
+/// rolled back): the detached shim leads a session of its own, holding the
+/// `runc create` it runs and whatever that started. A shim that is gone
+/// (or a pid now used by something else) is left alone.
+pub fn kill_abandoned(bundle: &Path) {
+    let Some(pid) = std::fs::read_to_string(bundle.join(SHIM_PID_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    if crate::sys::process::alive(pid, "crust-shim") {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 pub(crate) fn read_until_eof(
     r: &mut std::process::ChildStdout,
     timeout: Duration,
@@ -213,5 +236,62 @@ pub fn control(bundle: &Path, command: &str) -> Result<()> {
             "the shim answered {command:?} with {:?}",
             answer.strip_prefix("error ").unwrap_or(answer)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn an_abandoned_shim_is_killed_with_its_group() {
+        let dir = std::env::temp_dir().join(format!("crust-shim-abandoned-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A stand-in whose command line names crust-shim, leading its own
+        // group with a child, as the detached shim leads runc.
+        let fake = dir.join("crust-shim");
+        std::fs::copy("/bin/sh", &fake).unwrap();
+        let mut shim = Command::new(&fake)
+            .args(["-c", "sleep 30 & echo $$ > shim.pid; wait"])
+            .current_dir(&dir)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid_file = dir.join(SHIM_PID_FILE);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pid_file.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        kill_abandoned(&dir);
+        let status = shim.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            live_members(shim.id()),
+            0,
+            "a process of the shim's group lived on"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Processes of group `pgid` that are not zombies.
+    fn live_members(pgid: u32) -> usize {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+            .filter(|stat| {
+                let fields: Vec<&str> = stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str())
+            })
+            .count()
     }
 }

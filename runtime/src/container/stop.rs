@@ -8,6 +8,7 @@
 //! earlier and waits for the exit: a `StopContainer(0)` kills at once
 //! instead of queueing behind a long grace period.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,43 @@ use crate::{Error, Result, clock};
 /// How long to wait for a killed container to be reaped before giving up.
 const KILL_GRACE: Duration = Duration::from_secs(30);
 
+/// How often an async caller that moved another stop's deadline looks for
+/// the exit.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The right to perform a container's stop; giving it up (however the
+/// stop ends, or if it never starts) clears the deadline, so a later
+/// caller performs the next one.
+struct StopClaim<E: Deref<Target = Entry<Container>>>(E);
+
+impl<E: Deref<Target = Entry<Container>>> Drop for StopClaim<E> {
+    fn drop(&mut self) {
+        *self.0.stop_by() = None;
+    }
+}
+
+/// Moves the container's stop deadline to `deadline` if that is sooner.
+/// Returns true when no stop was under way: the caller performs this one.
+fn claim_stop(entry: &Entry<Container>, deadline: Instant) -> bool {
+    let mut stop_by = entry.stop_by();
+    let first = stop_by.is_none();
+    *stop_by = Some(stop_by.map_or(deadline, |d| d.min(deadline)));
+    first
+}
+
+/// How long a caller that moved another stop's deadline waits for the exit.
+fn wait_limit(deadline: Instant) -> Instant {
+    deadline.checked_add(KILL_GRACE).unwrap_or(deadline)
+}
+
+fn not_exited_in_time(entry: &Entry<Container>) -> Error {
+    Error::DeadlineExceeded(format!(
+        "container {} did not exit within {}s of its stop deadline",
+        entry.rec().id,
+        KILL_GRACE.as_secs()
+    ))
+}
+
 impl Runtime {
     /// StopContainer: stop signal, up to `timeout` seconds, then SIGKILL. Stopping an
     /// exited or unknown container succeeds.
@@ -26,42 +64,66 @@ impl Runtime {
         let Some(entry) = if_exists(self.container_entry(id))? else {
             return Ok(());
         };
-        self.blocking(move |rt| rt.stop_container_entry(&entry, timeout))
-            .await
+        self.stop_entry(&entry, timeout).await
     }
 
-    /// Stops the container within `timeout` seconds (0 or less: kill now),
-    /// taking over the deadline of a stop already under way when this one is
-    /// sooner.
+    /// Stops the container within `timeout` seconds from async code. Every
+    /// wait (for the lifecycle lock, for another stop) is async, so calls
+    /// piling up on one container hold no threads.
+    pub(crate) async fn stop_entry(
+        self: &Arc<Self>,
+        entry: &Arc<Entry<Container>>,
+        timeout: i64,
+    ) -> Result<()> {
+        let deadline = clock::instant_after(clock::request_secs(timeout));
+        loop {
+            if claim_stop(entry, deadline) {
+                // Owned by the work from here: dropped with it if the client
+                // leaves before the lock is had, after the stop otherwise.
+                let claim = StopClaim(entry.clone());
+                return self.locked(entry, move |rt| rt.stop_locked(&claim.0)).await;
+            }
+            let limit = wait_limit(deadline);
+            loop {
+                if entry.rec().state == ContainerState::Exited {
+                    return Ok(());
+                }
+                if entry.stop_by().is_none() {
+                    // The other stop ended without the exit (it failed, or
+                    // its client left before it began): perform one.
+                    break;
+                }
+                if Instant::now() >= limit {
+                    return Err(not_exited_in_time(entry));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+
+    /// Stops the container within `timeout` seconds (0 or less: kill now)
+    /// from a blocking thread (StopPodSandbox's and RemovePodSandbox's),
+    /// taking over the deadline of a stop already under way when this one
+    /// is sooner.
     pub(crate) fn stop_container_entry(
         &self,
         entry: &Entry<Container>,
         timeout: i64,
     ) -> Result<()> {
         let deadline = clock::instant_after(clock::request_secs(timeout));
-        let performer = {
-            let mut stop_by = entry.stop_by();
-            let first = stop_by.is_none();
-            *stop_by = Some(stop_by.map_or(deadline, |d| d.min(deadline)));
-            first
-        };
-        if !performer {
+        if !claim_stop(entry, deadline) {
             return self.await_other_stop(entry, deadline);
         }
-        let result = {
-            let _guard = entry.lock_lifecycle();
-            self.stop_locked(entry)
-        };
-        *entry.stop_by() = None;
-        result
+        let _claim = StopClaim(entry);
+        let _guard = entry.lock_lifecycle();
+        self.stop_locked(entry)
     }
 
     /// Waits for the stop under way (whose deadline this caller moved) to
     /// end with the container exited.
     fn await_other_stop(&self, entry: &Entry<Container>, deadline: Instant) -> Result<()> {
-        let limit = deadline.checked_add(KILL_GRACE).unwrap_or(deadline);
         let bundle = entry.rec().bundle.clone();
-        let exited = notify::wait_in_dir(&bundle, limit, || {
+        let exited = notify::wait_in_dir(&bundle, wait_limit(deadline), || {
             entry.rec().state == ContainerState::Exited || entry.stop_by().is_none()
         });
         if entry.rec().state == ContainerState::Exited {
@@ -71,11 +133,7 @@ impl Runtime {
             // The other stop ended without the exit (it failed): try again.
             return self.stop_container_entry(entry, 0);
         }
-        Err(Error::DeadlineExceeded(format!(
-            "container {} did not exit within {}s of its stop deadline",
-            entry.rec().id,
-            KILL_GRACE.as_secs()
-        )))
+        Err(not_exited_in_time(entry))
     }
 
     /// The stop itself, under the container's lifecycle lock: the stop

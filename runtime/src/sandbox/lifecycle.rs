@@ -183,11 +183,8 @@ impl Runtime {
         let Some(entry) = if_exists(self.sandbox_entry(id))? else {
             return Ok(());
         };
-        self.blocking(move |rt| {
-            let _guard = entry.lock_lifecycle();
-            rt.stop_sandbox_locked(&entry)
-        })
-        .await
+        self.locked(&entry.clone(), move |rt| rt.stop_sandbox_locked(&entry))
+            .await
     }
 
     fn stop_sandbox_locked(&self, entry: &Entry<Sandbox>) -> Result<()> {
@@ -231,8 +228,7 @@ impl Runtime {
         let Some(entry) = if_exists(self.sandbox_entry(id))? else {
             return Ok(());
         };
-        self.blocking(move |rt| {
-            let _guard = entry.lock_lifecycle();
+        self.locked(&entry.clone(), move |rt| {
             let sb = entry.snapshot();
             if !rt
                 .sandboxes

@@ -71,9 +71,10 @@ pub fn stop_noted(sandbox_dir: &Path) -> Result<()> {
     }
 }
 
-/// True while the holder process lives.
+/// True while the holder process lives: `crust-shim pause` exactly, so a
+/// recycled pid now used by a container's shim is never taken for it.
 pub fn alive(pid: i32) -> bool {
-    process::alive(pid, "crust-shim")
+    process::alive(pid, "crust-shim\0pause\0")
 }
 
 /// Kills the holder process (and with it every process left in the namespace)
