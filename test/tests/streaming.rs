@@ -6,11 +6,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use crust_e2e::assertions::expect_code;
+use crust_e2e::bench::memory::ProcessMemory;
 use crust_e2e::cri::ContainerState;
 use crust_e2e::daemon::STREAM_TOKEN_TIMEOUT_S;
+use crust_e2e::streaming::spdy::{SpdyConfig, SpdyConnection};
+use crust_e2e::streaming::spdy_frame::Headers;
 use crust_e2e::streaming::{
-    Outcome, PortForwardOptions, RemoteCommand, StreamOptions, Transport, port_forward,
-    port_forward_with, remote_command, upgrade_status,
+    Outcome, PORT_FORWARD_PROTOCOL, PortForwardOptions, RemoteCommand, StreamOptions, Transport,
+    UpgradeError, port_forward, port_forward_with, remote_command, upgrade_status,
 };
 use crust_e2e::tls::TestCerts;
 use crust_e2e::{Pod, Streams, TestEnv, run, wait};
@@ -829,5 +832,261 @@ async fn client_leaves_stalled(env: &mut TestEnv) -> Result<()> {
         },
     )
     .await?;
+    Ok(())
+}
+
+#[test]
+fn idle_sessions_end_though_pings_keep_flowing() {
+    run(
+        "idle_sessions_end_though_pings_keep_flowing",
+        idle_past_pings,
+    );
+}
+
+/// An idle timeout longer than crustd's 15 s ping period (and the client's
+/// 5 s one): pings and pongs flow all along, and must not count as activity.
+const IDLE_TIMEOUT_S: u64 = 20;
+
+/// Execs `sleep <marker>` over `transport`, carries nothing, and checks that
+/// crustd closes the session after its idle timeout and kills the sleep.
+async fn ends_when_idle(env: &TestEnv, id: &str, transport: Transport, marker: &str) -> Result<()> {
+    let idle = Duration::from_secs(IDLE_TIMEOUT_S);
+    let session = exec(
+        env,
+        id,
+        &["sleep", marker],
+        transport,
+        StreamOptions::output(),
+    )
+    .await?;
+    let started = Instant::now();
+    // A session closed for idleness may end without a close frame or
+    // GOAWAY: the client may see that as an error; what counts is that it ends.
+    let ended = tokio::time::timeout(
+        idle + Duration::from_secs(15),
+        session.finish(idle + Duration::from_secs(30)),
+    )
+    .await
+    .with_context(|| format!("{transport:?}: an idle session was not closed"))?;
+    let lasted = started.elapsed();
+    ensure!(
+        lasted + Duration::from_secs(1) >= idle,
+        "{transport:?}: the session ended after {lasted:?}, before the idle timeout: {ended:?}"
+    );
+    if let Ok(out) = &ended {
+        ensure!(
+            out.exit_code.is_none(),
+            "{transport:?}: an idle session reported {out:?}"
+        );
+    }
+    wait::until("the idle session's sleep to be killed", LIMIT, || async {
+        Ok((!running_in(env, id, &format!("sleep {marker}")).await?).then_some(()))
+    })
+    .await
+    .with_context(|| format!("{transport:?}"))?;
+    Ok(())
+}
+
+async fn idle_past_pings(env: &mut TestEnv) -> Result<()> {
+    let (_pod, id) = sleeper(env, "idle").await?;
+    env.reconfigure_stream(&format!("idle_timeout = {IDLE_TIMEOUT_S}"))
+        .await?;
+    let (spdy, ws) = tokio::join!(
+        ends_when_idle(env, &id, Transport::Spdy, "4331"),
+        ends_when_idle(env, &id, Transport::WebSocket, "4332")
+    );
+    spdy?;
+    ws?;
+    Ok(())
+}
+
+#[test]
+fn one_port_forward_session_cannot_take_every_stream() {
+    run(
+        "one_port_forward_session_cannot_take_every_stream",
+        stream_hog,
+    );
+}
+
+/// SPDY port-forward headers of one half of connection `request`.
+fn pf_half(stream_type: &str, port: u16, request: u32) -> Headers {
+    [
+        ("streamtype", stream_type.to_string()),
+        ("port", port.to_string()),
+        ("requestid", request.to_string()),
+    ]
+    .into_iter()
+    .map(|(n, v)| (n.to_string(), vec![v]))
+    .collect()
+}
+
+/// A GET of `/` on `port` through a new pair of streams of `conn`; `None`
+/// when crustd refuses either stream.
+async fn get_over(conn: &SpdyConnection, port: u16, request: u32) -> Result<Option<String>> {
+    let Ok(mut error) = conn.create_stream(pf_half("error", port, request)).await else {
+        return Ok(None);
+    };
+    error.writer.close().await?;
+    let Ok(mut data) = conn.create_stream(pf_half("data", port, request)).await else {
+        return Ok(None);
+    };
+    data.writer
+        .send(b"GET / HTTP/1.0\r\nHost: pod\r\n\r\n")
+        .await?;
+    let response = tokio::time::timeout(LIMIT, data.inbound.read_to_end())
+        .await
+        .context("no response through the forwarded connection")??;
+    Ok(Some(String::from_utf8_lossy(&response).into_owned()))
+}
+
+async fn stream_hog(env: &mut TestEnv) -> Result<()> {
+    let (pod, web_id) = web_pod(env).await?;
+    let url = env.cri.port_forward_url(&pod.id, &[8080]).await?;
+    let hog = SpdyConnection::connect(
+        &url,
+        "POST",
+        &[PORT_FORWARD_PROTOCOL.to_string()],
+        SpdyConfig::default(),
+    )
+    .await?;
+    // More error streams whose data stream never comes than the server's
+    // whole stream limit (256 by default).
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for request in 0..300u32 {
+        match hog.create_stream(pf_half("error", 8080, request)).await {
+            Ok(s) => held.push(s),
+            Err(_) => refused += 1,
+        }
+    }
+    ensure!(
+        refused > 0 && held.len() < 256,
+        "one session holds {} streams ({refused} refused)",
+        held.len()
+    );
+    // Everyone else still gets streams.
+    for transport in TRANSPORTS {
+        let out = run_to_end(env, &web_id, &["echo", "still"], transport).await?;
+        ensure!(
+            out.stdout_text() == "still\n",
+            "{transport:?}: an exec beside a stream-hogging session gave {out:?}"
+        );
+    }
+    let url = env.cri.port_forward_url(&pod.id, &[8081]).await?;
+    let other = port_forward(&url, Transport::Spdy).await?;
+    let body = get(other.connect(8081).await?).await?;
+    ensure!(
+        body == "two\n",
+        "a second port-forward session got {body:?}"
+    );
+    other.close().await;
+
+    // The halves whose pair never came are dropped after 30 s though the
+    // session opens nothing meanwhile; then it serves connections again.
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    let mut request = 1000;
+    let response = wait::until("the unpaired streams to be dropped", LIMIT, || {
+        request += 1;
+        let hog = &hog;
+        async move { get_over(hog, 8080, request).await }
+    })
+    .await?;
+    ensure!(
+        response.ends_with("\r\n\r\none\n"),
+        "after the unpaired streams were dropped, port 8080 answered {response:?}"
+    );
+    drop(held);
+    hog.close().await;
+    Ok(())
+}
+
+#[test]
+fn a_websocket_port_forward_cannot_make_crustd_buffer_what_the_pod_does_not_read() {
+    run(
+        "a_websocket_port_forward_cannot_make_crustd_buffer_what_the_pod_does_not_read",
+        ws_flood,
+    );
+}
+
+async fn ws_flood(env: &mut TestEnv) -> Result<()> {
+    /// Connections of the session, all to the same port (kubelet allows repeats).
+    const CONNECTIONS: usize = 16;
+    /// Messages sent on each connection, just under crustd's largest message.
+    const MESSAGES: usize = 12;
+    const MESSAGE: usize = (1 << 20) - 64;
+    env.pull(&env.images.busybox.reference).await?;
+    let pod = env.run_pod("sink").await?;
+    // Every connection to 9100 gets a `sleep` that never reads it.
+    let script = "nc -ll -p 9100 -e sleep 3600 & exec sleep 3600";
+    let config = env.shell_container(&pod, "sink", script)?;
+    let id = env.start_container(&pod, &config).await?;
+    wait::until("nc to listen on 9100", LIMIT, || async {
+        // 9100 is 0x238C; state 0A is LISTEN.
+        let tcp = env.sh(&id, "cat /proc/net/tcp /proc/net/tcp6").await?;
+        Ok(tcp
+            .lines()
+            .any(|l| l.contains(":238C 0000") && l.contains(":0000 0A "))
+            .then_some(()))
+    })
+    .await?;
+    let pid = env.daemon.pid().context("crustd is not running")?;
+    let url = env.cri.port_forward_url(&pod.id, &[9100]).await?;
+    let opts = PortForwardOptions {
+        ports: vec![9100; CONNECTIONS],
+        ..PortForwardOptions::default()
+    };
+    let session = port_forward_with(&url, Transport::WebSocket, opts).await?;
+    let mut conns = Vec::new();
+    for _ in 0..CONNECTIONS {
+        conns.push(session.connect(9100).await?);
+    }
+    let before = ProcessMemory::rss_mib(pid)?;
+    let message = vec![b'x'; MESSAGE];
+    let mut sent = 0usize;
+    let mut stalled = false;
+    'send: for _ in 0..MESSAGES {
+        for conn in &mut conns {
+            if tokio::time::timeout(Duration::from_secs(3), conn.send(&message))
+                .await
+                .is_err()
+            {
+                stalled = true;
+                break 'send;
+            }
+            sent += MESSAGE;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = ProcessMemory::rss_mib(pid)?;
+    let sent_mib = sent as f64 / f64::from(1 << 20);
+    println!("crustd RSS {before:.1} MiB before, {after:.1} MiB after {sent_mib:.0} MiB sent");
+    ensure!(
+        after - before < 16.0,
+        "crustd grew by {:.0} MiB holding what a WebSocket client sent ({sent_mib:.0} MiB) to a pod that reads nothing",
+        after - before
+    );
+    ensure!(
+        stalled,
+        "crustd took {sent_mib:.0} MiB for a pod that reads nothing without holding the client back"
+    );
+    session.disconnect();
+
+    // More ports than one session may forward are refused with a reason.
+    let url = env.cri.port_forward_url(&pod.id, &[9100]).await?;
+    let opts = PortForwardOptions {
+        ports: vec![9100; 100],
+        ..PortForwardOptions::default()
+    };
+    let err = port_forward_with(&url, Transport::WebSocket, opts)
+        .await
+        .err()
+        .context("a WebSocket port-forward of 100 ports was accepted")?;
+    let refusal = err
+        .downcast_ref::<UpgradeError>()
+        .with_context(|| format!("100 ports: {err:#}"))?;
+    ensure!(
+        refusal.status == 400 && refusal.body.contains("at most"),
+        "100 ports: {refusal}"
+    );
     Ok(())
 }

@@ -11,13 +11,25 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 
 /// The most payload one outgoing frame or message carries.
 pub const MAX_CHUNK: usize = 32 << 10;
 
 /// Chunks of client data queued per stream before the session stops reading.
 pub const INCOMING_QUEUE: usize = 16;
+
+/// Bytes of client data one session holds queued for its streams, all
+/// streams together, before it stops reading the client (TCP back-pressure):
+/// what one session can make crustd hold, however many streams or ports it
+/// opens and however large its messages.
+pub const SESSION_BUDGET: usize = 2 << 20;
+
+/// Streams one session may hold open at a time (port-forward: half as many
+/// connections); more are refused, so one client cannot take every stream
+/// of the server.
+pub const MAX_SESSION_STREAMS: usize = 64;
 
 /// Chunks queued towards the client per session before senders wait.
 pub const OUTGOING_QUEUE: usize = 16;
@@ -37,6 +49,103 @@ pub async fn until_dead<T>(dead: &watch::Receiver<bool>, f: impl Future<Output =
         v = f => Some(v),
         _ = async { dead.wait_for(|d| *d).await.is_ok() } => None,
     }
+}
+
+/// When a session last carried data, in either direction. Pings, pongs and
+/// window updates do not count: they flow on every open session, and a
+/// session that carries nothing else is idle.
+pub struct Activity {
+    start: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    /// Activity as of now.
+    pub fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: 0.into(),
+        }
+    }
+
+    /// Data went by just now.
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When data last went by.
+    pub fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A session's allowance of queued client data ([`SESSION_BUDGET`] bytes):
+/// the session's reader takes from it before it queues a chunk for a stream,
+/// and the chunk gives it back once the stream's handler took it (or the
+/// stream is dropped).
+#[derive(Clone)]
+pub struct Budget(Arc<Semaphore>);
+
+impl Budget {
+    /// A full budget of [`SESSION_BUDGET`] bytes.
+    pub fn new() -> Self {
+        Budget(Arc::new(Semaphore::new(SESSION_BUDGET)))
+    }
+
+    /// Waits until `data` (at most [`MAX_CHUNK`] in practice) fits in what
+    /// is left, and takes that much.
+    pub async fn hold(&self, data: Bytes) -> Queued {
+        let n = data.len().clamp(1, SESSION_BUDGET);
+        let held = match u32::try_from(n) {
+            Ok(n) => self.0.clone().acquire_many_owned(n).await.ok(),
+            Err(_) => None,
+        };
+        Queued { data, _held: held }
+    }
+
+    /// Bytes not taken.
+    #[cfg(test)]
+    fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Queues `data` for a stream in pieces of at most [`MAX_CHUNK`], each once
+/// `budget` has room for it; `false` once the stream's handler is gone. The
+/// pieces are copies: a slice would keep the whole message (or read buffer)
+/// it came from alive, past what the budget counts.
+pub async fn queue(budget: &Budget, tx: &mpsc::Sender<Queued>, data: Bytes) -> bool {
+    for piece in data.chunks(MAX_CHUNK) {
+        let piece = Bytes::copy_from_slice(piece);
+        let queued = tokio::select! {
+            q = budget.hold(piece) => q,
+            () = tx.closed() => return false,
+        };
+        if tx.send(queued).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// A chunk of client data queued for a stream, holding its share of the
+/// session's [`Budget`] until it is taken.
+pub struct Queued {
+    data: Bytes,
+    _held: Option<OwnedSemaphorePermit>,
 }
 
 /// One piece of data for the session's writer: `stream` is a SPDY stream id or a
@@ -62,19 +171,19 @@ pub struct Credit {
 
 /// What the client sends on one stream, in arrival order; `None` at its end.
 pub struct Incoming {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Queued>,
     credit: Option<Credit>,
 }
 
 impl Incoming {
     /// A stream fed through `rx`; `credit` is told of what is consumed.
-    pub fn new(rx: mpsc::Receiver<Bytes>, credit: Option<Credit>) -> Incoming {
+    pub fn new(rx: mpsc::Receiver<Queued>, credit: Option<Credit>) -> Incoming {
         Incoming { rx, credit }
     }
 
     /// The next chunk, or `None` once the client closed the stream.
     pub async fn recv(&mut self) -> Option<Bytes> {
-        let data = self.rx.recv().await?;
+        let data = self.rx.recv().await?.data;
         if let Some(c) = &self.credit {
             let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
             let _ = c.grants.send((c.stream, n)).await;
@@ -336,6 +445,37 @@ mod tests {
         );
         w.grant(1, 3);
         assert_eq!(waiter.await.unwrap().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_stay_within_the_session_budget() {
+        let budget = Budget::new();
+        // Each stream's queue holds this much; enough streams spend the budget.
+        let per_stream = INCOMING_QUEUE * MAX_CHUNK;
+        let full = SESSION_BUDGET / per_stream;
+        let mut readers = Vec::new();
+        for _ in 0..full {
+            let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
+            // One large message, queued in pieces of at most MAX_CHUNK.
+            assert!(queue(&budget, &tx, Bytes::from(vec![1u8; per_stream])).await);
+            readers.push((tx, Incoming::new(rx, None)));
+        }
+        assert_eq!(budget.available(), 0);
+        // Another stream of the session now waits until a reader takes data.
+        let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
+        let waiting = {
+            let budget = budget.clone();
+            tokio::spawn(async move { queue(&budget, &tx, Bytes::from_static(b"hi")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "queued past the budget");
+        let chunk = readers[0].1.recv().await.unwrap();
+        assert_eq!(chunk.len(), MAX_CHUNK);
+        assert!(waiting.await.unwrap());
+        // Streams whose handlers are gone give back what they held.
+        drop(readers);
+        drop(rx);
+        assert_eq!(budget.available(), SESSION_BUDGET);
     }
 
     #[tokio::test]

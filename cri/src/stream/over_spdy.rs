@@ -6,12 +6,11 @@ use std::time::Duration;
 
 use crust_runtime::Runtime;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::Shared;
 use super::portforward;
 use super::remotecommand::{self, StatusFormat, Streams, Wanted};
-use super::spdy::session::{Limits, Session, SpdyStream};
+use super::spdy::session::{Limits, Session, SpdyStream, StreamPermit};
 use super::tokens::Pending;
 
 /// How long the client may take to open the streams of an exec or attach.
@@ -82,7 +81,7 @@ async fn serve_remote_command(
         session.close().await;
         return;
     }
-    let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
+    let mut permits: Vec<StreamPermit> = Vec::new();
     let (mut error, mut stdin, mut stdout, mut stderr, mut resize) = (None, None, None, None, None);
     for s in got {
         let stream_type = s.header("streamtype").to_string();

@@ -29,8 +29,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use super::Shared;
 use super::channel::{
-    INCOMING_QUEUE, Incoming, LINGER, MAX_CHUNK, OUTGOING_QUEUE, OutData, Outgoing, PING_PERIOD,
-    until_dead,
+    Activity, Budget, INCOMING_QUEUE, Incoming, LINGER, MAX_CHUNK, MAX_SESSION_STREAMS,
+    OUTGOING_QUEUE, OutData, Outgoing, PING_PERIOD, queue, until_dead,
 };
 use super::over_spdy;
 use super::portforward::{self, Connection};
@@ -39,6 +39,10 @@ use super::tokens::Pending;
 
 /// Largest message accepted from a client (client-go sends 32 KiB pieces).
 const MAX_MESSAGE: usize = 1 << 20;
+/// Ports one channel port-forward session forwards (repeats allowed, as
+/// kubelet allows them): each is a connection, so as many as a SPDY session
+/// may hold.
+const MAX_PORTS: usize = MAX_SESSION_STREAMS / 2;
 /// The v5 close signal's channel.
 const CLOSE_CHANNEL: u8 = 255;
 /// Exec and attach channels.
@@ -121,6 +125,25 @@ pub fn upgrade(
         Ok(p) => p,
         Err(msg) => return super::http::plain(StatusCode::BAD_REQUEST, &msg),
     };
+    if let Pending::PortForward {
+        ports: requested, ..
+    } = &pending
+        && protocol != TUNNELED_PORT_FORWARD
+    {
+        let n = if ports.is_empty() {
+            requested.len()
+        } else {
+            ports.len()
+        };
+        if n > MAX_PORTS {
+            return super::http::plain(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "a WebSocket port-forward session forwards at most {MAX_PORTS} ports; this one asks for {n}: open several sessions"
+                ),
+            );
+        }
+    }
     let upgrade = hyper::upgrade::on(req);
     let chosen = protocol.clone();
     tokio::spawn(async move {
@@ -328,6 +351,8 @@ impl Channels {
         let (gone_tx, gone_rx) = watch::channel(false);
         let (closing_tx, mut closing) = watch::channel(false);
         let (dead_tx, dead) = watch::channel(false);
+        let activity = Arc::new(Activity::new());
+        let budget = Budget::new();
         let mut senders = HashMap::new();
         let mut incoming = HashMap::new();
         for &c in read {
@@ -335,7 +360,14 @@ impl Channels {
             senders.insert(c, tx);
             incoming.insert(c, Incoming::new(rx, None));
         }
-        let writer = tokio::spawn(write_loop(sink, out_rx, close_rx, base64, dead_tx));
+        let writer = tokio::spawn(write_loop(
+            sink,
+            out_rx,
+            close_rx,
+            base64,
+            activity.clone(),
+            dead_tx,
+        ));
         let stop_writer = writer.abort_handle();
         let idle = shared.idle;
         let label = label.to_string();
@@ -343,11 +375,15 @@ impl Channels {
             // Once crustd closed the session, the client has LINGER to close too.
             let mut linger: Option<Instant> = None;
             loop {
-                let limit = linger.unwrap_or_else(|| Instant::now() + idle);
+                // Only data counts: the pings and pongs of an open session do not.
+                let limit = linger.unwrap_or_else(|| activity.last() + idle);
                 let next = tokio::select! {
                     next = source.next() => next,
                     () = tokio::time::sleep_until(limit) => {
                         if linger.is_none() {
+                            if activity.last() + idle > Instant::now() {
+                                continue;
+                            }
                             tracing::info!(session = %label, idle_s = idle.as_secs(), "closing an idle streaming session");
                         }
                         break;
@@ -378,6 +414,7 @@ impl Channels {
                     Message::Close(_) => break,
                     _ => continue,
                 };
+                activity.touch();
                 if channel == CLOSE_CHANNEL {
                     if let Some(c) = payload.first() {
                         senders.remove(c);
@@ -387,14 +424,15 @@ impl Channels {
                 if let Some(tx) = senders.get(&channel)
                     && !payload.is_empty()
                 {
-                    // A full channel holds the session (TCP back-pressure)
-                    // until its reader catches up or the client is found gone.
-                    match until_dead(&dead, tx.send(payload)).await {
+                    // Spent budget holds the session (TCP back-pressure)
+                    // until the channels' readers catch up or the client is
+                    // found gone.
+                    match until_dead(&dead, queue(&budget, tx, payload)).await {
                         None => break,
-                        Some(Err(_)) => {
+                        Some(false) => {
                             senders.remove(&channel);
                         }
-                        Some(Ok(())) => {}
+                        Some(true) => {}
                     }
                 }
             }
@@ -438,6 +476,7 @@ async fn write_loop<S>(
     mut out: mpsc::Receiver<OutData>,
     mut close: mpsc::Receiver<()>,
     base64: bool,
+    activity: Arc<Activity>,
     dead: watch::Sender<bool>,
 ) where
     S: futures_util::Sink<Message> + Unpin,
@@ -476,6 +515,7 @@ async fn write_loop<S>(
                 return;
             }
             Some(d) = out.recv() => {
+                activity.touch();
                 if let Some(m) = frame(d)
                     && sink.send(m).await.is_err()
                 {

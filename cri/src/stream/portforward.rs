@@ -5,11 +5,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use crust_runtime::Runtime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::channel::{Incoming, MAX_CHUNK, Outgoing};
 use super::spdy::session::{Session, SpdyStream};
@@ -45,15 +46,20 @@ pub struct Connection {
 /// Serves a SPDY port-forward session until the client goes away.
 pub async fn serve_spdy(runtime: Arc<Runtime>, sandbox_id: String, mut session: Session) {
     let mut halves: HashMap<String, Halves> = HashMap::new();
-    while let Some(stream) = session.next_stream().await {
-        // A pair the client never completed holds its streams only so long.
-        halves.retain(|request, h| {
-            let keep = h.since.elapsed() < PAIR_TIMEOUT;
-            if !keep {
-                tracing::info!(pod = %sandbox_id, request, "dropping a port-forward stream whose pair never came");
+    loop {
+        // A pair the client never completed holds its streams only so long,
+        // whether or not the client opens more streams meanwhile.
+        let oldest = halves.values().map(|h| h.since).min();
+        let stream = tokio::select! {
+            s = session.next_stream() => match s {
+                Some(s) => s,
+                None => break,
+            },
+            () = until_expired(oldest) => {
+                drop_expired(&mut halves, &sandbox_id);
+                continue;
             }
-            keep
-        });
+        };
         let request = stream.header("requestid").to_string();
         let kind = stream.header("streamtype").to_string();
         let entry = halves.entry(request.clone()).or_insert_with(|| Halves {
@@ -110,6 +116,27 @@ pub async fn serve_spdy(runtime: Arc<Runtime>, sandbox_id: String, mut session: 
         }
     }
     session.close().await;
+}
+
+/// Resolves once a half that arrived at `since` has waited [`PAIR_TIMEOUT`];
+/// never without one.
+async fn until_expired(since: Option<Instant>) {
+    match since {
+        Some(t) => tokio::time::sleep_until(t + PAIR_TIMEOUT).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drops the halves whose pair did not come within [`PAIR_TIMEOUT`], which
+/// gives their streams back.
+fn drop_expired(halves: &mut HashMap<String, Halves>, sandbox_id: &str) {
+    halves.retain(|request, h| {
+        let keep = h.since.elapsed() < PAIR_TIMEOUT;
+        if !keep {
+            tracing::info!(pod = %sandbox_id, request, "dropping a port-forward stream whose pair never came");
+        }
+        keep
+    });
 }
 
 /// Connects to the connection's port in the pod and copies both ways.

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use super::frame::{self, Codec, Frame, HeaderBlock};
 use crate::stream::channel::{
-    Credit, INCOMING_QUEUE, Incoming, LINGER, MAX_CHUNK, OUTGOING_QUEUE, OutData, Outgoing,
-    PING_PERIOD, SendWindows, until_dead,
+    Activity, Budget, Credit, INCOMING_QUEUE, Incoming, LINGER, MAX_CHUNK, MAX_SESSION_STREAMS,
+    OUTGOING_QUEUE, OutData, Outgoing, PING_PERIOD, Queued, SendWindows, queue, until_dead,
 };
 
 /// Largest control frame accepted (a header block is a few hundred bytes).
@@ -35,8 +35,15 @@ pub struct SpdyStream {
     pub incoming: Incoming,
     /// What crustd sends on it.
     pub outgoing: Outgoing,
-    /// Its place under the server's stream limit.
-    pub permit: OwnedSemaphorePermit,
+    /// Its place under the server's and the session's stream limits.
+    pub permit: StreamPermit,
+}
+
+/// A stream's place under the server's limit and its session's
+/// ([`MAX_SESSION_STREAMS`]); both are given back when it is dropped.
+pub struct StreamPermit {
+    _server: OwnedSemaphorePermit,
+    _session: OwnedSemaphorePermit,
 }
 
 impl SpdyStream {
@@ -55,7 +62,7 @@ impl SpdyStream {
 pub struct Limits {
     /// Streams the whole server may hold open.
     pub streams: Arc<Semaphore>,
-    /// A session with no traffic for this long is closed.
+    /// A session that carries no data for this long is closed.
     pub idle: Duration,
     /// Names the session in logs (e.g. "exec 3f2a…").
     pub label: String,
@@ -118,6 +125,8 @@ impl Session {
             new_streams: stream_tx,
             inbound: HashMap::new(),
             last_id: 0,
+            session_streams: Arc::new(Semaphore::new(MAX_SESSION_STREAMS)),
+            budget: Budget::new(),
             activity,
             limits,
             closing: closing_rx,
@@ -164,30 +173,6 @@ impl Session {
     }
 }
 
-/// When the session last carried a frame.
-struct Activity {
-    start: Instant,
-    last_ms: std::sync::atomic::AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            start: Instant::now(),
-            last_ms: 0.into(),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed))
-    }
-}
-
 struct Reader {
     codec: Arc<Mutex<Codec>>,
     windows: Arc<SendWindows>,
@@ -195,8 +180,12 @@ struct Reader {
     data: mpsc::Sender<OutData>,
     grants: mpsc::Sender<(u32, u32)>,
     new_streams: mpsc::Sender<SpdyStream>,
-    inbound: HashMap<u32, mpsc::Sender<Bytes>>,
+    inbound: HashMap<u32, mpsc::Sender<Queued>>,
     last_id: u32,
+    /// Open streams of this session.
+    session_streams: Arc<Semaphore>,
+    /// What the streams' queues may hold, together.
+    budget: Budget,
     activity: Arc<Activity>,
     limits: Limits,
     closing: watch::Receiver<bool>,
@@ -267,7 +256,7 @@ impl Reader {
                 }
                 n = read.read_buf(&mut buf) => match n {
                     Ok(0) => return End::Eof,
-                    Ok(_) => self.activity.touch(),
+                    Ok(_) => {}
                     Err(e) => return End::Error(e.to_string()),
                 },
                 _ = tokio::time::sleep_until(idle_at) => {
@@ -331,15 +320,17 @@ impl Reader {
             )));
         }
         self.last_id = id;
-        let Ok(permit) = self.limits.streams.clone().try_acquire_owned() else {
+        let Ok(session) = self.session_streams.clone().try_acquire_owned() else {
+            tracing::warn!(session = %self.limits.label, stream = id, limit = MAX_SESSION_STREAMS, "refusing a stream: the session holds as many streams as one session may");
+            return self.refuse(id).await;
+        };
+        let Ok(server) = self.limits.streams.clone().try_acquire_owned() else {
             tracing::warn!(session = %self.limits.label, stream = id, "refusing a stream: the server's stream limit is reached");
-            let sent = self
-                .send_control(Frame::RstStream {
-                    stream_id: id,
-                    status: frame::rst::REFUSED_STREAM,
-                })
-                .await;
-            return (!sent).then_some(End::Gone);
+            return self.refuse(id).await;
+        };
+        let permit = StreamPermit {
+            _server: server,
+            _session: session,
         };
         self.windows.open(id);
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
@@ -380,18 +371,30 @@ impl Reader {
         None
     }
 
+    /// Answers a stream with RST_STREAM (REFUSED_STREAM).
+    async fn refuse(&self, id: u32) -> Option<End> {
+        let sent = self
+            .send_control(Frame::RstStream {
+                stream_id: id,
+                status: frame::rst::REFUSED_STREAM,
+            })
+            .await;
+        (!sent).then_some(End::Gone)
+    }
+
     /// Hands DATA to its stream. A full queue holds the whole session (client-go
     /// keeps no windows, so TCP is its only back-pressure) until the stream's
     /// reader catches up or the client is found gone.
     async fn data(&mut self, id: u32, fin: bool, data: Bytes) -> Option<End> {
+        self.activity.touch();
         let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
         if let Some(tx) = self.inbound.get(&id)
             && !data.is_empty()
         {
-            match until_dead(&self.dead, tx.send(data)).await {
+            match until_dead(&self.dead, queue(&self.budget, tx, data)).await {
                 None => return Some(End::Gone),
-                Some(Ok(())) => {}
-                Some(Err(_)) => {
+                Some(true) => {}
+                Some(false) => {
                     // The handler no longer reads this stream: grant the window
                     // back so a well-behaved client is not stalled by bytes we drop.
                     self.inbound.remove(&id);
@@ -492,7 +495,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             return;
         }
         buf.clear();
-        activity.touch();
+        if frames.iter().any(|f| matches!(f, Frame::Data { .. })) {
+            activity.touch();
+        }
         if closing {
             let _ = write.flush().await;
             let _ = write.shutdown().await;
@@ -549,12 +554,16 @@ mod tests {
     }
 
     fn start() -> (Session, Client) {
+        start_with(8, Duration::from_secs(60))
+    }
+
+    fn start_with(streams: usize, idle: Duration) -> (Session, Client) {
         let (server, client) = tokio::io::duplex(1 << 20);
         let session = Session::start(
             server,
             Limits {
-                streams: Arc::new(Semaphore::new(8)),
-                idle: Duration::from_secs(60),
+                streams: Arc::new(Semaphore::new(streams)),
+                idle,
                 label: "test".into(),
             },
         );
@@ -639,5 +648,66 @@ mod tests {
             })
             .await;
         assert!(session.next_stream().await.is_none());
+    }
+
+    fn syn(stream_id: u32) -> Frame {
+        Frame::SynStream {
+            stream_id,
+            associated_to: 0,
+            priority: 0,
+            fin: false,
+            unidirectional: false,
+            headers: vec![("streamtype".into(), "data".into())],
+        }
+    }
+
+    #[tokio::test]
+    async fn one_session_holds_at_most_its_share_of_streams() {
+        let (mut session, mut client) = start_with(1000, Duration::from_secs(60));
+        let mut held = Vec::new();
+        for i in 0..=MAX_SESSION_STREAMS {
+            client.send(syn(2 * i as u32 + 1)).await;
+            if i < MAX_SESSION_STREAMS {
+                held.push(session.next_stream().await.unwrap());
+            }
+        }
+        let mut refused = None;
+        while let Some(f) = client.next(Duration::from_millis(500)).await {
+            if let Frame::RstStream { stream_id, status } = f {
+                refused = Some((stream_id, status));
+            }
+        }
+        let last = 2 * MAX_SESSION_STREAMS as u32 + 1;
+        assert_eq!(refused, Some((last, frame::rst::REFUSED_STREAM)));
+        // A stream the handler let go of makes room for the next.
+        drop(held.pop());
+        client.send(syn(last + 2)).await;
+        assert_eq!(session.next_stream().await.unwrap().id, last + 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_data_keeps_a_session_from_idling() {
+        let idle = PING_PERIOD + Duration::from_secs(5);
+        let (mut session, mut client) = start_with(8, idle);
+        client.send(syn(1)).await;
+        let mut stream = session.next_stream().await.unwrap();
+        // Data every so often keeps it open past the idle timeout...
+        for _ in 0..4 {
+            tokio::time::sleep(idle / 2).await;
+            client
+                .send(Frame::Data {
+                    stream_id: 1,
+                    fin: false,
+                    data: Bytes::from_static(b"x"),
+                })
+                .await;
+            assert_eq!(stream.incoming.recv().await.unwrap(), "x");
+        }
+        // ...while crustd's pings, answered or not, do not.
+        let started = Instant::now();
+        let ended = tokio::time::timeout(idle * 3, session.gone()).await;
+        assert!(ended.is_ok(), "an idle session outlived its idle timeout");
+        assert!(started.elapsed() <= idle + Duration::from_secs(1));
+        drop(client);
     }
 }
