@@ -64,21 +64,45 @@ impl Tally {
 }
 
 /// Walks `dir` (not following symlinks), counting every inode not in `seen`
-/// yet. Entries that vanish during the walk (a concurrent removal) are skipped.
+/// yet. Entries that vanish during the walk (a concurrent removal) are
+/// skipped. So is an entry below `dir` that cannot be read (a container can
+/// nest directories deeper than a path can name, or take permissions
+/// away): it is logged, and the rest still counts, so one container's
+/// layer cannot blind kubelet to every container's usage.
 fn walk(dir: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<Tally> {
     let mut tally = Tally::default();
     let mut stack = vec![dir.to_path_buf()];
+    let mut unreadable = 0u64;
+    let mut first_error = None;
     while let Some(path) = stack.pop() {
-        let Some(meta) = lstat(&path)? else {
-            continue;
+        let below = path.as_path() != dir;
+        let meta = match lstat(&path) {
+            Ok(Some(meta)) => meta,
+            Ok(None) => continue,
+            Err(e) if below => {
+                unreadable += 1;
+                first_error.get_or_insert(e);
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         if seen.insert((meta.dev(), meta.ino())) {
             tally.bytes += meta.blocks() * 512;
             tally.inodes += 1;
         }
         if meta.is_dir() {
-            stack.extend(children(&path)?);
+            match children(&path) {
+                Ok(c) => stack.extend(c),
+                Err(e) if below => {
+                    unreadable += 1;
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
+    }
+    if let Some(e) = first_error {
+        tracing::warn!(dir = %dir.display(), unreadable, error = %e, "disk use left out entries it could not read");
     }
     Ok(tally)
 }
@@ -303,6 +327,29 @@ mod tests {
         assert!(u.used_bytes >= 10000);
         assert_eq!(u.mountpoint, d.0);
         assert!(u.timestamp > 0);
+    }
+
+    #[test]
+    fn a_tree_deeper_than_a_path_can_name_does_not_fail_the_walk() {
+        use nix::fcntl::{OFlag, open, openat};
+        use nix::sys::stat::{Mode, mkdirat};
+        let d = dir("deep");
+        fs::write(d.0.join("top"), vec![1u8; 10000]).unwrap();
+        let name = "d".repeat(250);
+        let mut fd = open(&d.0, OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).unwrap();
+        for _ in 0..20 {
+            mkdirat(&fd, name.as_str(), Mode::from_bits_truncate(0o755)).unwrap();
+            fd = openat(
+                &fd,
+                name.as_str(),
+                OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap();
+        }
+        let u = measure(&d.0, &[&d.0]).unwrap();
+        assert!(u.used_bytes >= 10000);
+        assert!(u.inodes_used >= 3);
     }
 
     #[test]
