@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use crust_e2e::assertions::expect_code;
 use crust_e2e::crafted::{
     Canary, CraftedImage, CraftedLayer, LayerFormat, RawTar, expect_clean_store,
     expect_pull_refused,
@@ -853,5 +854,81 @@ async fn stalls(env: &mut TestEnv) -> Result<()> {
     let image = CraftedImage::new(std::slice::from_ref(&big));
     image.serve(&fake, "hostile/stall-layer", "1");
     env.pull(&format!("{host}/hostile/stall-layer:1")).await?;
+    Ok(())
+}
+
+#[test]
+fn image_users_that_only_look_numeric_are_refused() {
+    run(
+        "image_users_that_only_look_numeric_are_refused",
+        numeric_looking_users,
+    );
+}
+
+/// An image's `User` such as `-1` or ` 1000`, with a passwd line giving
+/// that name uid 0: ImageStatus must not call it a non-zero uid (kubelet's
+/// runAsNonRoot check trusts that uid), and CreateContainer must not run
+/// it as root.
+async fn numeric_looking_users(env: &mut TestEnv) -> Result<()> {
+    let fake = FakeRegistry::start(None).await?;
+    let users = ["-1", " 1000", "1000 ", "4294967296", "+1"];
+    let mut passwd = String::from("root:x:0:0:root:/root:/bin/sh\n");
+    for user in users {
+        passwd.push_str(&format!("{user}:x:0:0::/:/bin/sh\n"));
+    }
+    let busybox = CraftedLayer::new(&crust_e2e::fixtures::busybox_layer()?, LayerFormat::Gzip)?;
+    let passwd_layer = CraftedLayer::new(
+        &RawTar::new()
+            .dir("etc/", 0o755)?
+            .file("etc/passwd", passwd.as_bytes(), 0o644)?
+            .finish(),
+        LayerFormat::Gzip,
+    )?;
+    let base = CraftedImage::new(&[busybox, passwd_layer]);
+    let pod = env.run_pod("numeric-looking-users").await?;
+    for (n, user) in users.iter().enumerate() {
+        let mut image = base.clone();
+        let mut config = image.config_json()?;
+        config["config"]["User"] = json!(user);
+        config["config"]["Cmd"] = json!(["sleep", "3600"]);
+        image.set_config(&config);
+        let repo = format!("hostile/user-{n}");
+        image.serve(&fake, &repo, "1");
+        let reference = format!("{}/{repo}:1", fake.host());
+        env.pull(&reference).await?;
+        let status = env
+            .cri
+            .image_status(&reference)
+            .await?
+            .with_context(|| format!("ImageStatus {reference} found nothing"))?;
+        ensure!(
+            status.uid.is_none() && status.username == *user,
+            "User {user:?}: ImageStatus reports uid {:?}, username {:?}; expected no uid and the user as a username (which kubelet's runAsNonRoot check refuses)",
+            status.uid,
+            status.username
+        );
+        let config = env.container_config(&pod, &format!("user-{n}"), &reference)?;
+        let outcome = env
+            .cri
+            .create_container(&pod.id, &config, &pod.config)
+            .await;
+        if let Ok(id) = &outcome {
+            env.cri.start_container(id).await?;
+            let uid = env.sh(id, "id -u").await?;
+            ensure!(uid.trim() != "0", "User {user:?} runs as root");
+        }
+        if let Err(status) = &outcome {
+            ensure!(
+                status.message().contains("neither a numeric id"),
+                "User {user:?}: the refusal does not say why: {:?}",
+                status.message()
+            );
+        }
+        expect_code(
+            outcome,
+            Code::InvalidArgument,
+            &format!("CreateContainer with the image's User {user:?}"),
+        )?;
+    }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Image messages.
 
+use crust_runtime::container::user::{IdSpec, image_user};
 use crust_runtime::image::{FsUsage, Image, RegistryAuth};
 use k8s_cri::v1;
 use serde_json::{Value, json};
@@ -18,13 +19,21 @@ pub fn auth_from(a: Option<v1::AuthConfig>) -> RegistryAuth {
 }
 
 /// Domain image → CRI Image. The image's user (`User` in its config:
-/// `1000`, `1000:1000`, `name` or `name:group`) becomes `uid` when numeric,
-/// `username` otherwise; neither is set when the image names no user.
+/// `1000`, `1000:1000`, `name` or `name:group`) becomes `uid` when it is a
+/// valid numeric id, `username` (as written) otherwise; neither is set when
+/// the image names no user. A user that only looks numeric (`-1`, ` 1000`)
+/// is reported as a username, which kubelet's runAsNonRoot check refuses,
+/// and CreateContainer refuses it too.
 pub fn image_to(i: &Image, pinned: bool) -> v1::Image {
-    let user = i.config.user.split(':').next().unwrap_or("").trim();
-    let (uid, username) = match user.parse::<i64>() {
-        Ok(n) => (Some(v1::Int64Value { value: n }), String::new()),
-        Err(_) => (None, user.to_string()),
+    let (uid, username) = match image_user(&i.config.user) {
+        IdSpec::Unset => (None, String::new()),
+        IdSpec::Id(n) => (
+            Some(v1::Int64Value {
+                value: i64::from(n),
+            }),
+            String::new(),
+        ),
+        IdSpec::Name(name) | IdSpec::Invalid(name) => (None, name.to_string()),
     };
     v1::Image {
         id: i.id.clone(),
@@ -132,6 +141,10 @@ mod tests {
             ("nobody", None, "nobody"),
             ("app:staff", None, "app"),
             (":1000", None, ""),
+            ("-1", None, "-1"),
+            (" 1000", None, " 1000"),
+            ("1000 :0", None, "1000 "),
+            ("4294967296", None, "4294967296"),
         ] {
             let got = image_to(&image(user), false);
             assert_eq!(got.uid.map(|u| u.value), uid, "{user:?}");

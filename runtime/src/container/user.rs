@@ -31,6 +31,53 @@ struct GroupEntry {
     members: Vec<String>,
 }
 
+/// What a user or group field of an image's `User` names. ImageStatus (whose
+/// `uid` kubelet's runAsNonRoot check trusts) and CreateContainer both read
+/// the field through [`parse_id`], so what the one reports is what the other runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdSpec<'a> {
+    /// Nothing is named: the default (root, or the user's primary group).
+    Unset,
+    /// A numeric id: ASCII digits only, below 4294967295 (`(uid_t)-1`).
+    Id(u32),
+    /// A name to look up in the image's /etc/passwd or /etc/group.
+    Name(&'a str),
+    /// Neither: a sign, surrounding whitespace, a leading digit followed by
+    /// more than digits, or a number out of range. Refused, since a name
+    /// like `-1` could map to uid 0 in the image's /etc/passwd while
+    /// looking numeric and non-zero to a careless reader.
+    Invalid(&'a str),
+}
+
+/// Classifies one user or group field of an image's `User`.
+pub fn parse_id(field: &str) -> IdSpec<'_> {
+    if field.is_empty() {
+        return IdSpec::Unset;
+    }
+    if field.bytes().all(|b| b.is_ascii_digit()) {
+        return match field.parse::<u32>() {
+            Ok(id) if id != u32::MAX => IdSpec::Id(id),
+            _ => IdSpec::Invalid(field),
+        };
+    }
+    let looks_numeric = field.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-');
+    if looks_numeric || field.trim() != field {
+        return IdSpec::Invalid(field);
+    }
+    IdSpec::Name(field)
+}
+
+/// The user part (before any `:group`) of an image's `User`.
+pub fn image_user(user: &str) -> IdSpec<'_> {
+    parse_id(user.split_once(':').map_or(user, |(u, _)| u))
+}
+
+fn invalid_field(what: &str, field: &str) -> Error {
+    Error::invalid(format!(
+        "the image's {what} {field:?} is neither a numeric id (decimal digits only, below 4294967295) nor a name; refusing it"
+    ))
+}
+
 /// Resolves the user of a container whose root filesystem is mounted at `rootfs`.
 pub fn resolve(rootfs: &Path, sec: &SecurityContext, image_user: &str) -> Result<ResolvedUser> {
     let passwd = parse_passwd(&read_in_root(rootfs, "etc/passwd")?);
@@ -67,29 +114,37 @@ fn resolve_with(
                 ))
             })?;
         (entry.uid, entry.gid, Some(entry.name.clone()))
-    } else if user_part.is_empty() {
-        let entry = passwd.iter().find(|p| p.uid == 0);
-        (0, entry.map_or(0, |p| p.gid), entry.map(|p| p.name.clone()))
-    } else if let Ok(uid) = user_part.parse::<u32>() {
-        let entry = passwd.iter().find(|p| p.uid == uid);
-        (
-            uid,
-            entry.map_or(0, |p| p.gid),
-            entry.map(|p| p.name.clone()),
-        )
     } else {
-        let entry = passwd.iter().find(|p| p.name == user_part).ok_or_else(|| {
-            Error::invalid(format!(
-                "the image's user {user_part:?} does not exist in its /etc/passwd"
-            ))
-        })?;
-        (entry.uid, entry.gid, Some(entry.name.clone()))
+        match parse_id(user_part) {
+            IdSpec::Unset => {
+                let entry = passwd.iter().find(|p| p.uid == 0);
+                (0, entry.map_or(0, |p| p.gid), entry.map(|p| p.name.clone()))
+            }
+            IdSpec::Id(uid) => {
+                let entry = passwd.iter().find(|p| p.uid == uid);
+                (
+                    uid,
+                    entry.map_or(0, |p| p.gid),
+                    entry.map(|p| p.name.clone()),
+                )
+            }
+            IdSpec::Name(name) => {
+                let entry = passwd.iter().find(|p| p.name == name).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "the image's user {name:?} does not exist in its /etc/passwd"
+                    ))
+                })?;
+                (entry.uid, entry.gid, Some(entry.name.clone()))
+            }
+            IdSpec::Invalid(field) => return Err(invalid_field("user", field)),
+        }
     };
     let image_group_applies = sec.run_as_user.is_none() && sec.run_as_username.is_empty();
     if let (true, Some(g)) = (image_group_applies, group_part) {
-        gid = match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => {
+        gid = match parse_id(g) {
+            IdSpec::Id(gid) => gid,
+            IdSpec::Invalid(field) => return Err(invalid_field("group", field)),
+            IdSpec::Unset | IdSpec::Name(_) => {
                 groups
                     .iter()
                     .find(|e| e.name == g)
@@ -219,6 +274,49 @@ mod tests {
         let u = resolve_with(&p, &g, &sec, "4242:4343").unwrap();
         assert_eq!((u.uid, u.gid), (4242, 4343));
         assert!(resolve_with(&p, &g, &sec, "nobody-here").is_err());
+    }
+
+    #[test]
+    fn users_that_only_look_numeric_are_refused() {
+        let (mut p, mut g) = db();
+        for name in [
+            "-1",
+            "+1",
+            " 1000",
+            "1000 ",
+            "4294967296",
+            "4294967295",
+            "1e3",
+        ] {
+            p.extend(parse_passwd(&format!("{name}:x:0:0::/:/bin/sh\n")));
+            g.extend(parse_group(&format!("{name}:x:0:\n")));
+        }
+        let sec = SecurityContext::default();
+        for user in [
+            "-1",
+            "+1",
+            " 1000",
+            "1000 ",
+            "4294967296",
+            "4294967295",
+            "1e3",
+            " ",
+        ] {
+            assert!(
+                matches!(image_user(user), IdSpec::Invalid(u) if u == user),
+                "{user:?}"
+            );
+            let err = resolve_with(&p, &g, &sec, user).unwrap_err().to_string();
+            assert!(err.contains("neither a numeric id"), "{user:?}: {err}");
+            let err = resolve_with(&p, &g, &sec, &format!("1000:{user}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("group"), "{user:?}: {err}");
+        }
+        assert_eq!(image_user("0007:x"), IdSpec::Id(7));
+        assert_eq!(image_user("app:-1"), IdSpec::Name("app"));
+        assert_eq!(image_user(":0"), IdSpec::Unset);
+        assert_eq!(image_user("4294967294"), IdSpec::Id(4294967294));
     }
 
     #[test]
