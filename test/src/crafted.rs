@@ -416,9 +416,9 @@ pub struct Canary {
     state: Vec<EntryState>,
 }
 
-/// Name, mode, link count and content (or entry count, for a directory) of
-/// one entry of the canary directory.
-type EntryState = (String, u32, u64, Vec<u8>);
+/// Name, mode, link count, mtime (seconds, nanoseconds) and content (or
+/// entry count, for a directory) of one entry of the canary directory.
+type EntryState = (String, u32, u64, (i64, i64), Vec<u8>);
 
 /// Contents of the canary file.
 const CANARY_TEXT: &[u8] = b"canary: untouched\n";
@@ -458,7 +458,13 @@ impl Canary {
     fn snapshot(&self) -> Result<Vec<EntryState>> {
         let mut out = Vec::new();
         let top = std::fs::symlink_metadata(&self.dir)?;
-        out.push((".".to_string(), top.mode(), top.nlink(), Vec::new()));
+        out.push((
+            ".".to_string(),
+            top.mode(),
+            top.nlink(),
+            (top.mtime(), top.mtime_nsec()),
+            Vec::new(),
+        ));
         let mut entries: Vec<_> = std::fs::read_dir(&self.dir)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
@@ -474,6 +480,7 @@ impl Canary {
                 entry.file_name().to_string_lossy().into_owned(),
                 m.mode(),
                 m.nlink(),
+                (m.mtime(), m.mtime_nsec()),
                 content,
             ));
         }
@@ -494,9 +501,11 @@ impl Canary {
             self.dir.display(),
             self.state
                 .iter()
-                .map(|(n, m, l, _)| (n, m, l))
+                .map(|(n, m, l, t, _)| (n, m, l, t))
                 .collect::<Vec<_>>(),
-            now.iter().map(|(n, m, l, _)| (n, m, l)).collect::<Vec<_>>()
+            now.iter()
+                .map(|(n, m, l, t, _)| (n, m, l, t))
+                .collect::<Vec<_>>()
         );
         Ok(())
     }

@@ -647,6 +647,21 @@ async fn escapes(env: &mut TestEnv) -> Result<()> {
     env.cri.remove_image(&reference).await?;
     expect_clean_store(&root, "after removing the confined image")?;
     canary.check("after removing the confined image")?;
+
+    // Directory times are applied last: a directory the layer later
+    // replaced with a symlink to the outside is skipped, not followed.
+    let tar = RawTar::new()
+        .dir("x/", 0o755)?
+        .dir("x/sub/", 0o755)?
+        .symlink("x", &abs)?
+        .finish();
+    let layer = CraftedLayer::new(&tar, LayerFormat::Gzip)?;
+    let image = CraftedImage::new(std::slice::from_ref(&layer));
+    image.serve(&fake, "hostile/dir-times", "1");
+    let reference = format!("{}/hostile/dir-times:1", fake.host());
+    env.pull(&reference).await?;
+    canary.check("directory times through a later symlink")?;
+    env.cri.remove_image(&reference).await?;
     Ok(())
 }
 

@@ -27,16 +27,19 @@
 //!   the sha256 of the uncompressed tar (the layer's diff id) is computed on
 //!   the way.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use flate2::bufread::MultiGzDecoder;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{Mode, SFlag};
 use sha2::{Digest as _, Sha256};
 use tar::EntryType;
@@ -72,6 +75,9 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// including `--long`. A frame asking for more is refused rather than
 /// allowed to take gigabytes of memory.
 const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+/// Most directories one layer may hold: each one's mtime is kept in memory
+/// until the layer ends. Real layers hold a few thousand.
+const MAX_DIRECTORIES: usize = 1 << 20;
 
 /// An error the reader side wants reported as it is (a download that broke,
 /// a size limit) rather than as "not a valid tar stream".
@@ -179,7 +185,7 @@ fn unpack_stream<R: BufRead>(blob: R, magic: &[u8], dest: &Path, limit: u64) -> 
         root: dest.to_path_buf(),
         written_budget: limit,
         limit,
-        dir_times: Vec::new(),
+        dir_times: BTreeMap::new(),
         checked_parent: None,
     };
     {
@@ -258,8 +264,10 @@ struct Unpacker {
     root: PathBuf,
     written_budget: u64,
     limit: u64,
-    /// Directories and their mtimes, applied last (creating children changes them).
-    dir_times: Vec<(PathBuf, u64)>,
+    /// Directories (relative to `root`, which is "") and their mtimes,
+    /// applied last (creating children changes them). One entry per path;
+    /// entries under a removed directory are dropped with it.
+    dir_times: BTreeMap<PathBuf, u64>,
     /// The last parent directory found to be real directories all the way
     /// down; forgotten whenever anything is removed.
     checked_parent: Option<PathBuf>,
@@ -319,8 +327,7 @@ impl Unpacker {
             }
             let root = self.root.clone();
             self.apply_meta(&root, &meta, false)?;
-            self.dir_times.push((root, meta.mtime));
-            return Ok(());
+            return self.record_dir_time(&rel, meta.mtime);
         }
 
         let path = self.checked_parent_of(&rel)?;
@@ -333,7 +340,7 @@ impl Unpacker {
                         .map_err(|e| io_error(&path, "creating directory", e))?;
                 }
                 self.apply_meta(&path, &meta, false)?;
-                self.dir_times.push((path, meta.mtime));
+                self.record_dir_time(&rel, meta.mtime)?;
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.clear(&path, false)?;
@@ -433,6 +440,7 @@ impl Unpacker {
             Ok(m) if m.is_dir() && new_is_dir => Ok(true),
             Ok(m) if m.is_dir() => {
                 self.checked_parent = None;
+                self.forget_dir_times_under(path);
                 fs::remove_dir_all(path).map_err(|e| io_error(path, "removing", e))?;
                 Ok(false)
             }
@@ -548,7 +556,7 @@ impl Unpacker {
         for (name, value) in &meta.xattrs {
             apply_xattr(path, name, value, |n, v| fset_xattr(&file, n, v))?;
         }
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(meta.mtime);
+        let t = system_time(meta.mtime);
         file.set_times(FileTimes::new().set_accessed(t).set_modified(t))
             .map_err(|e| io_error(path, "setting times of", e))?;
         Ok(())
@@ -579,10 +587,50 @@ impl Unpacker {
         Ok(())
     }
 
-    /// Applies directory mtimes, deepest (latest created) first.
+    /// Remembers the mtime of directory `rel`, set by [`Unpacker::finish`].
+    fn record_dir_time(&mut self, rel: &Path, mtime: u64) -> Result<()> {
+        if self.dir_times.len() >= MAX_DIRECTORIES && !self.dir_times.contains_key(rel) {
+            return Err(bad_entry(
+                rel,
+                format!(
+                    "makes the layer hold more than {MAX_DIRECTORIES} directories; refusing it"
+                ),
+            ));
+        }
+        self.dir_times.insert(rel.to_path_buf(), mtime);
+        Ok(())
+    }
+
+    /// Drops the recorded mtimes of the directory at `path` and everything
+    /// under it, which is about to be removed.
+    fn forget_dir_times_under(&mut self, path: &Path) {
+        let Ok(rel) = path.strip_prefix(&self.root) else {
+            return;
+        };
+        // Paths order by component, so a directory's descendants follow it.
+        let doomed: Vec<PathBuf> = self
+            .dir_times
+            .range(rel.to_path_buf()..)
+            .take_while(|(p, _)| p.starts_with(rel))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in doomed {
+            self.dir_times.remove(&p);
+        }
+    }
+
+    /// Applies directory mtimes, each through a descriptor opened beneath
+    /// the root without following any symlink: a directory whose path a
+    /// later entry turned into a symlink is skipped, not followed.
     fn finish(&mut self) -> Result<()> {
-        for (path, mtime) in self.dir_times.drain(..).rev() {
-            set_times_nofollow(&path, mtime)?;
+        let root = nix::fcntl::open(
+            &self.root,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_error(&self.root, "opening", e))?;
+        for (rel, mtime) in std::mem::take(&mut self.dir_times) {
+            set_dir_times_beneath(&root, &self.root, &rel, mtime)?;
         }
         Ok(())
     }
@@ -649,9 +697,48 @@ fn apply_xattr(
     }
 }
 
+/// Sets the times of the directory `rel` beneath `root` (whose path is
+/// `root_path`, for messages). Resolution stays beneath `root` and follows
+/// no symlink; a directory that is gone or no longer reachable that way is
+/// skipped.
+fn set_dir_times_beneath(root: &OwnedFd, root_path: &Path, rel: &Path, mtime: u64) -> Result<()> {
+    let target = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let dir = match nix::fcntl::openat2(root.as_fd(), target, how) {
+        Ok(dir) => dir,
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => return Ok(()),
+        Err(e) => return Err(io_error(&root_path.join(rel), "opening", e)),
+    };
+    let t = timespec(mtime);
+    nix::sys::stat::futimens(&dir, &t, &t)
+        .map_err(|e| io_error(&root_path.join(rel), "setting times of", e))
+}
+
+/// A tar mtime as a timespec, clamped to the largest time the kernel takes.
+fn timespec(mtime: u64) -> nix::sys::time::TimeSpec {
+    nix::sys::time::TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0)
+}
+
+/// A tar mtime as a `SystemTime`, clamped like [`timespec`].
+fn system_time(mtime: u64) -> SystemTime {
+    let secs = mtime.min(i64::MAX as u64);
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 fn set_times_nofollow(path: &Path, mtime: u64) -> Result<()> {
-    let secs = i64::try_from(mtime).unwrap_or(i64::MAX);
-    let t = nix::sys::time::TimeSpec::new(secs, 0);
+    let t = timespec(mtime);
     nix::sys::stat::utimensat(
         nix::fcntl::AT_FDCWD,
         path,

@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 /// Lifetime assumed for a token whose response names none (or less), as the
 /// Docker token spec says.
 const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// Longest a grant is kept, whatever the token response says: a day.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// How long knowing that a host wants Basic credentials is kept.
 const BASIC_LIFETIME: Duration = Duration::from_secs(600);
 /// A token is dropped this much (at most) before it expires, so that it does
@@ -82,12 +84,16 @@ impl GrantCache {
         }
     }
 
-    /// Keeps `grant` for `key` for `lifetime` (nothing for a zero lifetime).
+    /// Keeps `grant` for `key` for `lifetime`, at most a day (nothing for a
+    /// zero lifetime).
     pub(crate) fn put(&self, key: GrantKey, grant: Grant, lifetime: Duration) {
         if lifetime.is_zero() {
             return;
         }
         let now = Instant::now();
+        let Some(until) = now.checked_add(lifetime.min(MAX_LIFETIME)) else {
+            return;
+        };
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= MAX_ENTRIES {
             entries.retain(|_, (_, until)| *until > now);
@@ -95,7 +101,7 @@ impl GrantCache {
                 entries.clear();
             }
         }
-        entries.insert(key, (grant, now + lifetime));
+        entries.insert(key, (grant, until));
     }
 
     /// Keeps Basic for `key`.
@@ -115,21 +121,23 @@ impl GrantCache {
 /// How long a token may be reused, from the token response's `expires_in`
 /// (seconds) and `issued_at` (RFC 3339), measured from `now`. A token whose
 /// issue time lies in the future still counts only from now; one already
-/// (nearly) expired gets zero.
+/// (nearly) expired gets zero; none is kept longer than a day.
 pub(crate) fn token_lifetime(
     expires_in: Option<u64>,
     issued_at: Option<&str>,
     now: SystemTime,
 ) -> Duration {
-    let lifetime = Duration::from_secs(expires_in.unwrap_or(0)).max(MIN_TOKEN_LIFETIME);
+    let lifetime = Duration::from_secs(expires_in.unwrap_or(0))
+        .max(MIN_TOKEN_LIFETIME)
+        .min(MAX_LIFETIME);
     let remaining = match issued_at.and_then(parse_rfc3339) {
-        Some(issued) => {
-            let expires = issued + lifetime;
-            expires
+        Some(issued) => match issued.checked_add(lifetime) {
+            Some(expires) => expires
                 .duration_since(now)
                 .unwrap_or(Duration::ZERO)
-                .min(lifetime)
-        }
+                .min(lifetime),
+            None => lifetime,
+        },
         None => lifetime,
     };
     remaining.saturating_sub(EXPIRY_MARGIN.min(lifetime / 10))
@@ -270,6 +278,17 @@ mod tests {
             token_lifetime(Some(300), Some("2024-03-01T13:00:00Z"), now),
             Duration::from_secs(270)
         );
+        // Absurd lifetimes neither overflow nor last longer than a day.
+        let day_less_margin = Duration::from_secs(24 * 3600 - 30);
+        assert_eq!(token_lifetime(Some(u64::MAX), None, now), day_less_margin);
+        assert_eq!(
+            token_lifetime(Some(u64::MAX), Some("9999-12-31T23:59:59Z"), now),
+            day_less_margin
+        );
+        assert_eq!(
+            token_lifetime(Some(u64::MAX), Some("2024-03-01T11:00:00Z"), now),
+            Duration::from_secs(23 * 3600 - 30)
+        );
         // An unreadable issued_at is ignored.
         assert_eq!(
             token_lifetime(Some(300), Some("soon"), now),
@@ -297,6 +316,9 @@ mod tests {
         }
         cache.forget(&alice);
         assert_eq!(cache.get(&alice), None);
+        cache.put(alice.clone(), Grant::Basic, Duration::MAX);
+        assert_eq!(cache.get(&alice), Some(Grant::Basic));
+        cache.forget(&alice);
 
         cache.put(
             alice.clone(),

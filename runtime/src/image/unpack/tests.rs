@@ -580,3 +580,52 @@ fn later_entries_replace_earlier_ones() {
             .is_symlink()
     );
 }
+
+#[test]
+fn directory_times_never_follow_a_later_symlink() {
+    let dest = TempDir::new("dirtimes");
+    let outside = TempDir::new("dirtimes-outside");
+    fs::create_dir(outside.0.join("sub")).unwrap();
+    let before = fs::metadata(outside.0.join("sub")).unwrap().mtime();
+    let target = outside.0.display().to_string();
+    let tar = Layer::new()
+        .dir("x/", 0o755)
+        .dir("x/sub/", 0o755)
+        .dir("x/sub/", 0o755)
+        .link(EntryType::Symlink, "x", &target)
+        .dir("kept/", 0o755)
+        .file("kept/f", b"f", 0o644)
+        .tar();
+    unpack(&tar, &dest.0).unwrap();
+    assert_eq!(
+        fs::metadata(outside.0.join("sub")).unwrap().mtime(),
+        before,
+        "the directory outside got the layer's mtime"
+    );
+    assert_eq!(
+        fs::metadata(dest.0.join("kept")).unwrap().mtime(),
+        1_600_000_000
+    );
+    assert!(
+        fs::symlink_metadata(dest.0.join("x"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
+
+#[test]
+fn huge_mtimes_are_clamped() {
+    let dest = TempDir::new("mtime");
+    let huge = u64::MAX.to_string();
+    let tar = Layer::new()
+        .pax(&[("mtime", huge.as_bytes())])
+        .file("f", b"f", 0o644)
+        .pax(&[("mtime", huge.as_bytes())])
+        .dir("d/", 0o755)
+        .pax(&[("mtime", huge.as_bytes())])
+        .link(EntryType::Symlink, "s", "f")
+        .tar();
+    unpack(&tar, &dest.0).unwrap();
+    assert_eq!(fs::read(dest.0.join("f")).unwrap(), b"f");
+}
