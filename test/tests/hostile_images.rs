@@ -674,15 +674,7 @@ fn decompression_bombs_are_stopped() {
 /// `mib` MiB of zeros, built from repeated compressed members (gzip) or
 /// frames (zstd) so that making it is cheap.
 fn bomb(format: LayerFormat, mib: usize) -> Result<Vec<u8>> {
-    let mut header = tar::Header::new_gnu();
-    header.set_path("zeros")?;
-    header.set_size((mib as u64) << 20);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
+    let header = bomb_header(mib)?;
     let zeros = match format {
         LayerFormat::Gzip => {
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -697,6 +689,33 @@ fn bomb(format: LayerFormat, mib: usize) -> Result<Vec<u8>> {
     }
     out.extend(crust_e2e::crafted::compress(&[0u8; 1024], format)?);
     Ok(out)
+}
+
+/// The tar header of [`bomb`]'s one file.
+fn bomb_header(mib: usize) -> Result<tar::Header> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("zeros")?;
+    header.set_size((mib as u64) << 20);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    Ok(header)
+}
+
+/// The diff id of [`bomb`]`(_, mib)`: the sha256 of its uncompressed tar.
+fn bomb_diff_id(mib: usize) -> Result<String> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(bomb_header(mib)?.as_bytes());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        hasher.update(&zeros);
+    }
+    hasher.update([0u8; 1024]);
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
 }
 
 async fn bombs(env: &mut TestEnv) -> Result<()> {
@@ -945,5 +964,98 @@ async fn numeric_looking_users(env: &mut TestEnv) -> Result<()> {
             &format!("CreateContainer with the image's User {user:?}"),
         )?;
     }
+    Ok(())
+}
+
+#[test]
+fn stored_blobs_must_be_the_size_their_descriptor_says() {
+    run(
+        "stored_blobs_must_be_the_size_their_descriptor_says",
+        stored_blob_sizes,
+    );
+}
+
+/// `image` with `config` (any bytes) as its config blob.
+fn with_raw_config(image: &CraftedImage, config: &[u8]) -> CraftedImage {
+    let mut image = image.clone();
+    image.blobs.remove(&image.config_digest());
+    image.config = config.to_vec();
+    let digest = sha256_digest(config);
+    image.manifest["config"]["digest"] = json!(digest);
+    image.manifest["config"]["size"] = json!(config.len());
+    image.blobs.insert(digest, config.to_vec());
+    image
+}
+
+/// A blob in the content store is not fetched again, so a descriptor
+/// naming a stored blob with a larger size (which raises the layer's
+/// decompression limit) is refused, and a config is stored only once it
+/// parses.
+async fn stored_blob_sizes(env: &mut TestEnv) -> Result<()> {
+    let fake = FakeRegistry::start(None).await?;
+    // 100 MiB of zeros: more than the 64 MiB its blob may expand to.
+    let mib = 100;
+    let data = bomb(LayerFormat::Gzip, mib)?;
+    let bomb_config = with_raw_config(&CraftedImage::new(&[]), &data);
+    refuse(
+        env,
+        &fake,
+        "bomb-config",
+        &bomb_config,
+        Code::InvalidArgument,
+        &["not valid JSON"],
+    )
+    .await?;
+    // The same blob as a layer whose descriptor claims 2 MiB (a 200 MiB
+    // limit); its diff id is right, so only the size can stop it.
+    let layer = CraftedLayer {
+        media_type: LayerFormat::Gzip.media_type().into(),
+        data,
+        diff_id: bomb_diff_id(mib)?,
+        urls: Vec::new(),
+    };
+    let mut inflated = CraftedImage::new(std::slice::from_ref(&layer));
+    inflated.manifest["layers"][0]["size"] = json!(2 << 20);
+    refuse(
+        env,
+        &fake,
+        "bomb-inflated",
+        &inflated,
+        Code::InvalidArgument,
+        &["2097152"],
+    )
+    .await?;
+
+    // A stored layer and a stored config named with sizes that are not theirs.
+    let bottom = CraftedLayer::new(&hello_tar("stored-bottom")?, LayerFormat::Gzip)?;
+    let top = CraftedLayer::new(&hello_tar("stored-top")?, LayerFormat::Gzip)?;
+    let both = CraftedImage::new(&[bottom, top.clone()]);
+    both.serve(&fake, "hostile/stored", "1");
+    env.pull(&format!("{}/hostile/stored:1", fake.host()))
+        .await?;
+    let mut top_alone = CraftedImage::new(std::slice::from_ref(&top));
+    let claimed = top.data.len() + 1000;
+    top_alone.manifest["layers"][0]["size"] = json!(claimed);
+    refuse(
+        env,
+        &fake,
+        "stored-layer-size",
+        &top_alone,
+        Code::InvalidArgument,
+        &["stored blob", &claimed.to_string(), &top.digest()],
+    )
+    .await?;
+    let mut config_size = both.clone();
+    let claimed = both.config.len() + 1;
+    config_size.manifest["config"]["size"] = json!(claimed);
+    refuse(
+        env,
+        &fake,
+        "stored-config-size",
+        &config_size,
+        Code::InvalidArgument,
+        &["stored blob", &claimed.to_string()],
+    )
+    .await?;
     Ok(())
 }

@@ -250,7 +250,7 @@ async fn pull_traced(inner: &Arc<Inner>, reference: &str, auth: &RegistryAuth) -
 
     // The config.
     pins.blob(&config.digest);
-    let config_bytes = fetch_small_blob(
+    let (config_bytes, stored) = fetch_small_blob(
         inner,
         &registry,
         &config.digest,
@@ -260,6 +260,12 @@ async fn pull_traced(inner: &Arc<Inner>, reference: &str, auth: &RegistryAuth) -
     )
     .await?;
     let config_file = parse_config(&config_bytes, &what)?;
+    // Stored only once it parses: a blob in the store is not fetched again,
+    // so an unparsable one would linger for another manifest to name.
+    if !stored {
+        let _lock = inner.locks.lock(&format!("blob:{}", config.digest)).await;
+        store_blob(inner, &config.digest, config_bytes.clone()).await?;
+    }
     let diff_ids = config_file.rootfs.diff_ids;
     if diff_ids.len() > MAX_LAYERS {
         return Err(Error::invalid(format!(
@@ -349,8 +355,9 @@ async fn store_blob(inner: &Arc<Inner>, digest: &str, data: Vec<u8>) -> Result<(
     blocking(move || inner.content.write(&digest, &data)).await
 }
 
-/// A small blob (a config) from the content store, or fetched, verified and
-/// stored. The caller has pinned it.
+/// A small blob (a config) from the content store (true), or fetched and
+/// verified (false: the caller stores it once it has checked what it is).
+/// Either way it is `size` bytes. The caller has pinned it.
 async fn fetch_small_blob(
     inner: &Arc<Inner>,
     registry: &Registry<'_>,
@@ -358,12 +365,14 @@ async fn fetch_small_blob(
     size: u64,
     max: u64,
     what: &str,
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, bool)> {
     let _lock = inner.locks.lock(&format!("blob:{digest}")).await;
     if inner.content.has(digest) {
         let reader = inner.clone();
         let d = digest.to_string();
-        return blocking(move || reader.content.read(&d, max)).await;
+        let data = blocking(move || reader.content.read(&d, max)).await?;
+        check_stored_size(data.len() as u64, size).map_err(|e| context(e, what))?;
+        return Ok((data, true));
     }
     let limit = inner.options.progress_timeout;
     let resp = within(limit, registry.host, what, registry.repo.blob(digest, what)).await?;
@@ -371,8 +380,19 @@ async fn fetch_small_blob(
         .read_all(max)
         .await?;
     check_small(&data, digest, size, what)?;
-    store_blob(inner, digest, data.clone()).await?;
-    Ok(data)
+    Ok((data, false))
+}
+
+/// A blob found in the content store by its digest must be as long as the
+/// descriptor naming it says: limits (such as a layer's decompression
+/// limit) are derived from the descriptor's size.
+fn check_stored_size(stored: u64, declared: u64) -> Result<()> {
+    if stored != declared {
+        return Err(Error::invalid(format!(
+            "the descriptor says {declared} bytes, but the stored blob with this digest is {stored} bytes; refusing the descriptor"
+        )));
+    }
+    Ok(())
 }
 
 fn check_small(data: &[u8], digest: &str, size: u64, what: &str) -> Result<()> {
@@ -500,6 +520,13 @@ async fn ensure_layer(
         let inner = inner.clone();
         blocking(move || {
             let blob = inner.content.open_blob(&job.digest)?;
+            let stored = blob
+                .metadata()
+                .map_err(|e| {
+                    Error::Internal(anyhow::Error::new(e).context("inspecting a stored layer blob"))
+                })?
+                .len();
+            check_stored_size(stored, job.size)?;
             unpack_and_commit(&inner, blob, &job)
         })
         .await
