@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use crust_e2e::assertions::expect_code;
+use crust_e2e::bench::memory::ProcessMemory;
 use crust_e2e::crafted::{
     Canary, CraftedImage, CraftedLayer, LayerFormat, RawTar, expect_clean_store,
     expect_pull_refused,
@@ -1057,5 +1058,84 @@ async fn stored_blob_sizes(env: &mut TestEnv) -> Result<()> {
         &["stored blob", &claimed.to_string()],
     )
     .await?;
+    Ok(())
+}
+
+#[test]
+fn huge_tar_extension_headers_are_refused() {
+    run(
+        "huge_tar_extension_headers_are_refused",
+        huge_extension_headers,
+    );
+}
+
+/// A layer whose first entry is a PAX extension header of 200 MiB of zeros
+/// (which the tar reader would hold in memory whole), followed by enough
+/// incompressible data that the layer's decompression limit (100 times
+/// its blob) is no obstacle: refused quickly, without crustd's memory
+/// growing by the header's size.
+async fn huge_extension_headers(env: &mut TestEnv) -> Result<()> {
+    let fake = FakeRegistry::start(None).await?;
+    let mib = 200;
+    let mut header = tar::Header::new_gnu();
+    header.set_path("././@PaxHeader")?;
+    header.set_size((mib as u64) << 20);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_cksum();
+    let mut data = crust_e2e::crafted::compress(header.as_bytes(), LayerFormat::Gzip)?;
+    let zeros = crust_e2e::crafted::compress(&vec![0u8; 1 << 20], LayerFormat::Gzip)?;
+    for _ in 0..mib {
+        data.extend_from_slice(&zeros);
+    }
+    let rest = RawTar::new()
+        .file("noise", &noise(3 << 20), 0o644)?
+        .finish();
+    data.extend(crust_e2e::crafted::compress(&rest, LayerFormat::Gzip)?);
+    ensure!(
+        // crustd lets a layer expand to 100 times its blob.
+        data.len() as u64 * 100 > (mib as u64) << 20,
+        "the blob is too small for its limit to let the header through"
+    );
+    let layer = CraftedLayer {
+        media_type: LayerFormat::Gzip.media_type().into(),
+        data,
+        diff_id: sha256_digest(b"never reached"),
+        urls: Vec::new(),
+    };
+    let pid = env.daemon.pid().context("crustd's pid")?;
+    let base = ProcessMemory::rss_mib(pid)?;
+    let image = CraftedImage::new(std::slice::from_ref(&layer));
+    let digest = layer.digest();
+    let needles = ["tar extension header", "larger than 1 MiB", &digest];
+    let refused = refuse(
+        env,
+        &fake,
+        "huge-pax-header",
+        &image,
+        Code::InvalidArgument,
+        &needles,
+    );
+    tokio::pin!(refused);
+    let started = Instant::now();
+    let mut peak = base;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut refused => break outcome,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                peak = peak.max(ProcessMemory::rss_mib(pid)?);
+            }
+        }
+    };
+    eprintln!(
+        "crustd RSS {base:.1} MiB before, {peak:.1} MiB at peak; refused in {:?}",
+        started.elapsed()
+    );
+    outcome?;
+    ensure!(
+        peak - base < 100.0,
+        "crustd grew from {base:.1} to {peak:.1} MiB reading one tar header"
+    );
     Ok(())
 }

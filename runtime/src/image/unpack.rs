@@ -27,6 +27,7 @@
 //!   the sha256 of the uncompressed tar (the layer's diff id) is computed on
 //!   the way.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, FileTimes, OpenOptions};
@@ -78,6 +79,12 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 /// Most directories one layer may hold: each one's mtime is kept in memory
 /// until the layer ends. Real layers hold a few thousand.
 const MAX_DIRECTORIES: usize = 1 << 20;
+/// Most bytes the tar reader may take to find the next entry: its header
+/// block and the extension headers before it (PAX `x`/`g`, GNU long name
+/// and long link), which the tar crate reads whole into memory, and the
+/// padding of the entry before. Real extension headers are a few hundred
+/// bytes; a long name is at most PATH_MAX.
+const MAX_HEADER_BYTES: u64 = (1 << 20) + (16 << 10);
 
 /// An error the reader side wants reported as it is (a download that broke,
 /// a size limit) rather than as "not a valid tar stream".
@@ -189,11 +196,23 @@ fn unpack_stream<R: BufRead>(blob: R, magic: &[u8], dest: &Path, limit: u64) -> 
         checked_parent: None,
     };
     {
-        let mut archive = tar::Archive::new(&mut diff);
-        for entry in archive.entries().map_err(read_error)? {
+        let budget = Cell::new(None);
+        let mut archive = tar::Archive::new(HeaderBudget {
+            inner: &mut diff,
+            left: &budget,
+        });
+        let mut entries = archive.entries().map_err(read_error)?;
+        loop {
+            budget.set(Some(MAX_HEADER_BYTES));
+            let Some(entry) = entries.next() else { break };
+            budget.set(None);
             let mut entry = entry.map_err(read_error)?;
             unpacker.entry(&mut entry)?;
+            // What the unpacker left of the entry's data is read here,
+            // unbounded by the header budget, not skipped by the next call.
+            io::copy(&mut entry, &mut io::sink()).map_err(read_error)?;
         }
+        budget.set(None);
     }
     // The diff id covers the whole stream, end-of-archive padding included.
     io::copy(&mut diff, &mut io::sink()).map_err(read_error)?;
@@ -222,6 +241,33 @@ impl<R: Read> Read for Decoding<R> {
                 )))
             }
         })
+    }
+}
+
+/// The reader the tar crate pulls from: while `left` is `Some`, it may read
+/// only that many more bytes (finding the next entry); while `None`, as much
+/// as it likes (an entry's data, which the unpacker streams).
+struct HeaderBudget<'b, R> {
+    inner: R,
+    left: &'b Cell<Option<u64>>,
+}
+
+impl<R: Read> Read for HeaderBudget<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(left) = self.left.get() else {
+            return self.inner.read(buf);
+        };
+        let n = self.inner.read(buf)?;
+        match left.checked_sub(n as u64) {
+            Some(rest) => {
+                self.left.set(Some(rest));
+                Ok(n)
+            }
+            None => Err(ReadAbort::io(Error::invalid(format!(
+                "the layer has a tar extension header (PAX, or GNU long name or link) larger than {} MiB; refusing it",
+                MAX_HEADER_BYTES >> 20
+            )))),
+        }
     }
 }
 

@@ -629,3 +629,45 @@ fn huge_mtimes_are_clamped() {
     unpack(&tar, &dest.0).unwrap();
     assert_eq!(fs::read(dest.0.join("f")).unwrap(), b"f");
 }
+
+#[test]
+fn huge_extension_headers_are_refused() {
+    let dest = TempDir::new("pax-huge");
+    let big = vec![b'a'; 2 << 20];
+    let tar = Layer::new()
+        .pax(&[("comment", &big)])
+        .file("f", b"f", 0o644)
+        .tar();
+    assert_invalid(unpack(&tar, &dest.0), "larger than 1 MiB");
+
+    let dest = TempDir::new("longname-huge");
+    let mut tar = Layer::new();
+    let h = Layer::header(
+        "././@LongLink",
+        EntryType::GNULongName,
+        big.len() as u64,
+        0o644,
+    );
+    tar.push(h, &big).file("f", b"f", 0o644);
+    assert_invalid(unpack(&tar.tar(), &dest.0), "larger than 1 MiB");
+
+    // Large entry data, a large global header and many ordinary extension
+    // headers are fine: only one entry's headers count.
+    let dest = TempDir::new("pax-fine");
+    let mut tar = Layer::new();
+    tar.file("big", &big, 0o644);
+    let h = Layer::header(
+        "././@PaxHeader",
+        EntryType::XGlobalHeader,
+        big.len() as u64,
+        0o644,
+    );
+    tar.push(h, &big);
+    let value = vec![b'v'; 512 << 10];
+    for i in 0..8 {
+        tar.pax(&[("comment", &value)])
+            .file(&format!("f{i}"), b"f", 0o644);
+    }
+    unpack(&tar.tar(), &dest.0).unwrap();
+    assert_eq!(fs::read(dest.0.join("big")).unwrap().len(), big.len());
+}
