@@ -499,3 +499,60 @@ fn no_basic_credentials_at(mirror: &FakeRegistry) -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn credentials_that_cannot_be_sent_are_refused() {
+    run(
+        "credentials_that_cannot_be_sent_are_refused",
+        unsendable_credentials,
+    );
+}
+
+/// `auth` and `registry_token` go into the Authorization header as they
+/// are: one holding CR or LF is refused as the caller's mistake
+/// (InvalidArgument) before any request, and the registry stays usable.
+async fn unsendable_credentials(env: &mut TestEnv) -> Result<()> {
+    let fake = FakeRegistry::start(Some(env.images.registry.clone())).await?;
+    fake.require_bearer(Some(("alice", "s3cret")));
+    let image = format!("{}/busybox:1.0", fake.host());
+    let cases = [
+        (
+            "auth",
+            AuthConfig {
+                auth: format!("{}\r\nX-Injected: 1", base64(b"alice:s3cret")),
+                ..Default::default()
+            },
+        ),
+        (
+            "registry_token",
+            AuthConfig {
+                registry_token: "token\nX-Injected: 1".into(),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (field, auth) in cases {
+        expect_error(
+            env.cri.pull_image_with_auth(&image, Some(auth)).await,
+            Code::InvalidArgument,
+            field,
+            &format!("PullImage with CR/LF in {field}"),
+        )?;
+    }
+    ensure!(
+        fake.requests().is_empty(),
+        "unsendable credentials reached the registry: {:?}",
+        fake.requests()
+    );
+    // A username or password with a newline is base64-encoded, so it can
+    // be sent; the registry refuses it.
+    expect_error(
+        env.cri
+            .pull_image_with_auth(&image, Some(user_pass("alice\r\n", "s3cret")))
+            .await,
+        Code::Unauthenticated,
+        "bad credentials",
+        "PullImage with CR/LF in the username",
+    )?;
+    pull_and_remove(env, &image, Some(user_pass("alice", "s3cret"))).await
+}

@@ -62,6 +62,24 @@ pub struct RegistryAuth {
 }
 
 impl RegistryAuth {
+    /// Refuses credentials that cannot be sent: `auth` and `registry_token`
+    /// go into the Authorization header as they are, so a CR, LF or other
+    /// control character would make every request to the registry fail
+    /// (and count against the host) rather than the pull be refused.
+    pub fn check(&self) -> Result<()> {
+        for (field, value, scheme) in [
+            ("auth", &self.auth, "Basic"),
+            ("registry_token", &self.registry_token, "Bearer"),
+        ] {
+            if reqwest::header::HeaderValue::from_str(&format!("{scheme} {value}")).is_err() {
+                return Err(Error::invalid(format!(
+                    "the pull's credentials: {field} holds characters an HTTP header cannot carry (control characters such as CR or LF)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn has_basic(&self) -> bool {
         !self.username.is_empty() || !self.auth.is_empty()
     }

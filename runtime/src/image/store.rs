@@ -245,6 +245,7 @@ impl ImageStore {
     /// its normalized name; returns the record. Concurrent pulls of the same
     /// image or of images sharing layers download and unpack a layer once.
     pub async fn pull(&self, reference: &str, auth: &RegistryAuth) -> Result<Image> {
+        auth.check()?;
         let pulled = super::pull::pull(&self.inner, reference, auth).await;
         // A pull churns through megabytes of buffers; hand them back to the OS
         // rather than let the allocator keep them for the daemon's lifetime.
