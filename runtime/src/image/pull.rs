@@ -250,22 +250,16 @@ async fn pull_traced(inner: &Arc<Inner>, reference: &str, auth: &RegistryAuth) -
 
     // The config.
     pins.blob(&config.digest);
-    let (config_bytes, stored) = fetch_small_blob(
+    let (config_bytes, config_file) = fetch_small_blob(
         inner,
         &registry,
         &config.digest,
         config.size,
         MAX_CONFIG_BYTES,
         &format!("the config of {what}"),
+        |bytes| parse_config(bytes, &what),
     )
     .await?;
-    let config_file = parse_config(&config_bytes, &what)?;
-    // Stored only once it parses: a blob in the store is not fetched again,
-    // so an unparsable one would linger for another manifest to name.
-    if !stored {
-        let _lock = inner.locks.lock(&format!("blob:{}", config.digest)).await;
-        store_blob(inner, &config.digest, config_bytes.clone()).await?;
-    }
     let diff_ids = config_file.rootfs.diff_ids;
     if diff_ids.len() > MAX_LAYERS {
         return Err(Error::invalid(format!(
@@ -355,24 +349,27 @@ async fn store_blob(inner: &Arc<Inner>, digest: &str, data: Vec<u8>) -> Result<(
     blocking(move || inner.content.write(&digest, &data)).await
 }
 
-/// A small blob (a config) from the content store (true), or fetched and
-/// verified (false: the caller stores it once it has checked what it is).
-/// Either way it is `size` bytes. The caller has pinned it.
-async fn fetch_small_blob(
+/// A small blob (a config) of `size` bytes and what `parse` makes of it,
+/// from the content store, or fetched, verified, parsed and only then
+/// stored: a stored blob is not fetched again, so one that does not parse
+/// must not linger for another descriptor to name. The caller has pinned it.
+async fn fetch_small_blob<T>(
     inner: &Arc<Inner>,
     registry: &Registry<'_>,
     digest: &str,
     size: u64,
     max: u64,
     what: &str,
-) -> Result<(Vec<u8>, bool)> {
+    parse: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<(Vec<u8>, T)> {
     let _lock = inner.locks.lock(&format!("blob:{digest}")).await;
     if inner.content.has(digest) {
         let reader = inner.clone();
         let d = digest.to_string();
         let data = blocking(move || reader.content.read(&d, max)).await?;
         check_stored_size(data.len() as u64, size).map_err(|e| context(e, what))?;
-        return Ok((data, true));
+        let parsed = parse(&data)?;
+        return Ok((data, parsed));
     }
     let limit = inner.options.progress_timeout;
     let resp = within(limit, registry.host, what, registry.repo.blob(digest, what)).await?;
@@ -380,7 +377,9 @@ async fn fetch_small_blob(
         .read_all(max)
         .await?;
     check_small(&data, digest, size, what)?;
-    Ok((data, false))
+    let parsed = parse(&data)?;
+    store_blob(inner, digest, data.clone()).await?;
+    Ok((data, parsed))
 }
 
 /// A blob found in the content store by its digest must be as long as the
