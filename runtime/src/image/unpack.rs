@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime};
 
 use flate2::bufread::MultiGzDecoder;
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag};
 use sha2::{Digest as _, Sha256};
 use tar::EntryType;
@@ -79,6 +79,9 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 /// Most directories one layer may hold: each one's mtime is kept in memory
 /// until the layer ends. Real layers hold a few thousand.
 const MAX_DIRECTORIES: usize = 1 << 20;
+/// Most components an entry's path (or a hardlink's target) may have.
+/// PATH_MAX allows about 2000; real layers stay far below 100.
+const MAX_DEPTH: usize = 256;
 /// Most bytes the tar reader may take to find the next entry: its header
 /// block and the extension headers before it (PAX `x`/`g`, GNU long name
 /// and long link), which the tar crate reads whole into memory, and the
@@ -188,8 +191,15 @@ fn unpack_stream<R: BufRead>(blob: R, magic: &[u8], dest: &Path, limit: u64) -> 
         read: 0,
         limit,
     };
+    let root_fd = nix::fcntl::open(
+        dest,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_error(dest, "opening", e))?;
     let mut unpacker = Unpacker {
         root: dest.to_path_buf(),
+        root_fd,
         written_budget: limit,
         limit,
         dir_times: BTreeMap::new(),
@@ -308,6 +318,8 @@ struct Meta {
 
 struct Unpacker {
     root: PathBuf,
+    /// `root`, opened: paths beneath it are resolved from here.
+    root_fd: OwnedFd,
     written_budget: u64,
     limit: u64,
     /// Directories (relative to `root`, which is "") and their mtimes,
@@ -317,6 +329,18 @@ struct Unpacker {
     /// The last parent directory found to be real directories all the way
     /// down; forgotten whenever anything is removed.
     checked_parent: Option<PathBuf>,
+}
+
+/// Refuses a path (`path`, of entry `rel`) deeper than [`MAX_DEPTH`].
+fn check_depth(rel: &Path, path: &Path) -> Result<()> {
+    let depth = path.components().count();
+    if depth > MAX_DEPTH {
+        return Err(bad_entry(
+            rel,
+            format!("names a path {depth} components deep; at most {MAX_DEPTH} are accepted"),
+        ));
+    }
+    Ok(())
 }
 
 fn bad_entry(rel: &Path, why: impl std::fmt::Display) -> Error {
@@ -444,37 +468,49 @@ impl Unpacker {
     /// Checks that every parent of `rel` is a real directory inside the
     /// snapshot, creating missing ones, and returns the entry's full path.
     fn checked_parent_of(&mut self, rel: &Path) -> Result<PathBuf> {
+        check_depth(rel, rel)?;
         let parent = rel.parent().unwrap_or(Path::new(""));
         if self.checked_parent.as_deref() != Some(parent) {
-            let mut cur = self.root.clone();
-            for c in parent.components() {
-                cur.push(c);
-                match fs::symlink_metadata(&cur) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        return Err(bad_entry(
-                            rel,
-                            format!(
-                                "lies under {:?}, which is not a directory in this layer; refusing to follow it",
-                                cur.strip_prefix(&self.root)
-                                    .unwrap_or(&cur)
-                                    .display()
-                                    .to_string()
-                            ),
-                        ));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        fs::DirBuilder::new()
-                            .mode(0o755)
-                            .create(&cur)
-                            .map_err(|e| io_error(&cur, "creating directory", e))?;
-                    }
-                    Err(e) => return Err(io_error(&cur, "inspecting", e)),
-                }
+            // One openat2 in the common case; the walk below only runs to
+            // name what is in the way (or on an unexpected error).
+            if beneath::ensure_dirs(&self.root_fd, parent).is_err() {
+                self.walk_parent(rel, parent)?;
             }
             self.checked_parent = Some(parent.to_path_buf());
         }
         Ok(self.root.join(rel))
+    }
+
+    /// Checks `parent` component by component with `lstat`, creating
+    /// missing directories, and says which component is not a directory.
+    fn walk_parent(&self, rel: &Path, parent: &Path) -> Result<()> {
+        let mut cur = self.root.clone();
+        for c in parent.components() {
+            cur.push(c);
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(bad_entry(
+                        rel,
+                        format!(
+                            "lies under {:?}, which is not a directory in this layer; refusing to follow it",
+                            cur.strip_prefix(&self.root)
+                                .unwrap_or(&cur)
+                                .display()
+                                .to_string()
+                        ),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(&cur)
+                        .map_err(|e| io_error(&cur, "creating directory", e))?;
+                }
+                Err(e) => return Err(io_error(&cur, "inspecting", e)),
+            }
+        }
+        Ok(())
     }
 
     /// Makes room for a new entry at `path`. Returns true when an existing
@@ -539,6 +575,7 @@ impl Unpacker {
         if target_rel.as_os_str().is_empty() {
             return Err(bad_entry(rel, "links to the layer root"));
         }
+        check_depth(rel, &target_rel)?;
         let mut cur = self.root.clone();
         let count = target_rel.components().count();
         for (i, c) in target_rel.components().enumerate() {
@@ -669,14 +706,8 @@ impl Unpacker {
     /// the root without following any symlink: a directory whose path a
     /// later entry turned into a symlink is skipped, not followed.
     fn finish(&mut self) -> Result<()> {
-        let root = nix::fcntl::open(
-            &self.root,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io_error(&self.root, "opening", e))?;
         for (rel, mtime) in std::mem::take(&mut self.dir_times) {
-            set_dir_times_beneath(&root, &self.root, &rel, mtime)?;
+            set_dir_times_beneath(&self.root_fd, &self.root, &rel, mtime)?;
         }
         Ok(())
     }
@@ -748,19 +779,7 @@ fn apply_xattr(
 /// no symlink; a directory that is gone or no longer reachable that way is
 /// skipped.
 fn set_dir_times_beneath(root: &OwnedFd, root_path: &Path, rel: &Path, mtime: u64) -> Result<()> {
-    let target = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-    let dir = match nix::fcntl::openat2(root.as_fd(), target, how) {
+    let dir = match beneath::open_dir(root, rel, OFlag::O_RDONLY) {
         Ok(dir) => dir,
         Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => return Ok(()),
         Err(e) => return Err(io_error(&root_path.join(rel), "opening", e)),
@@ -835,5 +854,6 @@ fn fset_xattr(file: &File, name: &str, value: &[u8]) -> io::Result<()> {
     }
 }
 
+mod beneath;
 #[cfg(test)]
 mod tests;

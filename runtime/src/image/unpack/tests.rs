@@ -671,3 +671,55 @@ fn huge_extension_headers_are_refused() {
     unpack(&tar.tar(), &dest.0).unwrap();
     assert_eq!(fs::read(dest.0.join("big")).unwrap().len(), big.len());
 }
+
+#[test]
+fn paths_deeper_than_the_cap_are_refused() {
+    let deep = |n: usize| vec!["d"; n].join("/");
+    let dest = TempDir::new("deep-ok");
+    let path = format!("{}/f", deep(MAX_DEPTH - 1));
+    let tar = Layer::new()
+        .pax(&[("path", path.as_bytes())])
+        .file("placeholder", b"f", 0o644)
+        .tar();
+    unpack(&tar, &dest.0).unwrap();
+    assert_eq!(fs::read(dest.0.join(&path)).unwrap(), b"f");
+
+    let dest = TempDir::new("deep-file");
+    let path = format!("{}/f", deep(MAX_DEPTH));
+    let tar = Layer::new()
+        .pax(&[("path", path.as_bytes())])
+        .file("placeholder", b"f", 0o644)
+        .tar();
+    assert_invalid(unpack(&tar, &dest.0), "at most 256 are accepted");
+
+    let dest = TempDir::new("deep-link");
+    let target = format!("{}/f", deep(MAX_DEPTH));
+    let tar = Layer::new()
+        .pax(&[("linkpath", target.as_bytes())])
+        .link(EntryType::Link, "h", "placeholder")
+        .tar();
+    assert_invalid(unpack(&tar, &dest.0), "at most 256 are accepted");
+}
+
+#[test]
+fn missing_parents_are_made_and_symlinked_ones_named() {
+    let dest = TempDir::new("parents");
+    let tar = Layer::new()
+        .file("a/b/c/f", b"f", 0o644)
+        .file("a/b/x/g", b"g", 0o644)
+        .link(EntryType::Symlink, "a/s", "b")
+        .file("a/b/c/h", b"h", 0o644)
+        .tar();
+    unpack(&tar, &dest.0).unwrap();
+    assert_eq!(fs::read(dest.0.join("a/b/x/g")).unwrap(), b"g");
+    assert_eq!(fs::read(dest.0.join("a/b/c/h")).unwrap(), b"h");
+    let tar = Layer::new()
+        .dir("a/", 0o755)
+        .link(EntryType::Symlink, "a/s", "/tmp")
+        .file("a/s/deeper/f", b"f", 0o644)
+        .tar();
+    assert_invalid(
+        unpack(&tar, &TempDir::new("parents-link").0),
+        "lies under \"a/s\", which is not a directory",
+    );
+}
