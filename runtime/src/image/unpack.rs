@@ -5,9 +5,11 @@
 //!   `..` anywhere rejects the layer, so every path names something inside
 //!   the snapshot directory.
 //! - Nothing is created through a symlink: every parent component of an
-//!   entry must be a real directory inside the snapshot (checked with
-//!   `lstat`; missing parents are created as directories), files are opened
-//!   with `O_EXCL|O_NOFOLLOW`, and metadata calls do not follow links. The
+//!   entry must be a real directory inside the snapshot (checked with one
+//!   `openat2` that follows no symlink; missing parents are created as
+//!   directories), files are opened with `O_EXCL|O_NOFOLLOW`, metadata calls
+//!   do not follow links, and directory times, set last, go through such a
+//!   descriptor too. Paths deeper than 256 components are refused. The
 //!   snapshot directory is private to this store (under a 0700 directory) and
 //!   filled by one thread, so nothing changes a checked component behind
 //!   our back.
@@ -21,6 +23,8 @@
 //!   rootfs needs). Of the PAX `SCHILY.xattr.*` attributes only
 //!   `security.capability` and `user.*` are applied; `trusted.*` (overlay's
 //!   own), `security.selinux` and the rest are not the image's to set.
+//! - An entry's headers (PAX, GNU long names) may take at most 1 MiB, as
+//!   the tar reader holds them in memory.
 //! - gzip, zstd and plain tar are told apart by the blob's first bytes and
 //!   decompressed as the blob streams in. Output is bounded (see
 //!   [`uncompressed_limit`]), so is the memory a zstd frame may ask for, and
