@@ -129,11 +129,29 @@ fn pin_in_fresh_thread(req: &PinRequest) -> Result<()> {
     for (name, value) in &req.sysctls {
         let path =
             sysctl_path(name).with_context(|| format!("sysctl name {name:?} is not valid"))?;
-        std::fs::write(&path, value).map_err(|e| {
-            SysctlRefused(format!(
-                "the kernel refused sysctl {name}={value:?} in the pod: {e}"
-            ))
-        })?;
+        match std::fs::write(&path, value) {
+            Ok(()) => {}
+            // No such sysctl, or a value it does not take: the request's fault.
+            Err(e)
+                if matches!(
+                    e.raw_os_error().map(nix::errno::Errno::from_raw),
+                    Some(
+                        nix::errno::Errno::ENOENT
+                            | nix::errno::Errno::EINVAL
+                            | nix::errno::Errno::ERANGE
+                    )
+                ) =>
+            {
+                return Err(SysctlRefused(format!(
+                    "the kernel refused sysctl {name}={value:?} in the pod: {e}"
+                ))
+                .into());
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("setting sysctl {name} = {value:?} in the pod"));
+            }
+        }
     }
     let tid = nix::unistd::gettid();
     for (kind, path) in &req.pins {

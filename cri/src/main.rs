@@ -85,13 +85,16 @@ fn main() -> Result<()> {
     let served = rt.block_on(server::run(cfg));
     // Work still on the blocking pool (a stop's grace period, a call
     // waiting on runc) must not keep crustd alive once it has stopped
-    // serving: what it was doing is recovered at the next start.
-    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    // serving. What it was doing is recovered at the next start, as after
+    // a crash; the runc and CNI calls it was making are killed rather than
+    // left to race that recovery.
+    rt.shutdown_timeout(BLOCKING_DRAIN);
+    crust_runtime::kill_running_helpers();
     served
 }
 
 /// How long crustd's exit waits for blocking work still under way.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const BLOCKING_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn init_logging(level: &str) -> Result<()> {
     let filter = match std::env::var("RUST_LOG") {

@@ -20,3 +20,10 @@ pub mod teardown;
 
 pub use error::{Error, Result};
 pub use runtime::{Options, Runtime};
+
+/// Kills every runc and CNI call still running, for a crustd that exits
+/// without waiting for them: restart recovery then finds what a crash
+/// leaves, instead of racing calls that are still under way.
+pub fn kill_running_helpers() {
+    crust_child::kill_all();
+}

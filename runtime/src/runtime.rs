@@ -85,6 +85,15 @@ impl<T: Clone> Entry<T> {
         self.rec.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The record if nothing holds it now.
+    pub(crate) fn try_rec(&self) -> Option<MutexGuard<'_, T>> {
+        match self.rec.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     pub(crate) fn stop_by(&self) -> MutexGuard<'_, Option<std::time::Instant>> {
         self.stop_by.lock().unwrap_or_else(|p| p.into_inner())
     }

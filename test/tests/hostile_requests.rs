@@ -493,6 +493,15 @@ async fn odd_values(env: &mut TestEnv) -> Result<()> {
 
     env.pull(&env.images.busybox.reference).await?;
     let pod = env.run_pod("odd-containers").await?;
+    // Refused on a host without AppArmor; on one with it, the profile is
+    // applied, and runc refuses one that is not loaded.
+    let apparmor_refusal = if std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.trim() == "Y")
+    {
+        Code::FailedPrecondition
+    } else {
+        Code::InvalidArgument
+    };
     let containers: [ContainerSpoiler; 9] = [
         ("a NUL in the command", Code::InvalidArgument, |c| {
             c.command = vec!["sh\0".into()]
@@ -523,7 +532,7 @@ async fn odd_values(env: &mut TestEnv) -> Result<()> {
                 localhost_ref: String::new(),
             })
         }),
-        ("an AppArmor profile", Code::Unimplemented, |c| {
+        ("an AppArmor profile", apparmor_refusal, |c| {
             security_mut(c).apparmor = Some(SecurityProfile {
                 profile_type: security_profile::ProfileType::Localhost as i32,
                 localhost_ref: "k8s-deny-write".into(),

@@ -501,20 +501,17 @@ async fn port_forward_parallel(env: &mut TestEnv) -> Result<()> {
     let (pod, web_id) = web_pod(env).await?;
     let expected = |port: u16| if port == 8080 { "one\n" } else { "two\n" };
 
-    // SPDY: 20 connections at once on one session, over both ports.
+    // SPDY: 40 connections open at once on one session, over both ports:
+    // 80 streams, more than a session's cap on streams that are not paired
+    // port-forward connections.
     let url = env.cri.port_forward_url(&pod.id, &[8080, 8081]).await?;
     let session = port_forward(&url, Transport::Spdy).await?;
+    let ports: Vec<u16> = (0..40u16).map(|i| 8080 + i % 2).collect();
+    let conns = futures_util::future::join_all(ports.iter().map(|&p| session.connect(p))).await;
     let mut gets = Vec::new();
-    for i in 0..20u16 {
-        let port = 8080 + i % 2;
-        let session = &session;
-        gets.push(async move {
-            let body = match session.connect(port).await {
-                Ok(conn) => get(conn).await,
-                Err(e) => Err(e),
-            };
-            (port, body)
-        });
+    for (&port, conn) in ports.iter().zip(conns) {
+        let conn = conn.with_context(|| format!("connection on port {port}"))?;
+        gets.push(async move { (port, get(conn).await) });
     }
     for (port, body) in futures_util::future::join_all(gets).await {
         let body = body?;

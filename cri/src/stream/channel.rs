@@ -26,9 +26,10 @@ pub const INCOMING_QUEUE: usize = 16;
 /// opens and however large its messages.
 pub const SESSION_BUDGET: usize = 2 << 20;
 
-/// Streams one session may hold open at a time (port-forward: half as many
-/// connections); more are refused, so one client cannot take every stream
-/// of the server.
+/// Streams one session may hold open at a time, not counting port-forward
+/// connections whose two streams have paired up (those count only against
+/// the server's limit); more are refused, so one client's unpaired or idle
+/// streams cannot take every stream of the server.
 pub const MAX_SESSION_STREAMS: usize = 64;
 
 /// Chunks queued towards the client per session before senders wait.

@@ -29,8 +29,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 use super::Shared;
 use super::channel::{
-    Activity, Budget, INCOMING_QUEUE, Incoming, LINGER, MAX_CHUNK, MAX_SESSION_STREAMS,
-    OUTGOING_QUEUE, OutData, Outgoing, PING_PERIOD, queue, until_dead,
+    Activity, Budget, INCOMING_QUEUE, Incoming, LINGER, MAX_CHUNK, OUTGOING_QUEUE, OutData,
+    Outgoing, PING_PERIOD, queue, until_dead,
 };
 use super::over_spdy;
 use super::portforward::{self, Connection};
@@ -40,9 +40,9 @@ use super::tokens::Pending;
 /// Largest message accepted from a client (client-go sends 32 KiB pieces).
 const MAX_MESSAGE: usize = 1 << 20;
 /// Ports one channel port-forward session forwards (repeats allowed, as
-/// kubelet allows them): each is a connection, so as many as a SPDY session
-/// may hold.
-const MAX_PORTS: usize = MAX_SESSION_STREAMS / 2;
+/// kubelet allows them). Each is one connection opened with the session and
+/// listed in its URL; a client wanting more opens more sessions.
+const MAX_PORTS: usize = 32;
 /// The v5 close signal's channel.
 const CLOSE_CHANNEL: u8 = 255;
 /// Exec and attach channels.

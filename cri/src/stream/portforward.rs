@@ -79,11 +79,13 @@ pub async fn serve_spdy(runtime: Arc<Runtime>, sandbox_id: String, mut session: 
             continue;
         }
         if let Some(Halves {
-            error: Some(error),
-            data: Some(data),
+            error: Some(mut error),
+            data: Some(mut data),
             ..
         }) = halves.remove(&request)
         {
+            error.permit.leave_session_share();
+            data.permit.leave_session_share();
             let port = data.header("port").to_string();
             let rt = runtime.clone();
             let pod = sandbox_id.clone();

@@ -15,6 +15,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -71,7 +72,15 @@ pub fn run(
         .stderr(Stdio::from(stderr.try_clone().map_err(Error::Io)?))
         .process_group(0);
     let mut child = spawn_retrying_busy(command).map_err(Error::Spawn)?;
-    let status = wait_within(&mut child, limit)?;
+    let live = Live::register(child.id());
+    let status = match wait_within(&mut child, limit) {
+        Ok(status) => status,
+        Err(e) => {
+            kill_group(&mut child);
+            return Err(e);
+        }
+    };
+    drop(live);
     Ok(Finished {
         status,
         stdout: read_capped(&stdout, max_output)?,
@@ -93,8 +102,8 @@ fn read_capped(file: &File, cap: u64) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
-/// Waits for `child` to exit, at most until `limit` has passed; then kills
-/// its process group and reaps it.
+/// Waits for `child` to exit, at most until `limit` has passed. The caller
+/// kills and reaps it on any error.
 fn wait_within(child: &mut Child, limit: Duration) -> Result<ExitStatus, Error> {
     let deadline = Instant::now().checked_add(limit);
     let pidfd = pidfd_open(child.id())?;
@@ -104,7 +113,11 @@ fn wait_within(child: &mut Child, limit: Duration) -> Result<ExitStatus, Error> 
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left == Some(Duration::ZERO) {
-            break;
+            // It may have ended since the last look.
+            return match child.try_wait().map_err(Error::Io)? {
+                Some(status) => Ok(status),
+                None => Err(Error::TimedOut(limit)),
+            };
         }
         let timeout = left.map_or(PollTimeout::NONE, |l| {
             PollTimeout::try_from(l).unwrap_or(PollTimeout::MAX)
@@ -115,12 +128,49 @@ fn wait_within(child: &mut Child, limit: Duration) -> Result<ExitStatus, Error> 
             Err(e) => return Err(Error::Io(e.into())),
         }
     }
+}
+
+/// Process groups of the helpers running now.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// A helper's place in [`LIVE`] while it runs.
+struct Live(u32);
+
+impl Live {
+    fn register(pid: u32) -> Live {
+        LIVE.lock().unwrap_or_else(|p| p.into_inner()).push(pid);
+        Live(pid)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        LIVE.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| *p != self.0);
+    }
+}
+
+/// Kills the process group of every helper still running. For a process
+/// that is exiting without waiting for its calls to finish: a helper cut
+/// off this way is what a crash leaves, which restart recovery undoes,
+/// while one left running would race that recovery.
+pub fn kill_all() {
+    for pid in LIVE.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        if let Ok(pid) = i32::try_from(*pid) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Kills the helper's whole process group (it leads it) and reaps the
+/// helper.
+fn kill_group(child: &mut Child) {
     if let Ok(pid) = i32::try_from(child.id()) {
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
     }
     let _ = child.kill();
-    child.wait().map_err(Error::Io)?;
-    Err(Error::TimedOut(limit))
+    let _ = child.wait();
 }
 
 /// A pid file descriptor: readable once the process has exited, so the wait

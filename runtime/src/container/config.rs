@@ -199,11 +199,7 @@ impl ContainerConfig {
         self.check_strings()?;
         self.check_sizes()?;
         self.check_ids()?;
-        if let Profile::Localhost(name) = &self.security.apparmor {
-            return Err(Error::Unimplemented(format!(
-                "AppArmor profile {name:?} cannot be applied: crust does not load AppArmor profiles yet"
-            )));
-        }
+
         for m in &self.mounts {
             if !m.container_path.starts_with('/') {
                 return Err(Error::invalid(format!(

@@ -162,6 +162,7 @@ impl Runtime {
             min_oom_score_adj: min_oom,
             default_cgroup_parent: &self.opts.default_cgroup_parent,
             bounding_set: process::capability_bounding_set(),
+            apparmor: process::apparmor_enabled(),
         })?;
         let cgroup_path = oci
             .linux()

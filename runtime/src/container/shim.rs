@@ -140,8 +140,8 @@ const SHIM_PID_FILE: &str = "shim.pid";
 /// Kills the process group of a shim that started in `bundle` but whose
 /// create was abandoned (its report never came, or the create is being
 /// rolled back): the detached shim leads a session of its own, holding the
-/// `runc create` it runs and whatever that started. A shim that is gone
-/// (or a pid now used by something else) is left alone.
+/// `runc create` it runs and whatever that started. A shim that is gone,
+/// or a pid now used by anything but this bundle's shim, is left alone.
 pub fn kill_abandoned(bundle: &Path) {
     let Some(pid) = std::fs::read_to_string(bundle.join(SHIM_PID_FILE))
         .ok()
@@ -149,7 +149,8 @@ pub fn kill_abandoned(bundle: &Path) {
     else {
         return;
     };
-    if crate::sys::process::alive(pid, "crust-shim") {
+    let own_args = format!("--bundle\0{}\0", bundle.display());
+    if crate::sys::process::alive(pid, &own_args) {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
@@ -248,12 +249,12 @@ mod tests {
     fn an_abandoned_shim_is_killed_with_its_group() {
         let dir = std::env::temp_dir().join(format!("crust-shim-abandoned-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        // A stand-in whose command line names crust-shim, leading its own
-        // group with a child, as the detached shim leads runc.
-        let fake = dir.join("crust-shim");
-        std::fs::copy("/bin/sh", &fake).unwrap();
-        let mut shim = Command::new(&fake)
-            .args(["-c", "sleep 30 & echo $$ > shim.pid; wait"])
+        // A stand-in whose command line names the bundle as a shim's does,
+        // leading its own group with a child, as the detached shim leads
+        // runc.
+        let mut shim = Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & echo $$ > shim.pid; wait", "x", "--bundle"])
+            .arg(&dir)
             .current_dir(&dir)
             .process_group(0)
             .spawn()

@@ -207,6 +207,30 @@ pub struct SpecInput<'a> {
     /// The runtime's capability bounding set (bit mask): nothing outside it can
     /// be granted.
     pub bounding_set: u64,
+    /// Whether the host enforces AppArmor (a Localhost profile can apply).
+    pub apparmor: bool,
+}
+
+/// The AppArmor profile the process runs under: a Localhost profile (one
+/// already loaded on the node) by name; none for a privileged container or
+/// when no profile was asked for. A Localhost profile on a host without
+/// AppArmor is refused rather than ignored.
+fn apparmor_profile(input: &SpecInput<'_>) -> Result<Option<String>> {
+    let sec = &input.config.security;
+    match &sec.apparmor {
+        Profile::Localhost(name) if !sec.privileged => {
+            if !input.apparmor {
+                return Err(Error::invalid(format!(
+                    "AppArmor profile {name:?} was asked for, but AppArmor is not enabled on this host"
+                )));
+            }
+            if name.is_empty() {
+                return Err(Error::invalid("an AppArmor Localhost profile needs a name"));
+            }
+            Ok(Some(name.clone()))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The process arguments kubelet expects: `command` replaces the image's
@@ -333,6 +357,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
         .build()
         .map_err(internal)?;
     process.set_rlimits(None);
+    process.set_apparmor_profile(apparmor_profile(input)?);
     if cfg.resources.oom_score_adj != 0 || input.min_oom_score_adj.is_some() {
         let mut adj = cfg.resources.oom_score_adj;
         if let Some(min) = input.min_oom_score_adj {
@@ -1031,7 +1056,50 @@ mod tests {
             min_oom_score_adj: Some(0),
             default_cgroup_parent: "/crust",
             bounding_set: (1u64 << 41) - 1 - (1u64 << 24),
+            apparmor: false,
         })
+    }
+
+    #[test]
+    fn a_localhost_apparmor_profile_applies_only_where_apparmor_does() {
+        let img = image();
+        let sb = sandbox();
+        let mut c = config();
+        c.security.apparmor = Profile::Localhost("k8s-deny-write".into());
+        let mut privileged = c.clone();
+        privileged.security.privileged = true;
+        let mut runtime_default = c.clone();
+        runtime_default.security.apparmor = Profile::RuntimeDefault;
+        let user = ResolvedUser::default();
+        let cgroups = FULL_V1;
+        let input = |cfg, apparmor| SpecInput {
+            id: "cid",
+            config: cfg,
+            sandbox: &sb,
+            image: &img,
+            image_name: "img",
+            user: &user,
+            rootfs: Path::new("/rootfs"),
+            target_pid: None,
+            cgroups: &cgroups,
+            min_oom_score_adj: None,
+            default_cgroup_parent: "/crust",
+            bounding_set: u64::MAX,
+            apparmor,
+        };
+        assert_eq!(
+            apparmor_profile(&input(&c, true)).unwrap().as_deref(),
+            Some("k8s-deny-write")
+        );
+        assert!(matches!(
+            apparmor_profile(&input(&c, false)),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(apparmor_profile(&input(&privileged, false)).unwrap(), None);
+        assert_eq!(
+            apparmor_profile(&input(&runtime_default, false)).unwrap(),
+            None
+        );
     }
 
     #[test]

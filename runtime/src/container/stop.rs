@@ -49,6 +49,39 @@ fn wait_limit(deadline: Instant) -> Instant {
     deadline.checked_add(KILL_GRACE).unwrap_or(deadline)
 }
 
+/// Where a caller that moved another stop's deadline stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Takeover {
+    /// The container exited: done.
+    Exited,
+    /// The other stop ended without the exit (it failed, or its client left
+    /// before it began): perform one, with this caller's own deadline.
+    Perform,
+    /// The exit did not come within the wait limit.
+    TimedOut,
+    /// Still waiting.
+    Pending,
+}
+
+/// Looks once at the stop this caller is waiting on. The record is only
+/// tried, never waited for: a refresh may hold it across a disk write, and
+/// async callers must not block their thread.
+fn takeover(entry: &Entry<Container>, limit: Instant) -> Takeover {
+    if entry
+        .try_rec()
+        .is_some_and(|c| c.state == ContainerState::Exited)
+    {
+        return Takeover::Exited;
+    }
+    if entry.stop_by().is_none() {
+        return Takeover::Perform;
+    }
+    if Instant::now() >= limit {
+        return Takeover::TimedOut;
+    }
+    Takeover::Pending
+}
+
 fn not_exited_in_time(entry: &Entry<Container>) -> Error {
     Error::DeadlineExceeded(format!(
         "container {} did not exit within {}s of its stop deadline",
@@ -85,18 +118,12 @@ impl Runtime {
             }
             let limit = wait_limit(deadline);
             loop {
-                if entry.rec().state == ContainerState::Exited {
-                    return Ok(());
+                match takeover(entry, limit) {
+                    Takeover::Exited => return Ok(()),
+                    Takeover::Perform => break,
+                    Takeover::TimedOut => return Err(not_exited_in_time(entry)),
+                    Takeover::Pending => tokio::time::sleep(POLL).await,
                 }
-                if entry.stop_by().is_none() {
-                    // The other stop ended without the exit (it failed, or
-                    // its client left before it began): perform one.
-                    break;
-                }
-                if Instant::now() >= limit {
-                    return Err(not_exited_in_time(entry));
-                }
-                tokio::time::sleep(POLL).await;
             }
         }
     }
@@ -111,29 +138,23 @@ impl Runtime {
         timeout: i64,
     ) -> Result<()> {
         let deadline = clock::instant_after(clock::request_secs(timeout));
-        if !claim_stop(entry, deadline) {
-            return self.await_other_stop(entry, deadline);
+        loop {
+            if claim_stop(entry, deadline) {
+                let _claim = StopClaim(entry);
+                let _guard = entry.lock_lifecycle();
+                return self.stop_locked(entry);
+            }
+            let limit = wait_limit(deadline);
+            let bundle = entry.rec().bundle.clone();
+            notify::wait_in_dir(&bundle, limit, || {
+                takeover(entry, limit) != Takeover::Pending
+            });
+            match takeover(entry, limit) {
+                Takeover::Exited => return Ok(()),
+                Takeover::TimedOut => return Err(not_exited_in_time(entry)),
+                Takeover::Perform | Takeover::Pending => {}
+            }
         }
-        let _claim = StopClaim(entry);
-        let _guard = entry.lock_lifecycle();
-        self.stop_locked(entry)
-    }
-
-    /// Waits for the stop under way (whose deadline this caller moved) to
-    /// end with the container exited.
-    fn await_other_stop(&self, entry: &Entry<Container>, deadline: Instant) -> Result<()> {
-        let bundle = entry.rec().bundle.clone();
-        let exited = notify::wait_in_dir(&bundle, wait_limit(deadline), || {
-            entry.rec().state == ContainerState::Exited || entry.stop_by().is_none()
-        });
-        if entry.rec().state == ContainerState::Exited {
-            return Ok(());
-        }
-        if exited {
-            // The other stop ended without the exit (it failed): try again.
-            return self.stop_container_entry(entry, 0);
-        }
-        Err(not_exited_in_time(entry))
     }
 
     /// The stop itself, under the container's lifecycle lock: the stop

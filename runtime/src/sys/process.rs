@@ -91,6 +91,12 @@ pub fn release_free_memory() {
     }
 }
 
+/// True when the host's kernel enforces AppArmor.
+pub fn apparmor_enabled() -> bool {
+    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.trim() == "Y")
+}
+
 /// CAP_SYS_RESOURCE's bit number.
 pub const CAP_SYS_RESOURCE: u32 = 24;
 

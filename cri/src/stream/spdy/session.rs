@@ -43,7 +43,18 @@ pub struct SpdyStream {
 /// ([`MAX_SESSION_STREAMS`]); both are given back when it is dropped.
 pub struct StreamPermit {
     _server: OwnedSemaphorePermit,
-    _session: OwnedSemaphorePermit,
+    session: Option<OwnedSemaphorePermit>,
+}
+
+impl StreamPermit {
+    /// Gives the stream's place under its session's limit back early,
+    /// keeping the server's: a port-forward connection whose two streams
+    /// have paired up counts only against the server, so one session can
+    /// carry as many connections as the server has room for, while its
+    /// unpaired halves stay capped.
+    pub fn leave_session_share(&mut self) {
+        self.session = None;
+    }
 }
 
 impl SpdyStream {
@@ -330,7 +341,7 @@ impl Reader {
         };
         let permit = StreamPermit {
             _server: server,
-            _session: session,
+            session: Some(session),
         };
         self.windows.open(id);
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
