@@ -19,7 +19,7 @@ use crust_e2e::cri::{
 use crust_e2e::cri_client::KUBELET_MAX_MESSAGE;
 use crust_e2e::fake_registry::FakeRegistry;
 use crust_e2e::pod_config::{env_var, resources_mut, security_mut, string_map};
-use crust_e2e::{TestEnv, run, unique, wait};
+use crust_e2e::{Pod, TestEnv, run, unique, wait};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tonic::Code;
 
@@ -320,14 +320,14 @@ async fn escaping_names(env: &mut TestEnv) -> Result<()> {
         .base
         .join(format!("target-{}", unique::suffix()));
     std::os::unix::fs::symlink(&target, &log)?;
-    expect_code(
-        env.cri
-            .create_container(&pod.id, &config, &pod.config)
-            .await
-            .map(drop),
+    expect_create_refused(
+        env,
+        &pod,
+        &config,
         Code::InvalidArgument,
         "a symlink at the log path",
-    )?;
+    )
+    .await?;
     ensure!(!target.exists(), "crust wrote through the planted symlink");
     // A relative host path would resolve wherever runc happens to run.
     let mut relative = env.shell_container(&pod, "relative", "exec sleep 3600")?;
@@ -336,14 +336,14 @@ async fn escaping_names(env: &mut TestEnv) -> Result<()> {
         host_path: "../../etc".into(),
         ..Default::default()
     }];
-    expect_code(
-        env.cri
-            .create_container(&pod.id, &relative, &pod.config)
-            .await
-            .map(drop),
+    expect_create_refused(
+        env,
+        &pod,
+        &relative,
         Code::InvalidArgument,
         "a relative mount host_path",
-    )?;
+    )
+    .await?;
     ensure!(
         env.cri.list_containers(None).await?.is_empty(),
         "the refused container was created"
@@ -545,14 +545,7 @@ async fn odd_values(env: &mut TestEnv) -> Result<()> {
     for (what, code, spoil) in containers {
         let mut config = env.shell_container(&pod, "odd", "exec sleep 3600")?;
         spoil(&mut config);
-        expect_code(
-            env.cri
-                .create_container(&pod.id, &config, &pod.config)
-                .await
-                .map(drop),
-            code,
-            what,
-        )?;
+        expect_create_refused(env, &pod, &config, code, what).await?;
     }
     ensure!(
         env.cri.list_containers(None).await?.is_empty(),
@@ -563,14 +556,14 @@ async fn odd_values(env: &mut TestEnv) -> Result<()> {
     let mut late = env.shell_container(&pod, "late", "exec sleep 3600")?;
     late.command = vec!["/no/such/binary".into()];
     late.log_path = "late/a/b/0.log".into();
-    expect_code(
-        env.cri
-            .create_container(&pod.id, &late, &pod.config)
-            .await
-            .map(drop),
+    expect_create_refused(
+        env,
+        &pod,
+        &late,
         Code::FailedPrecondition,
         "a command that does not exist",
-    )?;
+    )
+    .await?;
     let made = pod.log_directory().join("late/a");
     ensure!(!made.exists(), "{} was left behind", made.display());
 
@@ -617,23 +610,37 @@ fn calls_piling_up_on_a_busy_container_hold_no_threads() {
 /// More calls than tokio's blocking pool has threads (512).
 const PILED_CALLS: usize = 600;
 
-async fn pile_up(env: &mut TestEnv) -> Result<()> {
+/// A pod whose container ignores SIGTERM, with a StopContainer of 600 s
+/// under way on it (holding its lifecycle lock): the pod, the container's
+/// id and the stop's task.
+async fn stubborn_being_stopped(
+    env: &TestEnv,
+    name: &str,
+) -> Result<(
+    Pod,
+    String,
+    tokio::task::JoinHandle<Result<(), tonic::Status>>,
+)> {
     env.pull(&env.images.busybox.reference).await?;
-    let pod = env.run_pod("pile-up").await?;
+    let pod = env.run_pod(name).await?;
     let config = env.shell_container(
         &pod,
         "stubborn",
         "trap '' TERM; while true; do sleep 0.1; done",
     )?;
     let id = env.start_container(&pod, &config).await?;
-    // A stop with a long grace period holds the container's lifecycle lock.
     let mut runtime = env.cri.runtime.clone();
     let long_stop = StopContainerRequest {
         container_id: id.clone(),
         timeout: 600,
     };
-    let stopping = tokio::spawn(async move { runtime.stop_container(long_stop).await });
+    let stopping = tokio::spawn(async move { runtime.stop_container(long_stop).await.map(drop) });
     tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((pod, id, stopping))
+}
+
+async fn pile_up(env: &mut TestEnv) -> Result<()> {
+    let (pod, id, stopping) = stubborn_being_stopped(env, "pile-up").await?;
 
     // Calls that queue behind it, each given up by its client at 200 ms.
     let (runtime, _) = crust_e2e::raw_grpc::connect(&env.daemon.paths().socket).await?;
@@ -677,21 +684,7 @@ fn crustd_exits_on_sigterm_with_a_long_stop_under_way() {
 }
 
 async fn sigterm_mid_stop(env: &mut TestEnv) -> Result<()> {
-    env.pull(&env.images.busybox.reference).await?;
-    let pod = env.run_pod("sigterm").await?;
-    let config = env.shell_container(
-        &pod,
-        "stubborn",
-        "trap '' TERM; while true; do sleep 0.1; done",
-    )?;
-    let id = env.start_container(&pod, &config).await?;
-    let mut runtime = env.cri.runtime.clone();
-    let long_stop = StopContainerRequest {
-        container_id: id.clone(),
-        timeout: 600,
-    };
-    let stopping = tokio::spawn(async move { runtime.stop_container(long_stop).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (pod, id, stopping) = stubborn_being_stopped(env, "sigterm").await?;
 
     let pid = env.daemon.pid().context("crustd is not running")?;
     nix::sys::signal::kill(
@@ -714,4 +707,16 @@ async fn sigterm_mid_stop(env: &mut TestEnv) -> Result<()> {
     env.cri.stop_pod_sandbox(&pod.id).await?;
     env.cri.remove_pod_sandbox(&pod.id).await?;
     env.assert_no_leaks()
+}
+
+/// Expects CreateContainer of `config` in `pod` to be refused with `code`.
+async fn expect_create_refused(
+    env: &TestEnv,
+    pod: &Pod,
+    config: &ContainerConfig,
+    code: Code,
+    what: &str,
+) -> Result<()> {
+    let created = env.cri.create_container(&pod.id, config, &pod.config).await;
+    expect_code(created.map(drop), code, what)
 }

@@ -1040,6 +1040,10 @@ mod tests {
     }
 
     fn build_on(cfg: &ContainerConfig, cgroups: &CgroupHost) -> Result<Spec> {
+        build_on_host(cfg, cgroups, false)
+    }
+
+    fn build_on_host(cfg: &ContainerConfig, cgroups: &CgroupHost, apparmor: bool) -> Result<Spec> {
         let sb = sandbox();
         let img = image();
         let user = ResolvedUser::default();
@@ -1056,50 +1060,28 @@ mod tests {
             min_oom_score_adj: Some(0),
             default_cgroup_parent: "/crust",
             bounding_set: (1u64 << 41) - 1 - (1u64 << 24),
-            apparmor: false,
+            apparmor,
         })
     }
 
     #[test]
     fn a_localhost_apparmor_profile_applies_only_where_apparmor_does() {
-        let img = image();
-        let sb = sandbox();
         let mut c = config();
         c.security.apparmor = Profile::Localhost("k8s-deny-write".into());
-        let mut privileged = c.clone();
-        privileged.security.privileged = true;
-        let mut runtime_default = c.clone();
-        runtime_default.security.apparmor = Profile::RuntimeDefault;
-        let user = ResolvedUser::default();
-        let cgroups = FULL_V1;
-        let input = |cfg, apparmor| SpecInput {
-            id: "cid",
-            config: cfg,
-            sandbox: &sb,
-            image: &img,
-            image_name: "img",
-            user: &user,
-            rootfs: Path::new("/rootfs"),
-            target_pid: None,
-            cgroups: &cgroups,
-            min_oom_score_adj: None,
-            default_cgroup_parent: "/crust",
-            bounding_set: u64::MAX,
-            apparmor,
+        let profile = |cfg: &ContainerConfig, apparmor| {
+            build_on_host(cfg, &FULL_V1, apparmor).map(|s| {
+                s.process()
+                    .as_ref()
+                    .and_then(|p| p.apparmor_profile().clone())
+            })
         };
         assert_eq!(
-            apparmor_profile(&input(&c, true)).unwrap().as_deref(),
+            profile(&c, true).unwrap().as_deref(),
             Some("k8s-deny-write")
         );
-        assert!(matches!(
-            apparmor_profile(&input(&c, false)),
-            Err(Error::InvalidArgument(_))
-        ));
-        assert_eq!(apparmor_profile(&input(&privileged, false)).unwrap(), None);
-        assert_eq!(
-            apparmor_profile(&input(&runtime_default, false)).unwrap(),
-            None
-        );
+        assert!(matches!(profile(&c, false), Err(Error::InvalidArgument(_))));
+        c.security.apparmor = Profile::RuntimeDefault;
+        assert_eq!(profile(&c, false).unwrap(), None);
     }
 
     #[test]

@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn users_that_only_look_numeric_are_refused() {
         let (mut p, mut g) = db();
-        for name in [
+        let lookalikes = [
             "-1",
             "+1",
             " 1000",
@@ -287,21 +287,13 @@ mod tests {
             "4294967296",
             "4294967295",
             "1e3",
-        ] {
+        ];
+        for name in lookalikes {
             p.extend(parse_passwd(&format!("{name}:x:0:0::/:/bin/sh\n")));
             g.extend(parse_group(&format!("{name}:x:0:\n")));
         }
         let sec = SecurityContext::default();
-        for user in [
-            "-1",
-            "+1",
-            " 1000",
-            "1000 ",
-            "4294967296",
-            "4294967295",
-            "1e3",
-            " ",
-        ] {
+        for user in lookalikes.into_iter().chain([" "]) {
             assert!(
                 matches!(image_user(user), IdSpec::Invalid(u) if u == user),
                 "{user:?}"
