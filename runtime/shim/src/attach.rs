@@ -3,13 +3,7 @@
 //! client while the log keeps every byte, carries one client's input to the
 //! container's stdin, and applies terminal resizes.
 //!
-//! Protocol. The client sends one line `attach <stdin> <stdout> <stderr>` (each
-//! 0 or 1); the shim answers `ok` or `error <message>`. Then both sides send
-//! frames `[kind: u8][length: u32 big-endian][payload]`. From the shim: kind 1
-//! stdout, 2 stderr, 3 (empty, last) the client was cut off; otherwise its end
-//! of file means the container's output ended. From
-//! the client: 0 stdin data, 1 stdin closed, 2 resize (width and height, u16
-//! big-endian each).
+//! The protocol is `crust_shim_protocol::attach`.
 //!
 //! A client that falls more than [`CLIENT_QUEUE`] frames or [`CLIENT_BYTES`]
 //! behind is cut off, so a stalled client never holds up the container or
@@ -25,11 +19,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crust_shim_protocol::attach::{self, CUT_OFF, RESIZE, STDERR, STDIN_CLOSE, STDIN_DATA, STDOUT};
+use crust_shim_protocol::control::encode_answer;
+
 use crate::crilog::Stream;
 use crate::pump::THREAD_STACK;
-
-/// File name of the attach socket inside the bundle.
-pub const ATTACH_SOCK: &str = "attach.sock";
 
 /// Output frames queued per client before it is cut off...
 pub const CLIENT_QUEUE: usize = 64;
@@ -47,15 +41,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long queued output may take to reach clients once the container ended.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Frame kinds.
-const STDIN_DATA: u8 = 0;
-const STDIN_CLOSE: u8 = 1;
-const RESIZE: u8 = 2;
-const STDOUT: u8 = 1;
-const STDERR: u8 = 2;
-/// The last frame to a client the shim cut off for falling behind.
-const CUT_OFF: u8 = 3;
 
 /// Everything attach clients share.
 pub struct Hub {
@@ -313,21 +298,18 @@ fn serve(conn: UnixStream, hub: &Arc<Hub>) -> io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     (&mut reader).take(256).read_line(&mut line)?;
-    let flags: Vec<&str> = line.split_whitespace().collect();
-    let registered = match flags.as_slice() {
-        ["attach", i, o, e] => hub.register(*i == "1", *o == "1", *e == "1"),
-        _ => Err("expected `attach <stdin> <stdout> <stderr>`".into()),
-    };
+    let registered =
+        attach::Request::decode(&line).and_then(|r| hub.register(r.stdin, r.stdout, r.stderr));
     let (id, rx, backlog) = match registered {
         Ok(r) => r,
         Err(msg) => {
-            let _ = (&conn).write_all(format!("error {msg}\n").as_bytes());
+            let _ = (&conn).write_all(encode_answer(&Err(msg)).as_bytes());
             return Ok(());
         }
     };
     // From here on every way out detaches the client.
     let _attached = Attached { hub, id };
-    (&conn).write_all(b"ok\n")?;
+    (&conn).write_all(encode_answer(&Ok(())).as_bytes())?;
     conn.set_read_timeout(None)?;
     let out = conn.try_clone()?;
     hub.writer_started();
@@ -363,10 +345,8 @@ fn write_frames(out: &UnixStream, rx: &Receiver<OutFrame>, backlog: &Backlog) {
     let mut w = out;
     let mut write = |kind: u8, data: &[u8]| {
         let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        let mut head = [0u8; 5];
-        head[0] = kind;
-        head[1..].copy_from_slice(&len.to_be_bytes());
-        w.write_all(&head).and_then(|()| w.write_all(data))
+        w.write_all(&attach::encode_header(kind, len))
+            .and_then(|()| w.write_all(data))
     };
     for (kind, data) in rx {
         let written = write(kind, &data);
@@ -383,9 +363,9 @@ fn write_frames(out: &UnixStream, rx: &Receiver<OutFrame>, backlog: &Backlog) {
 fn read_frames(r: &mut impl Read, hub: &Hub, id: u64) -> io::Result<()> {
     let mut buf = Vec::new();
     loop {
-        let mut head = [0u8; 5];
+        let mut head = [0u8; attach::HEADER_LEN];
         r.read_exact(&mut head)?;
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let (kind, len) = attach::decode_header(&head);
         if len > MAX_FRAME {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -394,13 +374,14 @@ fn read_frames(r: &mut impl Read, hub: &Hub, id: u64) -> io::Result<()> {
         }
         buf.resize(len, 0);
         r.read_exact(&mut buf)?;
-        match head[0] {
+        match kind {
             STDIN_DATA => hub.write_stdin(id, &buf)?,
             STDIN_CLOSE => hub.release_stdin(id),
-            RESIZE if len == 4 => hub.resize(
-                u16::from_be_bytes([buf[0], buf[1]]),
-                u16::from_be_bytes([buf[2], buf[3]]),
-            ),
+            RESIZE => {
+                if let Some((width, height)) = attach::decode_resize(&buf) {
+                    hub.resize(width, height);
+                }
+            }
             _ => {}
         }
     }
@@ -412,19 +393,16 @@ mod tests {
     use nix::fcntl::OFlag;
     use nix::unistd::pipe2;
 
-    fn frame(kind: u8, data: &[u8]) -> Vec<u8> {
-        let mut f = vec![kind];
-        f.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        f.extend_from_slice(data);
-        f
-    }
+    use attach::encode_frame as frame;
+    use crust_shim_protocol::files::ATTACH_SOCK;
 
     fn read_frame(c: &mut UnixStream) -> (u8, Vec<u8>) {
-        let mut head = [0u8; 5];
+        let mut head = [0u8; attach::HEADER_LEN];
         c.read_exact(&mut head).expect("head");
-        let mut data = vec![0u8; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize];
+        let (kind, len) = attach::decode_header(&head);
+        let mut data = vec![0u8; len];
         c.read_exact(&mut data).expect("data");
-        (head[0], data)
+        (kind, data)
     }
 
     fn connect(path: &std::path::Path, request: &str) -> (UnixStream, String) {

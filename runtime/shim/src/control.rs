@@ -1,8 +1,5 @@
 //! The control socket (`<bundle>/shim.sock`): one request line, one response
-//! line, then the connection is closed.
-//!
-//! Requests: `ping` → `ok`; `reopen-log` → `ok` or `error <message>`;
-//! anything else → `error unknown command`.
+//! line, then the connection is closed (`crust_shim_protocol::control`).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -10,11 +7,10 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crust_shim_protocol::control::{Request, UNKNOWN, encode_answer};
+
 use crate::crilog::LogSink;
 use crate::pump::THREAD_STACK;
-
-/// File name of the control socket inside the bundle.
-pub const SHIM_SOCK: &str = "shim.sock";
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 4096;
@@ -52,35 +48,32 @@ fn handle(conn: UnixStream, sink: &LogSink) -> io::Result<()> {
     let mut line = Vec::new();
     BufReader::new((&conn).take(MAX_REQUEST)).read_until(b'\n', &mut line)?;
     let request = String::from_utf8_lossy(&line);
-    let mut response = answer(request.trim(), sink);
-    response.push('\n');
-    (&conn).write_all(response.as_bytes())
+    (&conn).write_all(answer(&request, sink).as_bytes())
 }
 
-/// The response (without newline) to one request.
+/// The answer line to one request line.
 pub fn answer(request: &str, sink: &LogSink) -> String {
-    match request {
-        "ping" => "ok".into(),
-        "reopen-log" => match sink.reopen() {
-            Ok(()) => "ok".into(),
-            Err(e) => format!("error {}", e.to_string().replace('\n', " ")),
-        },
-        _ => "error unknown command".into(),
-    }
+    let result = match Request::decode(request) {
+        Some(Request::Ping) => Ok(()),
+        Some(Request::ReopenLog) => sink.reopen().map_err(|e| e.to_string()),
+        None => Err(UNKNOWN.to_string()),
+    };
+    encode_answer(&result)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crust_shim_protocol::files::SHIM_SOCK;
     use std::path::PathBuf;
 
     #[test]
     fn answers_requests() {
         let sink = LogSink::new(None);
-        assert_eq!(answer("ping", &sink), "ok");
-        assert_eq!(answer("reopen-log", &sink), "ok");
-        assert_eq!(answer("bogus", &sink), "error unknown command");
-        assert_eq!(answer("", &sink), "error unknown command");
+        assert_eq!(answer("ping", &sink), "ok\n");
+        assert_eq!(answer("reopen-log", &sink), "ok\n");
+        assert_eq!(answer("bogus", &sink), "error unknown command\n");
+        assert_eq!(answer("", &sink), "error unknown command\n");
         let broken = LogSink::new(Some(PathBuf::from("/nonexistent-dir/x/c.log")));
         assert!(answer("reopen-log", &broken).starts_with("error "));
     }

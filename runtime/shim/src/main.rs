@@ -19,7 +19,6 @@ mod attach;
 mod control;
 mod crilog;
 mod fsutil;
-mod json;
 mod pause;
 mod pump;
 mod runc;
@@ -37,15 +36,14 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signa
 use nix::unistd::{ForkResult, fork, pipe2};
 
 use crate::args::Args;
-use crate::attach::{ATTACH_SOCK, Hub};
-use crate::control::SHIM_SOCK;
+use crust_shim_protocol::Report;
+use crust_shim_protocol::files::{ATTACH_SOCK, EXIT_FILE, SHIM_PID_FILE, SHIM_SOCK, write_atomic};
+
+use crate::attach::Hub;
 use crate::crilog::{LogSink, Stream};
-use crate::fsutil::{atomic_write, remove_if_exists};
+use crate::fsutil::remove_if_exists;
 use crate::runc::{ContainerStdio, CreateRequest};
 use crate::supervise::Supervisor;
-
-/// File name of the shim's pid file inside the bundle.
-const SHIM_PID: &str = "shim.pid";
 
 fn main() {
     if std::env::args_os().nth(1).is_some_and(|a| a == "pause") {
@@ -83,11 +81,13 @@ fn run(args: &Args) -> i32 {
     let started = detach(args, report.fd()).and_then(|()| launch(args));
     match started {
         Ok(supervisor) => {
-            report.send(&format!(
-                "{{\"pid\":{},\"shim_pid\":{}}}\n",
-                supervisor.init_pid,
-                std::process::id()
-            ));
+            report.send(
+                &Report::Started {
+                    pid: supervisor.init_pid,
+                    shim_pid: i32::try_from(std::process::id()).ok(),
+                }
+                .encode(),
+            );
             let status = supervisor.run();
             let _ = remove_if_exists(Path::new(SHIM_SOCK));
             let _ = remove_if_exists(Path::new(ATTACH_SOCK));
@@ -100,9 +100,9 @@ fn run(args: &Args) -> i32 {
     }
 }
 
-/// `{"error":"..."}` plus newline.
+/// The failure report line.
 fn error_line(msg: &str) -> String {
-    format!("{{\"error\":{}}}\n", json::quote(msg))
+    Report::Failed(msg.to_string()).encode()
 }
 
 /// Makes the paths absolute, since the shim changes into the bundle.
@@ -184,8 +184,8 @@ fn detach(args: &Args, keep: Option<RawFd>) -> Result<(), String> {
     limit_malloc_arenas();
 
     let pid = std::process::id().to_string();
-    atomic_write(&args.bundle.join(SHIM_PID), pid.as_bytes())
-        .map_err(|e| format!("writing {SHIM_PID}: {e}"))?;
+    write_atomic(&args.bundle.join(SHIM_PID_FILE), pid.as_bytes())
+        .map_err(|e| format!("writing {SHIM_PID_FILE}: {e}"))?;
     Ok(())
 }
 
@@ -295,7 +295,7 @@ fn launch(args: &Args) -> Result<Supervisor, String> {
     };
 
     // A leftover exit file would make the new container look exited.
-    remove_if_exists(&args.bundle.join(supervise::EXIT_FILE))
+    remove_if_exists(&args.bundle.join(EXIT_FILE))
         .map_err(|e| format!("removing stale exit file: {e}"))?;
 
     let req = CreateRequest {

@@ -18,13 +18,20 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signa
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::{ForkResult, fork, pipe};
 
-use crate::json;
+use crust_shim_protocol::Report;
 
 /// Runs the pause mode; returns the exit status of this (the reporting) process.
 pub fn main() -> i32 {
     match start() {
-        Ok(pid) => report(&format!("{{\"pid\":{pid}}}\n"), 0),
-        Err(msg) => report(&format!("{{\"error\":{}}}\n", json::quote(&msg)), 1),
+        Ok(pid) => report(
+            &Report::Started {
+                pid,
+                shim_pid: None,
+            }
+            .encode(),
+            0,
+        ),
+        Err(msg) => report(&Report::Failed(msg).encode(), 1),
     }
 }
 

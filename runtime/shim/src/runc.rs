@@ -14,7 +14,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 
 use crate::fsutil::remove_if_exists;
-use crate::json;
+use crust_shim_protocol::json;
 
 /// File name of runc's JSON log inside the bundle.
 pub const RUNC_LOG: &str = "runc.log";

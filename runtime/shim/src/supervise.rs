@@ -12,10 +12,8 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
 
-use crate::fsutil::atomic_write;
-
-/// File name of the exit file inside the bundle.
-pub const EXIT_FILE: &str = "exit";
+use crust_shim_protocol::ExitRecord;
+use crust_shim_protocol::files::{EXIT_FILE, write_atomic};
 
 /// How long the log pumps get to reach end of file after the init exited.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -23,25 +21,6 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Exit code recorded when the init's status could not be collected (it was
 /// not the shim's child, so `waitpid` never reported it).
 pub const UNKNOWN_EXIT_CODE: i32 = 255;
-
-/// How the container's init ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Exit {
-    /// Exit code, or 128 + signal number if it was killed by a signal.
-    pub code: i32,
-    /// Unix time in nanoseconds at which `waitpid` returned its status.
-    pub at_ns: u128,
-}
-
-impl Exit {
-    /// The exit file's content: one JSON line.
-    pub fn to_json(self) -> String {
-        format!(
-            "{{\"exit_code\":{},\"exited_at\":{}}}\n",
-            self.code, self.at_ns
-        )
-    }
-}
 
 /// Converts a raw `waitpid` status into an exit code: the code for a normal
 /// exit, 128 + signal for a kill; `None` for stop/continue notifications.
@@ -55,31 +34,33 @@ pub fn exit_code(status: libc::c_int) -> Option<i32> {
     }
 }
 
-fn now_ns() -> u128 {
+fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Reaps children until `init` exits and returns how it ended. Other
 /// children (runc leftovers, orphans re-parented to the shim) are reaped and
 /// ignored.
-pub fn wait_for_init(init: i32) -> Exit {
+pub fn wait_for_init(init: i32) -> ExitRecord {
     reap_until(-1, init)
 }
 
 /// [`wait_for_init`] with the `waitpid` target as a parameter (tests pass the
 /// init itself so they do not reap the test harness's other children).
-fn reap_until(target: libc::pid_t, init: i32) -> Exit {
+fn reap_until(target: libc::pid_t, init: i32) -> ExitRecord {
     loop {
         let mut status: libc::c_int = 0;
         // SAFETY: plain syscall with a valid pointer to a local.
         let pid = unsafe { libc::waitpid(target, &mut status, 0) };
-        let at_ns = now_ns();
+        let exited_at = now_ns();
         if pid == init {
-            if let Some(code) = exit_code(status) {
-                return Exit { code, at_ns };
+            if let Some(exit_code) = exit_code(status) {
+                return ExitRecord {
+                    exit_code,
+                    exited_at,
+                };
             }
             continue;
         }
@@ -92,9 +73,9 @@ fn reap_until(target: libc::pid_t, init: i32) -> Exit {
                 // The init is not (or no longer) our child. Should not happen;
                 // wait for it to vanish rather than spin.
                 if kill(Pid::from_raw(init), None) == Err(Errno::ESRCH) {
-                    return Exit {
-                        code: UNKNOWN_EXIT_CODE,
-                        at_ns: now_ns(),
+                    return ExitRecord {
+                        exit_code: UNKNOWN_EXIT_CODE,
+                        exited_at: now_ns(),
                     };
                 }
                 thread::sleep(Duration::from_secs(1));
@@ -149,8 +130,8 @@ impl Supervisor {
 }
 
 /// Writes the exit file; returns the shim's exit status.
-fn write_exit_file(bundle: &Path, exit: Exit) -> i32 {
-    match atomic_write(&bundle.join(EXIT_FILE), exit.to_json().as_bytes()) {
+fn write_exit_file(bundle: &Path, exit: ExitRecord) -> i32 {
+    match write_atomic(&bundle.join(EXIT_FILE), exit.encode().as_bytes()) {
         Ok(()) => 0,
         Err(_) => 1,
     }
@@ -172,18 +153,6 @@ mod tests {
     }
 
     #[test]
-    fn exit_json() {
-        let e = Exit {
-            code: 137,
-            at_ns: 1_795_447_535_123_456_789,
-        };
-        assert_eq!(
-            e.to_json(),
-            "{\"exit_code\":137,\"exited_at\":1795447535123456789}\n"
-        );
-    }
-
-    #[test]
     #[allow(clippy::zombie_processes)] // reaped by reap_until, not Child::wait
     fn reaps_a_real_child() {
         let child = std::process::Command::new("/bin/sh")
@@ -192,7 +161,7 @@ mod tests {
             .expect("spawn");
         let pid = child.id() as i32;
         let exit = reap_until(pid, pid);
-        assert_eq!(exit.code, 5);
-        assert!(exit.at_ns > 0);
+        assert_eq!(exit.exit_code, 5);
+        assert!(exit.exited_at > 0);
     }
 }

@@ -1,6 +1,6 @@
 //! Attach: a session on the container's own stdio, through the attach socket
-//! its crust-shim serves (`<bundle>/attach.sock`, see the shim's `attach.rs` for
-//! the protocol). The shim outlives crustd, so a container started before a
+//! its crust-shim serves (`<bundle>/attach.sock`; the protocol is
+//! `crust_shim_protocol::attach`). The shim outlives crustd, so a container started before a
 //! crustd restart can be attached to like any other.
 
 use std::os::fd::AsRawFd;
@@ -11,6 +11,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
+use crust_shim_protocol::attach;
+use crust_shim_protocol::control::decode_answer;
+use crust_shim_protocol::files::ATTACH_SOCK;
+
 use crate::runtime::Runtime;
 use crate::{Error, Result};
 
@@ -18,15 +22,7 @@ use crate::{Error, Result};
 const MAX_FRAME: usize = 1 << 20;
 
 /// Which of the container's streams a session carries.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AttachRequest {
-    /// Input to the container's stdin.
-    pub stdin: bool,
-    /// Its stdout.
-    pub stdout: bool,
-    /// Its stderr.
-    pub stderr: bool,
-}
+pub use crust_shim_protocol::attach::Request as AttachRequest;
 
 /// Which stream a piece of output came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,18 +41,18 @@ pub struct AttachOutput {
 impl AttachOutput {
     /// The next piece of output; `None` once the container's output has ended.
     pub async fn next(&mut self) -> std::io::Result<Option<(AttachStream, Bytes)>> {
-        let mut head = [0u8; 5];
+        let mut head = [0u8; attach::HEADER_LEN];
         match self.r.read_exact(&mut head).await {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e),
         }
-        if head[0] == 3 {
+        let (kind, len) = attach::decode_header(&head);
+        if kind == attach::CUT_OFF {
             return Err(std::io::Error::other(
                 "crust-shim cut this client off: it fell too far behind the container's output",
             ));
         }
-        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
         if len > MAX_FRAME {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
@@ -65,7 +61,7 @@ impl AttachOutput {
         }
         let mut data = vec![0u8; len];
         self.r.read_exact(&mut data).await?;
-        let stream = if head[0] == 2 {
+        let stream = if kind == attach::STDERR {
             AttachStream::Stderr
         } else {
             AttachStream::Stdout
@@ -84,30 +80,25 @@ impl AttachInput {
         let len = u32::try_from(data.len()).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "frame too large")
         })?;
-        let mut head = [0u8; 5];
-        head[0] = kind;
-        head[1..].copy_from_slice(&len.to_be_bytes());
-        self.w.write_all(&head).await?;
+        self.w.write_all(&attach::encode_header(kind, len)).await?;
         self.w.write_all(data).await
     }
 
     /// Writes to the container's stdin.
     pub async fn stdin(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.frame(0, data).await
+        self.frame(attach::STDIN_DATA, data).await
     }
 
     /// Says this client's input has ended (with `stdin_once`, the container's
     /// stdin closes).
     pub async fn close_stdin(&mut self) -> std::io::Result<()> {
-        self.frame(1, &[]).await
+        self.frame(attach::STDIN_CLOSE, &[]).await
     }
 
     /// Resizes the container's terminal.
     pub async fn resize(&mut self, width: u16, height: u16) -> std::io::Result<()> {
-        let mut size = [0u8; 4];
-        size[..2].copy_from_slice(&width.to_be_bytes());
-        size[2..].copy_from_slice(&height.to_be_bytes());
-        self.frame(2, &size).await
+        self.frame(attach::RESIZE, &attach::encode_resize(width, height))
+            .await
     }
 }
 
@@ -146,7 +137,7 @@ impl Runtime {
         // longer than a unix socket address holds.
         let dir = std::fs::File::open(&c.bundle)
             .map_err(|e| Error::internal(format!("opening the bundle of {}: {e}", c.id)))?;
-        let short = format!("/proc/self/fd/{}/attach.sock", dir.as_raw_fd());
+        let short = format!("/proc/self/fd/{}/{ATTACH_SOCK}", dir.as_raw_fd());
         let stream = UnixStream::connect(&short).await.map_err(|e| {
             Error::FailedPrecondition(format!(
                 "cannot reach the shim of container {} to attach ({e}); a container started by an older crust must be restarted to be attached to",
@@ -155,18 +146,9 @@ impl Runtime {
         })?;
         drop(dir);
         let (r, mut w) = stream.into_split();
-        let flag = |b: bool| if b { '1' } else { '0' };
-        w.write_all(
-            format!(
-                "attach {} {} {}\n",
-                flag(req.stdin),
-                flag(req.stdout),
-                flag(req.stderr)
-            )
-            .as_bytes(),
-        )
-        .await
-        .map_err(|e| Error::internal(format!("asking the shim of {} to attach: {e}", c.id)))?;
+        w.write_all(req.encode().as_bytes())
+            .await
+            .map_err(|e| Error::internal(format!("asking the shim of {} to attach: {e}", c.id)))?;
         let mut r = BufReader::new(r);
         let mut answer = String::new();
         tokio::time::timeout(
@@ -176,12 +158,11 @@ impl Runtime {
         .await
         .map_err(|_| Error::internal(format!("the shim of {} did not answer the attach", c.id)))?
         .map_err(|e| Error::internal(format!("reading the shim's attach answer: {e}")))?;
-        match answer.trim() {
-            "ok" => Ok((AttachOutput { r }, AttachInput { w })),
-            other => Err(Error::FailedPrecondition(format!(
-                "cannot attach to container {}: {}",
-                c.id,
-                other.strip_prefix("error ").unwrap_or(other)
+        match decode_answer(&answer) {
+            Ok(()) => Ok((AttachOutput { r }, AttachInput { w })),
+            Err(msg) => Err(Error::FailedPrecondition(format!(
+                "cannot attach to container {}: {msg}",
+                c.id
             ))),
         }
     }

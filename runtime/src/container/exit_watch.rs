@@ -7,11 +7,11 @@
 //! shim that died without writing the file, or a watch that could not be
 //! added.
 
+use crust_shim_protocol::files::EXIT_FILE;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use super::shim;
 use super::{Container, ContainerState};
 use crate::runtime::Runtime;
 use crate::sys::notify::{RenameWatch, Renamed, WatchDescriptor};
@@ -141,7 +141,7 @@ fn watch_exits(runtime: Weak<Runtime>, exits: Arc<ExitWatch>) {
         };
         for event in seen {
             match event {
-                Renamed::Into(wd, name) if name == shim::EXIT_FILE => {
+                Renamed::Into(wd, name) if name == EXIT_FILE => {
                     pending.insert(wd);
                 }
                 Renamed::Into(..) => {}

@@ -427,7 +427,8 @@ impl Runtime {
                     state_word(c.state)
                 )));
             }
-            shim::control(&c.bundle, "reopen-log").map_err(Error::Internal)
+            shim::control(&c.bundle, crust_shim_protocol::control::Request::ReopenLog)
+                .map_err(Error::Internal)
         })
         .await
     }

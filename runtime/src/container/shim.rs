@@ -1,23 +1,23 @@
 //! The crustd side of crust-shim: starting one for a container, reading what it
 //! reports, and reading the exit status it records.
 //!
-//! Contract (see runtime/shim): the shim forks and detaches; the detached half runs
-//! `runc create`, then writes one JSON line on the stdout pipe — `{"pid":N,"shim_pid":M}`
-//! or `{"error":"..."}` — and closes it. When the container's init exits it writes
-//! `<bundle>/exit` = `{"exit_code":N,"exited_at":NS}` atomically. `<bundle>/shim.sock`
-//! answers `reopen-log` and `ping`; `<bundle>/attach.sock` serves attach sessions
-//! (see `attach.rs` here and in the shim).
+//! The shim forks and detaches; the detached half runs `runc create`, writes
+//! its [`Report`] on the stdout pipe and closes it. When the container's init
+//! exits it renames an [`ExitRecord`] into the bundle. Both, and the control
+//! and attach sockets, are defined in `crust_shim_protocol`, which the shim
+//! builds on too.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use crust_shim_protocol::files::{EXIT_FILE, SHIM_PID_FILE, SHIM_SOCK};
+use crust_shim_protocol::{ExitRecord, Report, control};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use serde::Deserialize;
 
 /// How long a `runc create` may take before the start is abandoned.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -42,14 +42,6 @@ pub struct Launch<'a> {
     pub stdin: bool,
     /// Close that stdin when the first attached client detaches.
     pub stdin_once: bool,
-}
-
-/// The shim's report after `runc create`.
-#[derive(Debug, Deserialize)]
-struct Report {
-    pid: Option<i32>,
-    shim_pid: Option<i32>,
-    error: Option<String>,
 }
 
 /// A created container: its init pid and its shim's pid.
@@ -120,22 +112,17 @@ pub fn spawn(l: &Launch<'_>) -> std::result::Result<Created, CreateError> {
             "crust-shim exited without reporting the result of runc create"
         )));
     }
-    let report: Report = serde_json::from_str(line)
-        .with_context(|| format!("decoding the shim's report {line:?}"))
-        .map_err(CreateError::Shim)?;
-    if let Some(err) = report.error {
-        return Err(CreateError::Runc(err));
-    }
-    match (report.pid, report.shim_pid) {
-        (Some(pid), Some(shim_pid)) if pid > 0 && shim_pid > 0 => Ok(Created { pid, shim_pid }),
-        _ => Err(CreateError::Shim(anyhow!(
-            "the shim's report {line:?} lacks the pids"
+    match Report::decode(line).map_err(|e| CreateError::Shim(anyhow!(e)))? {
+        Report::Failed(err) => Err(CreateError::Runc(err)),
+        Report::Started {
+            pid,
+            shim_pid: Some(shim_pid),
+        } => Ok(Created { pid, shim_pid }),
+        Report::Started { shim_pid: None, .. } => Err(CreateError::Shim(anyhow!(
+            "the shim's report {line:?} lacks its own pid"
         ))),
     }
 }
-
-/// The file in which a detached shim records its pid before it runs runc.
-const SHIM_PID_FILE: &str = "shim.pid";
 
 /// Kills the process group of a shim that started in `bundle` but whose
 /// create was abandoned (its report never came, or the create is being
@@ -189,55 +176,31 @@ pub(crate) fn read_until_eof(
     }
 }
 
-/// The exit status a shim recorded.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-pub struct ExitStatus {
-    /// Exit code; 128+signal for a killed process.
-    pub exit_code: i32,
-    /// When the process exited (ns since the epoch).
-    pub exited_at: i64,
+/// Reads the exit record if the shim wrote one.
+pub fn read_exit(bundle: &Path) -> Option<ExitRecord> {
+    let data = std::fs::read_to_string(bundle.join(EXIT_FILE)).ok()?;
+    ExitRecord::decode(&data)
 }
 
-/// The name of the exit file the shim renames into the bundle.
-pub const EXIT_FILE: &str = "exit";
-
-/// The exit file of a bundle.
-pub fn exit_file(bundle: &Path) -> PathBuf {
-    bundle.join(EXIT_FILE)
-}
-
-/// Reads the exit status if the shim recorded one.
-pub fn read_exit(bundle: &Path) -> Option<ExitStatus> {
-    let data = std::fs::read(exit_file(bundle)).ok()?;
-    serde_json::from_slice(&data).ok()
-}
-
-/// Sends one control command to the shim and returns its answer.
-pub fn control(bundle: &Path, command: &str) -> Result<()> {
-    let sock = bundle.join("shim.sock");
+/// Sends one control request to the shim and returns its answer.
+pub fn control(bundle: &Path, request: control::Request) -> Result<()> {
+    let sock = bundle.join(SHIM_SOCK);
     // Through an fd of the bundle directory: the socket's own path may be longer
     // than the 108 bytes a unix socket address holds.
     let dir = std::fs::File::open(bundle)
         .with_context(|| format!("opening the bundle {}", bundle.display()))?;
-    let short = format!("/proc/self/fd/{}/shim.sock", dir.as_raw_fd());
+    let short = format!("/proc/self/fd/{}/{SHIM_SOCK}", dir.as_raw_fd());
     let mut s = UnixStream::connect(&short)
         .with_context(|| format!("connecting to the shim at {}", sock.display()))?;
     drop(dir);
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(format!("{command}\n").as_bytes())?;
+    s.write_all(request.encode().as_bytes())?;
     let mut answer = String::new();
     s.read_to_string(&mut answer)
         .context("reading the shim's answer")?;
-    let answer = answer.trim();
-    if answer == "ok" {
-        Ok(())
-    } else {
-        bail!(
-            "the shim answered {command:?} with {:?}",
-            answer.strip_prefix("error ").unwrap_or(answer)
-        )
-    }
+    control::decode_answer(&answer)
+        .map_err(|msg| anyhow!("the shim answered {request:?} with {msg:?}"))
 }
 
 #[cfg(test)]

@@ -7,16 +7,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::Deserialize;
+use crust_shim_protocol::Report;
 
 use crate::container::shim::read_until_eof;
 use crate::sys::process;
-
-#[derive(Deserialize)]
-struct Report {
-    pid: Option<i32>,
-    error: Option<String>,
-}
 
 /// File in the sandbox directory that names the holder's pid, so a crustd that
 /// died before recording the sandbox can still find and stop it.
@@ -39,11 +33,10 @@ pub fn start(shim: &Path, sandbox_dir: &Path) -> Result<i32> {
         .wait()
         .context("waiting for the pause process to detach")?;
     let text = read_until_eof(&mut stdout, Duration::from_secs(30))?;
-    let report: Report = serde_json::from_str(text.trim())
-        .with_context(|| format!("decoding the pause process's report {text:?}"))?;
-    match (report.pid, report.error) {
-        (_, Some(e)) => bail!("creating the pod's PID namespace: {e}"),
-        (Some(pid), None) if pid > 0 => {
+    let report = Report::decode(&text).map_err(|e| anyhow!("the pause process: {e}"))?;
+    match report {
+        Report::Failed(e) => bail!("creating the pod's PID namespace: {e}"),
+        Report::Started { pid, .. } => {
             // Atomic: a crash mid-write must not leave a torn pid that a
             // restarted crustd would signal.
             let note = crate::fsutil::write_atomic(
@@ -56,7 +49,6 @@ pub fn start(shim: &Path, sandbox_dir: &Path) -> Result<i32> {
             }
             Ok(pid)
         }
-        _ => bail!("the pause process reported no pid: {text:?}"),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Just enough JSON for the shim: escaping strings it writes, and reading
-//! the top-level string fields of runc's `--log-format json` lines.
+//! Just enough JSON for the shim's messages and runc's logs: escaping the
+//! strings written, and reading the top-level string and integer fields of
+//! one object (a report, an exit record, a runc `--log-format json` line).
 
 /// Returns `s` as a quoted JSON string literal.
 pub fn quote(s: &str) -> String {
@@ -24,10 +25,20 @@ pub fn quote(s: &str) -> String {
     out
 }
 
-/// Parses one JSON object and returns its top-level members whose values are
-/// strings, in order. Other values (numbers, nested objects, ...) are skipped.
+/// A top-level member's value, as far as these messages need to know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    /// A string.
+    Str(String),
+    /// A number without fraction or exponent.
+    Int(i128),
+    /// Anything else (another number, an object, an array, a literal).
+    Other,
+}
+
+/// Parses one JSON object and returns its top-level members in order.
 /// Returns `None` if `text` is not a single well-formed JSON object.
-pub fn string_fields(text: &str) -> Option<Vec<(String, String)>> {
+pub fn fields(text: &str) -> Option<Vec<(String, Value)>> {
     let mut p = Parser {
         s: text.as_bytes(),
         i: 0,
@@ -45,12 +56,18 @@ pub fn string_fields(text: &str) -> Option<Vec<(String, String)>> {
             p.ws();
             p.expect(b':')?;
             p.ws();
-            if p.peek() == Some(b'"') {
-                let value = p.string()?;
-                fields.push((key, value));
+            let value = if p.peek() == Some(b'"') {
+                Value::Str(p.string()?)
             } else {
+                let start = p.i;
                 p.skip_value(0)?;
-            }
+                std::str::from_utf8(&p.s[start..p.i])
+                    .ok()
+                    .filter(|t| t.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+                    .and_then(|t| t.parse().ok())
+                    .map_or(Value::Other, Value::Int)
+            };
+            fields.push((key, value));
             p.ws();
             match p.next()? {
                 b',' => continue,
@@ -61,6 +78,20 @@ pub fn string_fields(text: &str) -> Option<Vec<(String, String)>> {
     }
     p.ws();
     if p.i == p.s.len() { Some(fields) } else { None }
+}
+
+/// The top-level members of one JSON object whose values are strings, in
+/// order; `None` if `text` is not a single well-formed JSON object.
+pub fn string_fields(text: &str) -> Option<Vec<(String, String)>> {
+    Some(
+        fields(text)?
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                Value::Str(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// Nesting limit when skipping values, so hostile input cannot overflow the stack.
@@ -229,6 +260,20 @@ mod tests {
         let f = string_fields(line).expect("object");
         assert_eq!(f, vec![("s".to_string(), "é😀/".to_string())]);
         assert_eq!(string_fields("{}"), Some(vec![]));
+    }
+
+    #[test]
+    fn reads_integers() {
+        let f = fields(r#"{"pid":42,"at":-7,"x":1.5,"big":1795447535123456789}"#).expect("object");
+        assert_eq!(
+            f,
+            vec![
+                ("pid".to_string(), Value::Int(42)),
+                ("at".to_string(), Value::Int(-7)),
+                ("x".to_string(), Value::Other),
+                ("big".to_string(), Value::Int(1795447535123456789)),
+            ]
+        );
     }
 
     #[test]
