@@ -135,7 +135,7 @@ $(IMAGE_BUSYBOX):
 		{ apt-get download busybox 2>/dev/null || { apt-get update -qq && apt-get download busybox; }; } && \
 		dpkg-deb -x busybox_*.deb busybox
 
-lint:
+lint: deps-build
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -166,7 +166,7 @@ pub fn load(path: &Path) -> Result<NetworkList, String> {
     // or RunPodSandbox; it is refused as not a regular file.
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags((nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC).bits())
         .open(path)
         .map_err(|e| format!("cannot read it: {e}"))?;
     let meta = file

@@ -24,10 +24,22 @@ pub fn skip_reason() -> Option<String> {
 }
 
 /// Reports on stderr (uncaptured, so it shows in `cargo test` output) that test
-/// `name` was skipped and why.
+/// `name` was skipped and why. Under CI (`CI` set to anything but `false`
+/// or empty) a skip is a failure instead: a run that proved nothing must
+/// not pass.
 pub fn note_skip(name: &str, reason: &str) {
     use std::io::Write;
+    assert!(
+        !in_ci(),
+        "{name} cannot run here ({reason}), and CI is set, where no test may be skipped"
+    );
     let _ = writeln!(std::io::stderr(), "SKIPPED {name}: {reason}");
+}
+
+/// True under CI, as CI services (and `.ci/run`) say: `CI` is set, and
+/// neither empty nor `false`.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
 }
 
 /// Finds an executable by name in `$PATH` and the usual sbin directories.

@@ -26,7 +26,7 @@ mod supervise;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::{Arc, mpsc};
@@ -127,13 +127,8 @@ impl Reporter {
     /// Moves the inherited stdout to a close-on-exec descriptor, so that
     /// nothing the shim starts can hold crustd's pipe open.
     fn take_stdout() -> Self {
-        // SAFETY: fcntl on a descriptor number; on success we own the new fd.
-        let fd = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_DUPFD_CLOEXEC, 3) };
-        if fd < 0 {
-            return Reporter(None);
-        }
-        // SAFETY: `fd` was just created by F_DUPFD_CLOEXEC and is owned by nobody else.
-        Reporter(Some(unsafe { File::from_raw_fd(fd) }))
+        // std duplicates with F_DUPFD_CLOEXEC, above the standard descriptors.
+        Reporter(io::stdout().as_fd().try_clone_to_owned().ok().map(File::from))
     }
 
     /// The descriptor in use, if any.
@@ -158,26 +153,15 @@ fn detach(args: &Args, keep: Option<RawFd>) -> Result<(), String> {
         .write(true)
         .open("/dev/null")
         .map_err(|e| format!("opening /dev/null: {e}"))?;
-    for target in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-        // SAFETY: dup2 onto the standard descriptors, which std treats as
-        // always open; it does not invalidate any owned fd.
-        if unsafe { libc::dup2(null.as_raw_fd(), target) } < 0 {
-            return Err(format!(
-                "redirecting fd {target}: {}",
-                io::Error::last_os_error()
-            ));
-        }
-    }
+    nix::unistd::dup2_stdin(&null)
+        .and_then(|()| nix::unistd::dup2_stdout(&null))
+        .and_then(|()| nix::unistd::dup2_stderr(&null))
+        .map_err(|e| format!("redirecting the standard descriptors to /dev/null: {e}"))?;
     drop(null);
 
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    // SAFETY: prctl with integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
-        return Err(format!(
-            "PR_SET_CHILD_SUBREAPER: {}",
-            io::Error::last_os_error()
-        ));
-    }
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
     std::env::set_current_dir(&args.bundle)
         .map_err(|e| format!("chdir {}: {e}", args.bundle.display()))?;
     setup_signals().map_err(|e| format!("signals: {e}"))?;

@@ -80,10 +80,9 @@ fn init(ready: libc::c_int) -> ! {
         .write(true)
         .open("/dev/null")
     {
-        for fd in 0..3 {
-            // SAFETY: dup2 onto the standard descriptors.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
     }
     let handler = SigAction::new(
         SigHandler::Handler(on_signal),
