@@ -128,7 +128,13 @@ impl Reporter {
     /// nothing the shim starts can hold crustd's pipe open.
     fn take_stdout() -> Self {
         // std duplicates with F_DUPFD_CLOEXEC, above the standard descriptors.
-        Reporter(io::stdout().as_fd().try_clone_to_owned().ok().map(File::from))
+        Reporter(
+            io::stdout()
+                .as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .map(File::from),
+        )
     }
 
     /// The descriptor in use, if any.
