@@ -167,6 +167,22 @@ impl TestEnv {
         Ok(id)
     }
 
+    /// Pulls busybox, runs pod `pod_name` and starts in it container
+    /// `container` running `sh -c <script>`; returns the pod and the
+    /// container's id.
+    pub async fn shell_pod(
+        &self,
+        pod_name: &str,
+        container: &str,
+        script: &str,
+    ) -> Result<(Pod, String)> {
+        self.pull(&self.images.busybox.reference).await?;
+        let pod = self.run_pod(pod_name).await?;
+        let config = self.shell_container(&pod, container, script)?;
+        let id = self.start_container(&pod, &config).await?;
+        Ok((pod, id))
+    }
+
     /// ExecSync `cmd` in container `id` (no timeout), whatever its exit code.
     pub async fn exec(&self, id: &str, cmd: &[&str]) -> Result<ExecOutput> {
         self.cri

@@ -107,14 +107,13 @@ fn a_stop_with_the_longest_timeout_neither_panics_nor_overflows() {
 }
 
 async fn longest_stop(env: &mut TestEnv) -> Result<()> {
-    env.pull(&env.images.busybox.reference).await?;
-    let pod = env.run_pod("longest-stop").await?;
-    let config = env.shell_container(
-        &pod,
-        "polite",
-        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
-    )?;
-    let id = env.start_container(&pod, &config).await?;
+    let (pod, id) = env
+        .shell_pod(
+            "longest-stop",
+            "polite",
+            "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+        )
+        .await?;
     tokio::time::timeout(
         Duration::from_secs(30),
         env.cri.stop_container(&id, i64::MAX),
@@ -135,20 +134,16 @@ async fn longest_stop(env: &mut TestEnv) -> Result<()> {
     env.assert_no_leaks()
 }
 
+/// A container script that ignores SIGTERM.
+const STUBBORN: &str = "trap '' TERM; while true; do sleep 0.1; done";
+
 #[test]
 fn a_forced_stop_takes_over_an_abandoned_one() {
     run("a_forced_stop_takes_over_an_abandoned_one", forced_stop);
 }
 
 async fn forced_stop(env: &mut TestEnv) -> Result<()> {
-    env.pull(&env.images.busybox.reference).await?;
-    let pod = env.run_pod("forced-stop").await?;
-    let config = env.shell_container(
-        &pod,
-        "stubborn",
-        "trap '' TERM; while true; do sleep 0.1; done",
-    )?;
-    let id = env.start_container(&pod, &config).await?;
+    let (pod, id) = env.shell_pod("forced-stop", "stubborn", STUBBORN).await?;
     // A stop with a long grace period whose client gives up after a second
     // (crustd carries on with it).
     let mut runtime = env.cri.runtime.clone();
@@ -191,10 +186,9 @@ fn concurrent_large_exec_syncs_stay_bounded() {
 }
 
 async fn exec_flood(env: &mut TestEnv) -> Result<()> {
-    env.pull(&env.images.busybox.reference).await?;
-    let pod = env.run_pod("exec-flood").await?;
-    let config = env.shell_container(&pod, "target", "exec sleep 3600")?;
-    let id = env.start_container(&pod, &config).await?;
+    let (pod, id) = env
+        .shell_pod("exec-flood", "target", "exec sleep 3600")
+        .await?;
     let pid = env.daemon.pid().context("crustd's pid")?;
     env.cri.exec_sync(&id, &["true"], 10).await?;
     let base = ProcessMemory::rss_mib(pid)?;
@@ -621,14 +615,7 @@ async fn stubborn_being_stopped(
     String,
     tokio::task::JoinHandle<Result<(), tonic::Status>>,
 )> {
-    env.pull(&env.images.busybox.reference).await?;
-    let pod = env.run_pod(name).await?;
-    let config = env.shell_container(
-        &pod,
-        "stubborn",
-        "trap '' TERM; while true; do sleep 0.1; done",
-    )?;
-    let id = env.start_container(&pod, &config).await?;
+    let (pod, id) = env.shell_pod(name, "stubborn", STUBBORN).await?;
     let mut runtime = env.cri.runtime.clone();
     let long_stop = StopContainerRequest {
         container_id: id.clone(),
