@@ -48,12 +48,15 @@ pub async fn run(cfg: Config) -> Result<()> {
         },
     };
     tracing::info!(root = %opts.root.display(), state = %opts.state.display(), runc = %opts.runc.display(), "starting crustd");
-    let runtime = tokio::task::spawn_blocking(move || crust_runtime::Runtime::open(opts))
-        .await
-        .context("recovery task")?
-        .map_err(|e| anyhow::anyhow!("opening the runtime: {e:#}"))?;
+    let runtime = tokio::task::spawn_blocking(move || {
+        let host = crust_runtime::Host::real(&opts)?;
+        crust_runtime::Runtime::open(opts, host).map_err(anyhow::Error::from)
+    })
+    .await
+    .context("recovery task")?
+    .map_err(|e| anyhow::anyhow!("opening the runtime: {e:#}"))?;
 
-    spawn_network_gc(runtime.clone());
+    spawn_sweep(runtime.clone());
     let streams = Arc::new(StreamServer::start(&cfg.stream, runtime.clone()).await?);
     if !cfg.metrics.address.is_empty() {
         crate::metrics::start(&cfg.metrics.address, runtime.clone()).await?;
@@ -132,19 +135,19 @@ where
     }
 }
 
-/// How often network attachments without a sandbox are retried for DEL.
-const NETWORK_GC_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often the undo steps kept objects owe, and CNI DEL of attachments
+/// without a sandbox, are retried.
+const SWEEP_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn spawn_network_gc(runtime: Arc<crust_runtime::Runtime>) {
+fn spawn_sweep(runtime: Arc<crust_runtime::Runtime>) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(NETWORK_GC_PERIOD);
+        let mut tick = tokio::time::interval(SWEEP_PERIOD);
         tick.tick().await;
         loop {
             tick.tick().await;
             let rt = runtime.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || rt.collect_network_orphans()).await
-            {
-                tracing::warn!(error = %e, "network garbage collection task failed");
+            if let Err(e) = tokio::task::spawn_blocking(move || rt.sweep_orphans()).await {
+                tracing::warn!(error = %e, "the orphan sweep failed");
             }
         }
     });

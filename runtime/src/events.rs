@@ -194,6 +194,8 @@ mod tests {
                 ips: Vec::new(),
                 shm_mounted: false,
                 infra_pid: None,
+                owed: Vec::new(),
+                leftover: false,
             },
             containers: Vec::new(),
         }

@@ -8,17 +8,23 @@ pub mod events;
 pub mod fsutil;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod host;
 pub mod ids;
 pub mod image;
 pub mod names;
+mod owed;
+mod recovery;
 pub mod runtime;
 pub mod sandbox;
+#[cfg(test)]
+mod state_machine;
 pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod teardown;
 
 pub use error::{Error, Result};
+pub use host::Host;
 pub use runtime::{Options, Runtime};
 
 /// Kills every runc and CNI call still running, for a crustd that exits

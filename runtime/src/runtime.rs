@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use anyhow::Context;
 
 use crate::container::Container;
+use crate::host::Host;
 use crate::image::{ImageOptions, ImageStore};
 use crate::names::Names;
 use crate::sandbox::Sandbox;
 use crate::store::RecordDir;
 use crate::sys::cgroup::CgroupHost;
-use crate::sys::runc::Runc;
 use crate::{Error, Result, fsutil, ids};
 
 /// File under the root holding the pod CIDR kubelet last set: kubelet sends it
@@ -115,7 +115,8 @@ pub(crate) fn if_exists<T>(found: Result<T>) -> Result<Option<T>> {
 /// The runtime: sandboxes, containers and images.
 pub struct Runtime {
     pub(crate) opts: Options,
-    pub(crate) runc: Runc,
+    /// Everything outside the runtime's own files.
+    pub(crate) host: Host,
     pub(crate) images: Arc<ImageStore>,
     pub(crate) sandboxes: RwLock<HashMap<String, Arc<Entry<Sandbox>>>>,
     pub(crate) containers: RwLock<HashMap<String, Arc<Entry<Container>>>>,
@@ -123,7 +124,6 @@ pub struct Runtime {
     pub(crate) container_names: Names,
     pub(crate) sandbox_records: RecordDir<Sandbox>,
     pub(crate) container_records: RecordDir<Container>,
-    pub(crate) cni: Arc<crust_cni::Cni>,
     /// Ids of sandboxes being created: their network attachments exist before
     /// the sandbox is recorded and must not be collected as orphans.
     pub(crate) creating_sandboxes: Mutex<std::collections::HashSet<String>>,
@@ -143,8 +143,9 @@ pub struct Runtime {
 impl Runtime {
     /// Opens the runtime on its directories and recovers the state a previous crustd
     /// left: every object is loaded, exits that happened meanwhile are picked up,
-    /// and leftovers of interrupted creates are removed.
-    pub fn open(opts: Options) -> Result<Arc<Runtime>> {
+    /// and leftovers of interrupted creates are removed. `host` is the world
+    /// outside: [`Host::real`] for crustd.
+    pub fn open(opts: Options, host: Host) -> Result<Arc<Runtime>> {
         for dir in [
             opts.root.clone(),
             opts.state.clone(),
@@ -154,12 +155,7 @@ impl Runtime {
         ] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let runc = Runc {
-            binary: opts.runc.clone(),
-            root: opts.state.join("runc"),
-        };
         let images = Arc::new(ImageStore::open(&opts.root, opts.images.clone())?);
-        let cni = Arc::new(crust_cni::Cni::new(opts.cni.clone())?);
         let pod_cidr = match std::fs::read_to_string(opts.root.join(POD_CIDR_FILE)) {
             Ok(text) => text.trim().to_string(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -179,18 +175,18 @@ impl Runtime {
                 "this host's cgroups lack {controller}: {fields} in container requests are ignored"
             );
         }
-        let stats = crate::stats::StatsState::new(opts.root.join("containers"));
+        let stats =
+            crate::stats::StatsState::new(opts.root.join("containers"), host.cgroups.clone());
         let rt = Arc::new(Runtime {
             sandbox_records: RecordDir::open(opts.root.join("meta").join("sandboxes"))?,
             container_records: RecordDir::open(opts.root.join("meta").join("containers"))?,
             opts,
-            runc,
+            host,
             images,
             sandboxes: RwLock::default(),
             containers: RwLock::default(),
             sandbox_names: Names::default(),
             container_names: Names::default(),
-            cni,
             creating_sandboxes: Mutex::default(),
             pod_cidr: Mutex::new(pod_cidr),
             cgroups,
@@ -281,52 +277,6 @@ impl Runtime {
         .await
     }
 
-    fn recover(&self) -> Result<()> {
-        let (sandboxes, bad) = self.sandbox_records.load_all()?;
-        for b in bad {
-            tracing::error!(id = %b.id, error = %format!("{:#}", b.error), "unreadable sandbox record kept aside");
-        }
-        for (_, mut sb) in sandboxes {
-            self.recover_sandbox(&mut sb);
-            self.sandbox_names
-                .insert_owned(&sb.config.reserved_name(), &sb.id);
-            self.sandboxes
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(sb.id.clone(), Entry::new(sb));
-        }
-        let (containers, bad) = self.container_records.load_all()?;
-        let mut image_holders: std::collections::HashSet<String> =
-            bad.iter().map(|b| b.id.clone()).collect();
-        for b in bad {
-            tracing::error!(id = %b.id, error = %format!("{:#}", b.error), "unreadable container record kept aside");
-        }
-        for (_, c) in containers {
-            let name = self.container_reserved_name(&c);
-            self.container_names.insert_owned(&name, &c.id);
-            let entry = Entry::new(c);
-            self.refresh_container(&entry);
-            self.recover_start(&entry);
-            let id = entry.snapshot().id;
-            self.containers
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, entry);
-        }
-        self.detach_orphan_networks();
-        self.collect_orphans();
-        image_holders.extend(self.all_containers().iter().map(|c| c.snapshot().id));
-        if let Err(e) = self.images.release_all_except(&image_holders) {
-            tracing::warn!(error = %format!("{e:#}"), "could not release the image holds of vanished containers");
-        }
-        tracing::info!(
-            sandboxes = self.all_sandboxes().len(),
-            containers = self.all_containers().len(),
-            "state recovered"
-        );
-        Ok(())
-    }
-
     pub(crate) fn container_reserved_name(&self, c: &Container) -> String {
         let sandbox = self
             .sandboxes
@@ -340,38 +290,8 @@ impl Runtime {
         }
     }
 
-    /// Runs CNI DEL for attachments whose sandbox was never recorded (crustd died
-    /// between ADD and saving the sandbox) or is gone, so no IP, veth or port
-    /// mapping leaks.
-    /// Also runs periodically (see [`Runtime::collect_network_orphans`]), so a DEL
-    /// that failed while a create rolled back is retried.
-    fn detach_orphan_networks(&self) {
-        let mut known = self.sandbox_ids();
-        known.extend(
-            self.creating_sandboxes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned(),
-        );
-        for id in self.cni.attached_ids() {
-            if known.contains(&id) {
-                continue;
-            }
-            tracing::warn!(%id, "detaching the network of a pod sandbox that no longer exists");
-            if let Err(e) = self.cni.del(&id) {
-                tracing::warn!(%id, error = %e, "CNI DEL of an orphan attachment failed; it is retried");
-            }
-        }
-    }
-
-    /// Retries CNI DEL for attachments no sandbox owns any more; crustd calls it
-    /// every minute.
-    pub fn collect_network_orphans(&self) {
-        self.detach_orphan_networks();
-    }
-
-    fn sandbox_ids(&self) -> std::collections::HashSet<String> {
+    /// Ids of every known sandbox.
+    pub(crate) fn sandbox_ids(&self) -> std::collections::HashSet<String> {
         self.sandboxes
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -380,7 +300,8 @@ impl Runtime {
             .collect()
     }
 
-    fn container_ids(&self) -> std::collections::HashSet<String> {
+    /// Ids of every known container.
+    pub(crate) fn container_ids(&self) -> std::collections::HashSet<String> {
         self.containers
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -392,7 +313,7 @@ impl Runtime {
     /// The CNI network new pods get (the list and the file it came from),
     /// for verbose Status; `None` while there is none.
     pub fn network_config(&self) -> Option<serde_json::Value> {
-        let net = self.cni.network().ok()?;
+        let net = self.host.network.network().ok()?;
         let mut json = net.to_json();
         json["source"] = serde_json::Value::String(net.source.to_string_lossy().into_owned());
         Some(json)
@@ -400,7 +321,7 @@ impl Runtime {
 
     /// NetworkReady: Ok, or why pods cannot be networked.
     pub fn network_status(&self) -> std::result::Result<(), String> {
-        self.cni.status().map_err(|e| e.to_string())
+        self.host.network.status().map_err(|e| e.to_string())
     }
 
     /// Records the pod CIDR kubelet sets with UpdateRuntimeConfig (given to CNI
@@ -424,44 +345,6 @@ impl Runtime {
             *current = cidr.to_string();
         }
         Ok(())
-    }
-
-    /// Removes directories, mounts and runc state that belong to no known object:
-    /// what an interrupted create or a crash between steps left behind.
-    fn collect_orphans(&self) {
-        let known_containers = self.container_ids();
-        let known_sandboxes = self.sandbox_ids();
-        if let Ok(ids) = self.runc.list() {
-            for id in ids.iter().filter(|id| !known_containers.contains(*id)) {
-                tracing::warn!(%id, "deleting runc container that belongs to no known container");
-                if let Err(e) = self.runc.delete(id) {
-                    tracing::warn!(%id, error = %format!("{e:#}"), "could not delete orphan runc container");
-                }
-            }
-        }
-        let dirs = [
-            (self.opts.state.join("containers"), &known_containers),
-            (self.opts.root.join("containers"), &known_containers),
-            (self.opts.state.join("sandboxes"), &known_sandboxes),
-        ];
-        for (parent, known) in dirs {
-            let Ok(entries) = std::fs::read_dir(&parent) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if known.contains(&name) {
-                    continue;
-                }
-                tracing::warn!(dir = %e.path().display(), "removing directory that belongs to no known object");
-                if let Err(err) = crate::sandbox::pidns::stop_noted(&e.path()) {
-                    tracing::warn!(dir = %e.path().display(), error = %format!("{err:#}"), "could not stop an orphan PID namespace holder");
-                }
-                if let Err(err) = crate::teardown::remove_tree(&e.path()) {
-                    tracing::warn!(dir = %e.path().display(), error = %format!("{err:#}"), "could not remove orphan directory");
-                }
-            }
-        }
     }
 }
 

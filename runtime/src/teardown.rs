@@ -6,17 +6,17 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 use crate::fsutil;
-use crate::sys::mount;
+use crate::host::Mounts;
 
 /// Unmounts everything under `path`, then removes the tree. Missing is fine.
-pub fn remove_tree(path: &Path) -> Result<()> {
+pub fn remove_tree(mounts: &dyn Mounts, path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    for m in mount::mounts_under(path)? {
-        mount::unmount(&m)?;
+    for m in mounts.mounts_under(path)? {
+        mounts.unmount(&m)?;
     }
-    let left = mount::mounts_under(path)?;
+    let left = mounts.mounts_under(path)?;
     if !left.is_empty() {
         bail!(
             "{} still has mounts under it ({}); not removing it",

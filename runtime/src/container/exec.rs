@@ -19,10 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Container, ContainerState};
+use crate::host::ExecCommand;
 use crate::runtime::Runtime;
 use crate::sys::pty::{Pty, open_terminal};
 use crate::sys::runc::runc_error;
@@ -201,37 +202,39 @@ impl Runtime {
         let log = c.bundle.join(format!("exec-{tag}.log"));
         let terminal_error =
             |e: std::io::Error| Error::internal(format!("making the exec's terminal: {e}"));
-        let mut cmd = self.runc_exec();
-        cmd.arg("--log")
-            .arg(&log)
-            .arg("--log-format")
-            .arg("json")
-            .arg("exec");
-        let terminal = if req.tty {
+        let (stdin, stdout, stderr, terminal) = if req.tty {
             let (master, slave) = open_terminal().map_err(terminal_error)?;
-            cmd.args(["--tty", "--env", "TERM=xterm"]);
             let stdio =
                 |fd: &std::os::fd::OwnedFd| fd.try_clone().map(Stdio::from).map_err(terminal_error);
-            cmd.stdin(stdio(&slave)?)
-                .stdout(stdio(&slave)?)
-                .stderr(Stdio::from(slave));
-            Some(master)
+            (
+                stdio(&slave)?,
+                stdio(&slave)?,
+                Stdio::from(slave),
+                Some(master),
+            )
         } else {
-            cmd.stdin(piped_if(req.stdin))
-                .stdout(piped_if(req.stdout))
-                .stderr(piped_if(req.stderr));
-            None
+            (
+                piped_if(req.stdin),
+                piped_if(req.stdout),
+                piped_if(req.stderr),
+                None,
+            )
         };
-        cmd.arg("--pid-file")
-            .arg(&pid_file)
-            .arg(&c.id)
-            .args(&req.cmd);
         let what = format!("{:?} in container {}", req.cmd, c.id);
-        let spawned = cmd.spawn();
-        // The command holds copies of the terminal's slave end: the master
-        // reads end of file only once runc's are the last ones.
-        drop(cmd);
-        let child = spawned.map_err(|e| Error::internal(format!("running runc exec: {e}")))?;
+        let child = self
+            .host
+            .runc
+            .spawn_exec(ExecCommand {
+                id: &c.id,
+                cmd: &req.cmd,
+                pid_file: &pid_file,
+                log: Some(&log),
+                tty: req.tty,
+                stdin,
+                stdout,
+                stderr,
+            })
+            .map_err(|e| Error::internal(format!("running runc exec: {e}")))?;
         let runc_pid = child.id();
         let mut process = RuncExec::new(child, pid_file, Some(log.clone()));
         let (mut stdin, mut stdout, mut stderr) = (None, None, None);
@@ -266,13 +269,6 @@ impl Runtime {
         })
     }
 
-    /// `runc exec` with crust's runc root and a pid file to kill it by.
-    fn runc_exec(&self) -> Command {
-        let mut cmd = Command::new(&self.opts.runc);
-        cmd.arg("--root").arg(&self.runc.root);
-        cmd
-    }
-
     /// ExecSync: runs `cmd` in the container and waits for it, at most `timeout`
     /// seconds when `timeout` > 0.
     pub async fn exec_sync(
@@ -292,16 +288,18 @@ impl Runtime {
             .map_err(|_| Error::internal("the ExecSync limiter is closed"))?;
         let pid_file = c.bundle.join(format!("exec-{}.pid", crate::ids::new_id()));
         let child = self
-            .runc_exec()
-            .arg("exec")
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(&c.id)
-            .args(&cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+            .host
+            .runc
+            .spawn_exec(ExecCommand {
+                id: &c.id,
+                cmd: &cmd,
+                pid_file: &pid_file,
+                log: None,
+                tty: false,
+                stdin: Stdio::null(),
+                stdout: Stdio::piped(),
+                stderr: Stdio::piped(),
+            })
             .map_err(|e| Error::internal(format!("running runc exec: {e}")))?;
         let mut process = RuncExec::new(child, pid_file, None);
         let (out, err) = match process.child() {

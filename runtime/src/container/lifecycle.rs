@@ -11,17 +11,17 @@ use std::time::Instant;
 use anyhow::Context;
 
 use super::config::ContainerConfig;
-use super::shim::{self, CreateError, Launch};
 use super::{Container, ContainerState, reserved_name, spec, user};
-use crate::cleanup::Cleanup;
+use crate::cleanup::{Cleanup, Step};
 use crate::events::EventKind;
+use crate::host::{CreateError, Launch};
 use crate::names::Reservation;
 use crate::runtime::{Entry, Runtime, if_exists};
 use crate::sandbox::SandboxState;
 use crate::sandbox::config::NamespaceMode;
+use crate::sys::process;
 use crate::sys::runc::RuncStatus;
-use crate::sys::{mount, process};
-use crate::{Error, Result, clock, fsutil, ids, teardown};
+use crate::{Error, Result, ids, teardown};
 
 /// ListContainers filter; empty fields match everything.
 #[derive(Clone, Debug, Default)]
@@ -110,54 +110,92 @@ impl Runtime {
         }
         let id = ids::new_id();
         let mut undo = Cleanup::default();
+        let made = self.build_container(
+            &Making {
+                id: &id,
+                sandbox: sb,
+                config: &cfg,
+                image: &image,
+                target_pid,
+                log_path: log_path.as_deref(),
+            },
+            &mut undo,
+        );
+        let container = match made {
+            Ok(c) => c,
+            Err(e) => {
+                let owed = self.roll_back(undo);
+                if !owed.is_empty() {
+                    let bundle = self.opts.state.join("containers").join(&id);
+                    let mut kept = Container::lost(&id, bundle, self.host.clock.now_ns());
+                    kept.sandbox_id = sb.id.clone();
+                    kept.config = cfg;
+                    kept.image_id = image.id.clone();
+                    kept.image_ref = image.id.clone();
+                    self.keep_failed_container(kept, owed, &e);
+                }
+                return Err(e);
+            }
+        };
+        undo.disarm();
+        self.watch_exit(&container);
+        self.containers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Entry::new(container));
+        tracing::info!(%id, sandbox = %sb.id, "container created");
+        self.publish_event(&id, &sb.id, EventKind::Created);
+        Ok(id)
+    }
 
-        let bundle = self.opts.state.join("containers").join(&id);
+    /// Makes the container's bundle, rootfs, log file and shim and records
+    /// it, pushing on `undo` how to take away each thing made.
+    fn build_container(&self, m: &Making<'_>, undo: &mut Cleanup) -> Result<Container> {
+        let (id, sb, cfg, image) = (m.id, m.sandbox, m.config, m.image);
+        let bundle = self.opts.state.join("containers").join(id);
         fs::DirBuilder::new()
             .mode(0o711)
             .create(&bundle)
             .with_context(|| format!("creating {}", bundle.display()))?;
-        let b = bundle.clone();
-        undo.push("remove the bundle", move || teardown::remove_tree(&b));
+        undo.push(Step::RemoveTree(bundle.clone()));
 
-        let layer = self.opts.root.join("containers").join(&id);
+        let layer = self.opts.root.join("containers").join(id);
         let (upper, work) = (layer.join("upper"), layer.join("work"));
-        for d in [&layer, &upper, &work] {
+        fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&layer)
+            .with_context(|| format!("creating {}", layer.display()))?;
+        undo.push(Step::RemoveDir(layer.clone()));
+        for d in [&upper, &work] {
             fs::DirBuilder::new()
                 .mode(0o711)
                 .create(d)
                 .with_context(|| format!("creating {}", d.display()))?;
         }
-        let l = layer.clone();
-        undo.push("remove the writable layer", move || {
-            fsutil::remove_dir_all_if_exists(&l)
-        });
 
-        self.images.hold(&id, &image)?;
-        let images = self.images.clone();
-        let lease = id.clone();
-        undo.push("release the image", move || {
-            images.release(&lease).map_err(anyhow::Error::from)
-        });
+        undo.push(Step::ReleaseImage(id.to_string()));
+        self.images.hold(id, image)?;
 
         let rootfs = bundle.join("rootfs");
         fs::create_dir(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
-        mount::overlay(&self.images.layer_dirs(&image)?, &upper, &work, &rootfs)?;
-        let r = rootfs.clone();
-        undo.push("unmount the rootfs", move || mount::unmount(&r));
+        self.host
+            .mounts
+            .overlay(&self.images.layer_dirs(image)?, &upper, &work, &rootfs)?;
+        undo.push(Step::Unmount(rootfs.clone()));
 
         let user = user::resolve(&rootfs, &cfg.security, &image.config.user)?;
-        let image_name = display_image_name(&cfg, &image);
+        let image_name = display_image_name(cfg, image);
         let min_oom =
             (!process::has_capability(process::CAP_SYS_RESOURCE)).then(process::own_oom_score_adj);
         let oci = spec::build(&spec::SpecInput {
-            id: &id,
-            config: &cfg,
+            id,
+            config: cfg,
             sandbox: sb,
             image: &image.config,
             image_name: &image_name,
             user: &user,
             rootfs: &rootfs,
-            target_pid,
+            target_pid: m.target_pid,
             cgroups: &self.cgroups,
             min_oom_score_adj: min_oom,
             default_cgroup_parent: &self.opts.default_cgroup_parent,
@@ -173,54 +211,46 @@ impl Runtime {
         let spec_json = serde_json::to_vec_pretty(&oci).context("encoding config.json")?;
         fs::write(bundle.join("config.json"), spec_json).context("writing config.json")?;
 
-        if let Some(parent) = log_path.as_deref().and_then(Path::parent) {
+        if let Some(parent) = m.log_path.and_then(Path::parent) {
             let made: Vec<PathBuf> = parent
                 .ancestors()
                 .take_while(|d| !d.exists())
                 .map(Path::to_path_buf)
                 .collect();
+            undo.push(Step::RemoveEmptyDirs(made));
             fs::create_dir_all(parent)
                 .with_context(|| format!("creating the log directory {}", parent.display()))?;
-            undo.push("remove the log directories it made", move || {
-                for d in &made {
-                    fsutil::remove_dir_if_empty(d)?;
-                }
-                Ok(())
-            });
         }
         // kubelet numbers a container's attempts by the files in its log
         // directory: a create that fails must not leave one behind.
-        if let Some(log) = log_path.clone().filter(|p| !p.exists()) {
-            undo.push("remove the log file", move || {
-                fsutil::remove_file_if_exists(&log)
-            });
+        if let Some(log) = m.log_path.filter(|p| !p.exists()) {
+            undo.push(Step::RemoveFile(log.to_path_buf()));
         }
 
         // Registered before the shim starts: a create that times out or
         // fails after it must not leave the shim, runc or the container's
         // init running.
-        let (runc, rid, b) = (self.runc.clone(), id.clone(), bundle.clone());
-        undo.push("stop the shim and delete the runc container", move || {
-            shim::kill_abandoned(&b);
-            runc.delete(&rid)
+        undo.push(Step::StopShim {
+            id: id.to_string(),
+            bundle: bundle.clone(),
         });
-        let created = shim::spawn(&Launch {
-            shim: &self.opts.shim,
-            runc: &self.opts.runc,
-            runc_root: &self.runc.root,
-            id: &id,
-            bundle: &bundle,
-            log_path: log_path.as_deref(),
-            tty: cfg.tty,
-            stdin: cfg.stdin,
-            stdin_once: cfg.stdin_once,
-        })
-        .map_err(|e| match e {
-            CreateError::Runc(msg) => Error::FailedPrecondition(format!(
-                "the OCI runtime could not create the container: {msg}"
-            )),
-            CreateError::Shim(e) => Error::Internal(e.context("starting crust-shim")),
-        })?;
+        let created = self
+            .host
+            .shim
+            .launch(&Launch {
+                id,
+                bundle: &bundle,
+                log_path: m.log_path,
+                tty: cfg.tty,
+                stdin: cfg.stdin,
+                stdin_once: cfg.stdin_once,
+            })
+            .map_err(|e| match e {
+                CreateError::Runc(msg) => Error::FailedPrecondition(format!(
+                    "the OCI runtime could not create the container: {msg}"
+                )),
+                CreateError::Shim(e) => Error::Internal(e.context("starting crust-shim")),
+            })?;
 
         let stop_signal = parse_signal(&image.config.stop_signal).unwrap_or(libc::SIGTERM);
         let image_ref = image
@@ -229,13 +259,13 @@ impl Runtime {
             .cloned()
             .unwrap_or_else(|| image.id.clone());
         let container = Container {
-            id: id.clone(),
+            id: id.to_string(),
             sandbox_id: sb.id.clone(),
-            config: cfg,
+            config: cfg.clone(),
             image_id: image.id.clone(),
             image_ref,
             image_name,
-            created_at: clock::now_ns(),
+            created_at: self.host.clock.now_ns(),
             started_at: 0,
             finished_at: 0,
             exit_code: 0,
@@ -244,24 +274,19 @@ impl Runtime {
             state: ContainerState::Created,
             pid: created.pid,
             shim_pid: created.shim_pid,
-            log_path: log_path
+            log_path: m
+                .log_path
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             user,
             stop_signal,
             bundle,
             cgroup_path,
+            owed: Vec::new(),
+            leftover: false,
         };
-        self.container_records.save(&id, &container)?;
-        self.watch_exit(&container);
-        self.containers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Entry::new(container));
-        undo.disarm();
-        tracing::info!(%id, sandbox = %sb.id, "container created");
-        self.publish_event(&id, &sb.id, EventKind::Created);
-        Ok(id)
+        self.container_records.save(id, &container)?;
+        Ok(container)
     }
 
     fn target_pid(&self, target: &str, sandbox_id: &str) -> Result<i32> {
@@ -298,8 +323,8 @@ impl Runtime {
                     state_word(c.state)
                 )));
             }
-            let started_at = clock::now_ns();
-            if let Err(e) = rt.runc.start(&c.id) {
+            let started_at = rt.host.clock.now_ns();
+            if let Err(e) = rt.host.runc.start(&c.id) {
                 rt.refresh_container(&entry);
                 return Err(Error::Internal(e.context("starting the container")));
             }
@@ -352,9 +377,10 @@ impl Runtime {
         {
             return Ok(());
         }
-        self.runc.delete(&c.id)?;
-        teardown::remove_tree(&c.bundle)?;
-        fsutil::remove_dir_all_if_exists(&self.opts.root.join("containers").join(&c.id))?;
+        self.settle_container(entry)?;
+        self.host.runc.delete(&c.id)?;
+        teardown::remove_tree(self.host.mounts.as_ref(), &c.bundle)?;
+        crate::fsutil::remove_dir_all_if_exists(&self.opts.root.join("containers").join(&c.id))?;
         self.images.release(&c.id)?;
         self.container_records.delete(&c.id)?;
         let name = self.container_reserved_name(&c);
@@ -427,7 +453,9 @@ impl Runtime {
                     state_word(c.state)
                 )));
             }
-            shim::control(&c.bundle, crust_shim_protocol::control::Request::ReopenLog)
+            rt.host
+                .shim
+                .control(&c.bundle, crust_shim_protocol::control::Request::ReopenLog)
                 .map_err(Error::Internal)
         })
         .await
@@ -477,17 +505,18 @@ impl Runtime {
         if !matches!(c.state, ContainerState::Created | ContainerState::Running) {
             return c.state;
         }
-        let (code, at, message) = match shim::read_exit(&c.bundle) {
+        let shim = &self.host.shim;
+        let (code, at, message) = match shim.read_exit(&c.bundle) {
             Some(exit) => (exit.exit_code, exit.exited_at, String::new()),
             None => {
-                if process::alive(c.shim_pid, "crust-shim") {
+                if shim.alive(c.shim_pid) {
                     return c.state;
                 }
                 // Re-check: the shim may have written the file just before exiting.
-                if let Some(exit) = shim::read_exit(&c.bundle) {
+                if let Some(exit) = shim.read_exit(&c.bundle) {
                     (exit.exit_code, exit.exited_at, String::new())
                 } else {
-                    match self.runc.status(&c.id) {
+                    match self.host.runc.status(&c.id) {
                         Ok(RuncStatus::Running) => {
                             self.record_started(c);
                             return c.state;
@@ -495,7 +524,7 @@ impl Runtime {
                         Ok(RuncStatus::Created) => return c.state,
                         _ => (
                             255,
-                            clock::now_ns(),
+                            self.host.clock.now_ns(),
                             "crust-shim exited without recording the container's exit status"
                                 .to_string(),
                         ),
@@ -526,7 +555,7 @@ impl Runtime {
     pub(crate) fn recover_start(&self, entry: &Entry<Container>) {
         let mut c = entry.rec();
         if c.state == ContainerState::Created
-            && matches!(self.runc.status(&c.id), Ok(RuncStatus::Running))
+            && matches!(self.host.runc.status(&c.id), Ok(RuncStatus::Running))
         {
             tracing::info!(id = %c.id, "container was started before the restart");
             self.record_started(&mut c);
@@ -537,7 +566,7 @@ impl Runtime {
     fn record_started(&self, c: &mut Container) {
         if c.state == ContainerState::Created {
             c.state = ContainerState::Running;
-            c.started_at = clock::now_ns();
+            c.started_at = self.host.clock.now_ns();
             self.persist(c);
         }
     }
@@ -553,6 +582,16 @@ impl Runtime {
 /// the user wrote in the pod spec (kubelet passes it as
 /// `user_specified_image` and the image id as `image`), else the name the
 /// client gave, else the image's first tag when the client gave an id.
+/// What [`Runtime::build_container`] makes a container of.
+struct Making<'a> {
+    id: &'a str,
+    sandbox: &'a crate::sandbox::Sandbox,
+    config: &'a ContainerConfig,
+    image: &'a crate::image::Image,
+    target_pid: Option<i32>,
+    log_path: Option<&'a Path>,
+}
+
 fn display_image_name(cfg: &ContainerConfig, image: &crate::image::Image) -> String {
     if !cfg.user_specified_image.is_empty() {
         return cfg.user_specified_image.clone();

@@ -6,7 +6,6 @@ pub mod config;
 mod exec;
 pub(crate) mod exit_watch;
 mod lifecycle;
-pub mod shim;
 pub mod spec;
 mod stop;
 pub mod user;
@@ -95,6 +94,15 @@ pub struct Container {
     /// The container's cgroup (cgroupfs path), where OOM kills are counted.
     #[serde(default)]
     pub cgroup_path: String,
+    /// Undo steps a failed create could not take: retried by StopContainer,
+    /// RemoveContainer and the periodic sweep.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owed: Vec<crate::cleanup::Step>,
+    /// Kept only to be cleaned up (a create that failed half-way, or a
+    /// record crustd could not read): it holds no name, so kubelet's next
+    /// create of the same name makes a new container.
+    #[serde(default)]
+    pub leftover: bool,
 }
 
 /// The reserved name of a container: its name, its pod's name, namespace and

@@ -997,6 +997,8 @@ mod tests {
             shm: "/run/crust/sandboxes/sb/shm".into(),
             shm_mounted: true,
             infra_pid: None,
+            owed: Vec::new(),
+            leftover: false,
         }
     }
 

@@ -160,8 +160,12 @@ impl Runtime {
     /// The stop itself, under the container's lifecycle lock: the stop
     /// signal while the (possibly moving) deadline is ahead, then SIGKILL.
     fn stop_locked(&self, entry: &Entry<Container>) -> Result<()> {
+        self.settle_container(entry)?;
         self.refresh_container(entry);
         let c = entry.snapshot();
+        if c.leftover {
+            return self.stop_leftover(entry);
+        }
         let deadline_ahead = || entry.stop_by().is_some_and(|d| Instant::now() < d);
         match c.state {
             ContainerState::Exited => return Ok(()),
@@ -192,7 +196,8 @@ impl Runtime {
     }
 
     fn signal(&self, c: &Container, signal: i32) -> Result<()> {
-        self.runc
+        self.host
+            .runc
             .kill(&c.id, signal)
             .map(|_| ())
             .map_err(|e| Error::Internal(e.context(format!("signalling container {}", c.id))))

@@ -381,6 +381,19 @@ impl ImageStore {
 }
 
 /// Whether `name`, an entry of `pinned_images`, names `image`.
+#[cfg(test)]
+impl ImageStore {
+    /// Records `image` as if it had been pulled, for tests without a registry.
+    pub(crate) fn add_for_tests(&self, image: Image) -> Result<()> {
+        self.inner.commit_pull(image).map(drop)
+    }
+
+    /// How many containers hold images.
+    pub(crate) fn holds_for_tests(&self) -> usize {
+        lock(&self.inner.state).leases.len()
+    }
+}
+
 fn names_image(name: &str, image: &Image) -> bool {
     let name = name.trim();
     if name == image.id || image.id.strip_prefix("sha256:") == Some(name) {

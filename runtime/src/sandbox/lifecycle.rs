@@ -11,12 +11,11 @@ use crust_cni::nsfs::{self, Kind, PinRequest};
 
 use super::config::SandboxConfig;
 use super::{Sandbox, SandboxState, files, network, pidns};
-use crate::cleanup::Cleanup;
+use crate::cleanup::{Cleanup, Step};
 use crate::events::EventKind;
 use crate::names::Reservation;
 use crate::runtime::{Entry, Runtime, if_exists};
-use crate::sys::mount;
-use crate::{Error, Result, clock, ids, teardown};
+use crate::{Error, Result, ids, teardown};
 
 /// ListPodSandbox filter; empty fields match everything.
 #[derive(Clone, Debug, Default)]
@@ -58,22 +57,53 @@ impl Runtime {
     fn create_sandbox(&self, cfg: SandboxConfig) -> Result<String> {
         let sysctls = network::pod_sysctls(&cfg)?;
         if !cfg.host_network() {
-            self.cni.network().map_err(network::net_error)?;
+            self.host.network.network().map_err(network::net_error)?;
         }
         let id = ids::new_id();
         let _creating = CreatingGuard::new(self, &id);
-        let dir = self.opts.state.join("sandboxes").join(&id);
         let mut undo = Cleanup::default();
+        let sandbox = match self.build_sandbox(&id, &cfg, sysctls, &mut undo) {
+            Ok(sb) => sb,
+            Err(e) => {
+                let owed = self.roll_back(undo);
+                if !owed.is_empty() {
+                    let dir = self.opts.state.join("sandboxes").join(&id);
+                    let mut kept = Sandbox::lost(&id, dir, self.host.clock.now_ns());
+                    kept.config = cfg;
+                    self.keep_failed_sandbox(kept, owed);
+                }
+                return Err(e);
+            }
+        };
+        undo.disarm();
+        self.sandboxes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Entry::new(sandbox.clone()));
+        tracing::info!(%id, "pod sandbox ready");
+        self.publish_sandbox_event(&sandbox, EventKind::Started);
+        Ok(id)
+    }
+
+    /// Makes the sandbox's directory, namespaces, files, shm, PID namespace
+    /// holder and network and records it, pushing on `undo` how to take
+    /// away each thing made.
+    fn build_sandbox(
+        &self,
+        id: &str,
+        cfg: &SandboxConfig,
+        sysctls: Vec<(String, String)>,
+        undo: &mut Cleanup,
+    ) -> Result<Sandbox> {
+        let host = &self.host;
+        let dir = self.opts.state.join("sandboxes").join(id);
         fs::DirBuilder::new()
             .mode(0o711)
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
-        let d = dir.clone();
-        undo.push("remove the sandbox directory", move || {
-            teardown::remove_tree(&d)
-        });
+        undo.push(Step::RemoveTree(dir.clone()));
 
-        let hostname = files::effective_hostname(&cfg)?;
+        let hostname = files::effective_hostname(cfg)?;
         let mut pins = Vec::new();
         let ns_dir = dir.join("ns");
         if !cfg.host_network() {
@@ -95,39 +125,37 @@ impl Runtime {
         );
         if !pins.is_empty() {
             fs::create_dir(&ns_dir).with_context(|| format!("creating {}", ns_dir.display()))?;
-            let undo_pins: Vec<_> = pins.iter().map(|(_, p)| p.clone()).collect();
-            nsfs::pin_new(PinRequest {
-                pins,
-                hostname: Some(hostname.clone()),
-                sysctls,
-            })
-            .map_err(|e| match e.downcast_ref::<nsfs::SysctlRefused>() {
-                Some(refused) => Error::invalid(refused.0.clone()),
-                None => Error::Internal(e.context("creating the pod's namespaces")),
-            })?;
-            undo.push("unpin the pod's namespaces", move || {
-                undo_pins.iter().try_for_each(|p| nsfs::unpin(p))
-            });
+            let paths: Vec<_> = pins.iter().map(|(_, p)| p.clone()).collect();
+            host.namespaces
+                .pin_new(PinRequest {
+                    pins,
+                    hostname: Some(hostname.clone()),
+                    sysctls,
+                })
+                .map_err(|e| match e.downcast_ref::<nsfs::SysctlRefused>() {
+                    Some(refused) => Error::invalid(refused.0.clone()),
+                    None => Error::Internal(e.context("creating the pod's namespaces")),
+                })?;
+            for p in paths {
+                undo.push(Step::Unpin(p));
+            }
         }
 
-        files::write_all(&dir, &cfg, &hostname)?;
+        files::write_all(&dir, cfg, &hostname)?;
 
         let (shm, shm_mounted) = if cfg.host_ipc() {
             ("/dev/shm".into(), false)
         } else {
             let shm = dir.join("shm");
             fs::create_dir(&shm).with_context(|| format!("creating {}", shm.display()))?;
-            mount::shm_tmpfs(&shm, self.opts.shm_size)?;
-            let s = shm.clone();
-            undo.push("unmount the pod's shm", move || mount::unmount(&s));
+            host.mounts.shm_tmpfs(&shm, self.opts.shm_size)?;
+            undo.push(Step::Unmount(shm.clone()));
             (shm, true)
         };
 
         let infra_pid = if cfg.shared_pid() {
-            let pid = pidns::start(&self.opts.shim, &dir)?;
-            undo.push("stop the pod's PID namespace holder", move || {
-                pidns::stop(pid)
-            });
+            let pid = pidns::start(host.shim.as_ref(), &dir)?;
+            undo.push(Step::StopPidHolder(dir.clone()));
             Some(pid)
         } else {
             None
@@ -140,21 +168,18 @@ impl Runtime {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
-            let att = network::attachment(&id, &cfg, netns, &cidr)?;
+            let att = network::attachment(id, cfg, netns, &cidr)?;
             // DEL is registered before ADD: a partial ADD is undone too.
-            let (cni, del_id) = (self.cni.clone(), id.clone());
-            undo.push("detach the pod network", move || {
-                cni.del(&del_id).map_err(anyhow::Error::new)
-            });
-            let attached = self.cni.add(&att).map_err(network::net_error)?;
+            undo.push(Step::DetachNetwork(id.to_string()));
+            let attached = host.network.add(&att).map_err(network::net_error)?;
             ips = attached.ips.iter().map(|ip| ip.to_string()).collect();
             tracing::info!(%id, ips = ?ips, "pod network attached");
         }
 
         let sandbox = Sandbox {
-            id: id.clone(),
-            config: cfg,
-            created_at: clock::now_ns(),
+            id: id.to_string(),
+            config: cfg.clone(),
+            created_at: host.clock.now_ns(),
             state: SandboxState::Ready,
             dir,
             netns,
@@ -165,16 +190,11 @@ impl Runtime {
             shm,
             shm_mounted,
             infra_pid,
+            owed: Vec::new(),
+            leftover: false,
         };
-        self.sandbox_records.save(&id, &sandbox)?;
-        self.sandboxes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Entry::new(sandbox.clone()));
-        undo.disarm();
-        tracing::info!(%id, "pod sandbox ready");
-        self.publish_sandbox_event(&sandbox, EventKind::Started);
-        Ok(id)
+        self.sandbox_records.save(id, &sandbox)?;
+        Ok(sandbox)
     }
 
     /// StopPodSandbox: kills the pod's containers and releases its namespaces and
@@ -188,6 +208,7 @@ impl Runtime {
     }
 
     fn stop_sandbox_locked(&self, entry: &Entry<Sandbox>) -> Result<()> {
+        self.settle_sandbox(entry)?;
         let sb = entry.snapshot();
         for c in self.containers_of(&sb.id) {
             self.stop_container_entry(&c, 0)?;
@@ -207,17 +228,21 @@ impl Runtime {
     }
 
     fn release_sandbox_resources(&self, sb: &Sandbox) -> Result<()> {
+        let host = &self.host;
         if sb.netns.is_some() {
-            self.cni.del(&sb.id).map_err(network::net_error)?;
+            host.network.del(&sb.id).map_err(network::net_error)?;
         }
         for p in [&sb.netns, &sb.utsns, &sb.ipcns].into_iter().flatten() {
-            nsfs::unpin(p)?;
+            host.namespaces.unpin(p)?;
         }
         if sb.shm_mounted {
-            mount::unmount(&sb.shm)?;
+            host.mounts.unmount(&sb.shm)?;
         }
-        if let Some(pid) = sb.infra_pid {
-            pidns::stop(pid)?;
+        match sb.infra_pid {
+            Some(pid) => host.shim.stop_pid_holder(pid)?,
+            // A sandbox whose record was lost may have had one.
+            None if sb.leftover => pidns::stop_noted(host.shim.as_ref(), &sb.dir)?,
+            None => {}
         }
         Ok(())
     }
@@ -238,11 +263,12 @@ impl Runtime {
             {
                 return Ok(());
             }
+            rt.settle_sandbox(&entry)?;
             for c in rt.containers_of(&sb.id) {
                 rt.remove_container_entry(&c)?;
             }
             rt.release_sandbox_resources(&sb)?;
-            teardown::remove_tree(&sb.dir)?;
+            teardown::remove_tree(rt.host.mounts.as_ref(), &sb.dir)?;
             rt.sandbox_records.delete(&sb.id)?;
             rt.sandboxes
                 .write()
@@ -297,8 +323,10 @@ impl Runtime {
         let lost = [&sb.netns, &sb.utsns, &sb.ipcns]
             .into_iter()
             .flatten()
-            .any(|p| !nsfs::is_pinned(p))
-            || sb.infra_pid.is_some_and(|pid| !pidns::alive(pid));
+            .any(|p| !self.host.namespaces.is_pinned(p))
+            || sb
+                .infra_pid
+                .is_some_and(|pid| !self.host.shim.pid_holder_alive(pid));
         if lost {
             tracing::warn!(id = %sb.id, "pod sandbox lost its namespaces; marking it NotReady");
             sb.state = SandboxState::NotReady;

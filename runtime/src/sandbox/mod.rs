@@ -59,6 +59,15 @@ pub struct Sandbox {
     /// containers share one.
     #[serde(default)]
     pub infra_pid: Option<i32>,
+    /// Undo steps a failed create could not take: retried by StopPodSandbox,
+    /// RemovePodSandbox and the periodic sweep.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owed: Vec<crate::cleanup::Step>,
+    /// Kept only to be cleaned up (a create that failed half-way, or a
+    /// record crustd could not read): it holds no name, so kubelet's next
+    /// RunPodSandbox of the same pod makes a new sandbox.
+    #[serde(default)]
+    pub leftover: bool,
 }
 
 impl Sandbox {

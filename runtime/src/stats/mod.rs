@@ -11,7 +11,7 @@ use crate::container::{Container, ContainerFilter};
 use crate::image::{FsUsage, LayersUsage, WritableLayers};
 use crate::runtime::Runtime;
 use crate::sandbox::{Sandbox, SandboxFilter, SandboxState};
-use crate::sys::cgroup_usage::{self, CgroupUsage, UsageReader};
+use crate::sys::cgroup_usage::{CgroupUsage, UsageReader};
 use crate::sys::link_stats::{self, InterfaceCounters};
 use crate::{Result, clock};
 
@@ -26,16 +26,16 @@ pub const WRITABLE_LAYERS_MAX_AGE: Duration = Duration::from_secs(10);
 /// What the statistics keep between calls: the cgroup reader chosen for this
 /// host, the last CPU samples, and the cached walk of the writable layers.
 pub(crate) struct StatsState {
-    reader: Box<dyn UsageReader>,
+    reader: Arc<dyn UsageReader>,
     cpu: CpuRates,
     layers: Arc<WritableLayers>,
 }
 
 impl StatsState {
     /// State for a runtime whose writable layers live under `layers_dir`.
-    pub(crate) fn new(layers_dir: std::path::PathBuf) -> StatsState {
+    pub(crate) fn new(layers_dir: std::path::PathBuf, reader: Arc<dyn UsageReader>) -> StatsState {
         StatsState {
-            reader: cgroup_usage::host_reader(),
+            reader,
             cpu: CpuRates::default(),
             layers: Arc::new(WritableLayers::new(layers_dir, WRITABLE_LAYERS_MAX_AGE)),
         }

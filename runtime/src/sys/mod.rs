@@ -1,5 +1,6 @@
-//! The narrow kernel- and tool-facing layer: mounts, runc invocations and process
-//! probes. Everything above it is plain logic.
+//! The narrow kernel- and tool-facing layer: mounts, runc and crust-shim
+//! invocations and process probes, most of them behind [`crate::host`].
+//! Everything above it is plain logic.
 
 pub mod cgroup;
 pub mod cgroup_usage;
@@ -10,3 +11,4 @@ pub mod notify;
 pub mod process;
 pub mod pty;
 pub mod runc;
+pub mod shim;

@@ -1,4 +1,5 @@
-//! Mounts the runtime makes: overlay root filesystems and the pod's `/dev/shm` tmpfs.
+//! Mounts the runtime makes: overlay root filesystems and the pod's `/dev/shm`
+//! tmpfs; the real [`crate::host::Mounts`].
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +8,28 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 /// Longest mount option string the kernel accepts (one page).
 const MAX_MOUNT_OPTIONS: usize = 4095;
+
+/// The kernel's mount table.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelMounts;
+
+impl crate::host::Mounts for KernelMounts {
+    fn overlay(&self, lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+        overlay(lower, upper, work, target)
+    }
+
+    fn shm_tmpfs(&self, target: &Path, size_bytes: u64) -> Result<()> {
+        shm_tmpfs(target, size_bytes)
+    }
+
+    fn unmount(&self, target: &Path) -> Result<()> {
+        unmount(target)
+    }
+
+    fn mounts_under(&self, prefix: &Path) -> Result<Vec<PathBuf>> {
+        mounts_under(prefix)
+    }
+}
 
 /// Mounts an overlay of `lower` (topmost first) with a writable `upper`/`work` on `target`.
 pub fn overlay(lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {

@@ -1,10 +1,13 @@
-//! runc invocations crustd makes itself (the shim makes `runc create`).
+//! runc invocations crustd makes itself (the shim makes `runc create`): the
+//! real [`crate::host::Runc`].
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+use crate::host::ExecCommand;
 
 /// The longest crustd waits for one runc call (start, kill, delete, state,
 /// list); each takes milliseconds when the host is well.
@@ -16,7 +19,7 @@ const MAX_RUNC_OUTPUT: u64 = 4 << 20;
 
 /// One runc binary with its state directory.
 #[derive(Clone, Debug)]
-pub struct Runc {
+pub struct RuncBinary {
     /// The runc executable.
     pub binary: PathBuf,
     /// runc's `--root`: where it keeps container state.
@@ -36,7 +39,52 @@ pub enum RuncStatus {
     Missing,
 }
 
-impl Runc {
+impl crate::host::Runc for RuncBinary {
+    fn start(&self, id: &str) -> Result<()> {
+        RuncBinary::start(self, id)
+    }
+
+    fn kill(&self, id: &str, signal: i32) -> Result<bool> {
+        RuncBinary::kill(self, id, signal)
+    }
+
+    fn delete(&self, id: &str) -> Result<()> {
+        RuncBinary::delete(self, id)
+    }
+
+    fn status(&self, id: &str) -> Result<RuncStatus> {
+        RuncBinary::status(self, id)
+    }
+
+    fn list(&self) -> Result<Vec<String>> {
+        RuncBinary::list(self)
+    }
+
+    fn spawn_exec(&self, exec: ExecCommand<'_>) -> std::io::Result<tokio::process::Child> {
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root);
+        if let Some(log) = exec.log {
+            cmd.arg("--log").arg(log).arg("--log-format").arg("json");
+        }
+        cmd.arg("exec");
+        if exec.tty {
+            cmd.args(["--tty", "--env", "TERM=xterm"]);
+        }
+        cmd.arg("--pid-file")
+            .arg(exec.pid_file)
+            .arg(exec.id)
+            .args(exec.cmd)
+            .stdin(exec.stdin)
+            .stdout(exec.stdout)
+            .stderr(exec.stderr);
+        // The command (and the copies of a terminal's slave end it holds)
+        // goes away on return: the master reads end of file only once
+        // runc's copies are the last ones.
+        cmd.spawn()
+    }
+}
+
+impl RuncBinary {
     fn command(&self) -> Command {
         let mut c = Command::new(&self.binary);
         c.arg("--root").arg(&self.root);

@@ -1,5 +1,6 @@
-//! The crustd side of crust-shim: starting one for a container, reading what it
-//! reports, and reading the exit status it records.
+//! crust-shim as crustd runs it: starting one for a container, reading what
+//! it reports and the exit status it records, sending it control requests;
+//! and `crust-shim pause`, the holder of a pod's shared PID namespace.
 //!
 //! The shim forks and detaches; the detached half runs `runc create`, writes
 //! its [`Report`] on the stdout pipe and closes it. When the container's init
@@ -10,7 +11,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,60 +20,70 @@ use crust_shim_protocol::files::{EXIT_FILE, SHIM_PID_FILE, SHIM_SOCK};
 use crust_shim_protocol::{ExitRecord, Report, control};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::host::{CreateError, Created, Launch};
+
 /// How long a `runc create` may take before the start is abandoned.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// What to start.
-pub struct Launch<'a> {
-    /// The crust-shim binary.
-    pub shim: &'a Path,
-    /// The runc binary.
-    pub runc: &'a Path,
-    /// runc's state dir.
-    pub runc_root: &'a Path,
-    /// Container id.
-    pub id: &'a str,
-    /// Bundle directory with config.json and the mounted rootfs.
-    pub bundle: &'a Path,
-    /// CRI log file, if any.
-    pub log_path: Option<&'a Path>,
-    /// Allocate a terminal.
-    pub tty: bool,
-    /// Keep the container's stdin open for attach clients.
-    pub stdin: bool,
-    /// Close that stdin when the first attached client detaches.
-    pub stdin_once: bool,
+/// How long the PID namespace holder may take to report.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The crust-shim binary and the runc it drives.
+#[derive(Clone, Debug)]
+pub struct ShimBinary {
+    /// The crust-shim executable.
+    pub shim: PathBuf,
+    /// The runc executable.
+    pub runc: PathBuf,
+    /// runc's state directory.
+    pub runc_root: PathBuf,
 }
 
-/// A created container: its init pid and its shim's pid.
-#[derive(Clone, Copy, Debug)]
-pub struct Created {
-    /// The container's init process.
-    pub pid: i32,
-    /// The shim supervising it.
-    pub shim_pid: i32,
-}
+impl crate::host::Shim for ShimBinary {
+    fn launch(&self, l: &Launch<'_>) -> std::result::Result<Created, CreateError> {
+        spawn(self, l)
+    }
 
-/// Why a create failed: runc's own message, or a failure to run the shim at all.
-#[derive(Debug)]
-pub enum CreateError {
-    /// runc refused the container; the text is runc's error.
-    Runc(String),
-    /// The shim could not be run or did not report.
-    Shim(anyhow::Error),
+    fn kill_abandoned(&self, bundle: &Path) {
+        kill_abandoned(bundle)
+    }
+
+    fn read_exit(&self, bundle: &Path) -> Option<ExitRecord> {
+        read_exit(bundle)
+    }
+
+    fn alive(&self, pid: i32) -> bool {
+        super::process::alive(pid, "crust-shim")
+    }
+
+    fn control(&self, bundle: &Path, request: control::Request) -> Result<()> {
+        control(bundle, request)
+    }
+
+    fn start_pid_holder(&self) -> Result<i32> {
+        start_pause(&self.shim)
+    }
+
+    fn stop_pid_holder(&self, pid: i32) -> Result<()> {
+        stop_pause(pid)
+    }
+
+    fn pid_holder_alive(&self, pid: i32) -> bool {
+        pause_alive(pid)
+    }
 }
 
 /// Starts a shim and waits for its report.
-pub fn spawn(l: &Launch<'_>) -> std::result::Result<Created, CreateError> {
-    let mut cmd = Command::new(l.shim);
+fn spawn(bin: &ShimBinary, l: &Launch<'_>) -> std::result::Result<Created, CreateError> {
+    let mut cmd = Command::new(&bin.shim);
     cmd.arg("--id")
         .arg(l.id)
         .arg("--bundle")
         .arg(l.bundle)
         .arg("--runc")
-        .arg(l.runc)
+        .arg(&bin.runc)
         .arg("--runc-root")
-        .arg(l.runc_root);
+        .arg(&bin.runc_root);
     if let Some(p) = l.log_path {
         cmd.arg("--log-path").arg(p);
     }
@@ -90,7 +101,7 @@ pub fn spawn(l: &Launch<'_>) -> std::result::Result<Created, CreateError> {
         .stderr(Stdio::null());
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("starting {}", l.shim.display()))
+        .with_context(|| format!("starting {}", bin.shim.display()))
         .map_err(CreateError::Shim)?;
     let mut stdout = child
         .stdout
@@ -129,7 +140,7 @@ pub fn spawn(l: &Launch<'_>) -> std::result::Result<Created, CreateError> {
 /// rolled back): the detached shim leads a session of its own, holding the
 /// `runc create` it runs and whatever that started. A shim that is gone,
 /// or a pid now used by anything but this bundle's shim, is left alone.
-pub fn kill_abandoned(bundle: &Path) {
+fn kill_abandoned(bundle: &Path) {
     let Some(pid) = std::fs::read_to_string(bundle.join(SHIM_PID_FILE))
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
@@ -145,10 +156,7 @@ pub fn kill_abandoned(bundle: &Path) {
     }
 }
 
-pub(crate) fn read_until_eof(
-    r: &mut std::process::ChildStdout,
-    timeout: Duration,
-) -> Result<String> {
+fn read_until_eof(r: &mut std::process::ChildStdout, timeout: Duration) -> Result<String> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -177,13 +185,13 @@ pub(crate) fn read_until_eof(
 }
 
 /// Reads the exit record if the shim wrote one.
-pub fn read_exit(bundle: &Path) -> Option<ExitRecord> {
+fn read_exit(bundle: &Path) -> Option<ExitRecord> {
     let data = std::fs::read_to_string(bundle.join(EXIT_FILE)).ok()?;
     ExitRecord::decode(&data)
 }
 
 /// Sends one control request to the shim and returns its answer.
-pub fn control(bundle: &Path, request: control::Request) -> Result<()> {
+fn control(bundle: &Path, request: control::Request) -> Result<()> {
     let sock = bundle.join(SHIM_SOCK);
     // Through an fd of the bundle directory: the socket's own path may be longer
     // than the 108 bytes a unix socket address holds.
@@ -201,6 +209,57 @@ pub fn control(bundle: &Path, request: control::Request) -> Result<()> {
         .context("reading the shim's answer")?;
     control::decode_answer(&answer)
         .map_err(|msg| anyhow!("the shim answered {request:?} with {msg:?}"))
+}
+
+/// Starts `crust-shim pause`, the holder of a pod's PID namespace, and
+/// returns its pid once it reported.
+fn start_pause(shim: &Path) -> Result<i32> {
+    let mut child = Command::new(shim)
+        .arg("pause")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {} pause", shim.display()))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("the pause process's stdout pipe is missing"))?;
+    child
+        .wait()
+        .context("waiting for the pause process to detach")?;
+    let text = read_until_eof(&mut stdout, PAUSE_TIMEOUT)?;
+    match Report::decode(&text).map_err(|e| anyhow!("the pause process: {e}"))? {
+        Report::Failed(e) => bail!("creating the pod's PID namespace: {e}"),
+        Report::Started { pid, .. } => Ok(pid),
+    }
+}
+
+/// True while the holder process lives: `crust-shim pause` exactly, so a
+/// recycled pid now used by a container's shim is never taken for it.
+fn pause_alive(pid: i32) -> bool {
+    super::process::alive(pid, "crust-shim\0pause\0")
+}
+
+/// Kills the holder process (and with it every process left in the
+/// namespace) and waits, briefly, for it to be gone.
+fn stop_pause(pid: i32) -> Result<()> {
+    if !pause_alive(pid) {
+        return Ok(());
+    }
+    let target = nix::unistd::Pid::from_raw(pid);
+    match nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => return Err(e).context("killing the pod's PID namespace holder"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pause_alive(pid) {
+        if Instant::now() > deadline {
+            bail!("the pod's PID namespace holder {pid} did not exit after SIGKILL");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

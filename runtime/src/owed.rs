@@ -1,0 +1,153 @@
+//! Undo steps taken against the host: a failed create's rollback, and the
+//! steps kept objects still owe, settled by their Stop, their Remove and the
+//! periodic sweep.
+
+use crate::cleanup::{self, Cleanup, Step};
+use crate::container::{Container, ContainerState};
+use crate::runtime::{Entry, Runtime};
+use crate::sandbox::Sandbox;
+use crate::sandbox::pidns;
+use crate::{Error, Result, fsutil, teardown};
+
+impl Runtime {
+    /// Takes one undo step.
+    fn take_step(&self, step: &Step) -> anyhow::Result<()> {
+        let host = &self.host;
+        match step {
+            Step::RemoveTree(p) => teardown::remove_tree(host.mounts.as_ref(), p),
+            Step::RemoveDir(p) => fsutil::remove_dir_all_if_exists(p),
+            Step::RemoveFile(p) => fsutil::remove_file_if_exists(p),
+            Step::RemoveEmptyDirs(dirs) => {
+                dirs.iter().try_for_each(|d| fsutil::remove_dir_if_empty(d))
+            }
+            Step::ReleaseImage(lease) => self.images.release(lease).map_err(anyhow::Error::from),
+            Step::Unmount(p) => host.mounts.unmount(p),
+            Step::StopShim { id, bundle } => {
+                host.shim.kill_abandoned(bundle);
+                host.runc.delete(id)
+            }
+            Step::Unpin(p) => host.namespaces.unpin(p),
+            Step::StopPidHolder(dir) => pidns::stop_noted(host.shim.as_ref(), dir),
+            Step::DetachNetwork(id) => host.network.del(id).map_err(anyhow::Error::from),
+        }
+    }
+
+    /// Runs a failed create's undo stack; returns the steps that failed.
+    pub(crate) fn roll_back(&self, undo: Cleanup) -> Vec<Step> {
+        cleanup::settle(&undo.into_steps(), |s| self.take_step(s))
+    }
+
+    /// Keeps the container of a create that failed and could not be rolled
+    /// back whole: in an unknown state, holding no name, owing `owed`.
+    pub(crate) fn keep_failed_container(&self, mut c: Container, owed: Vec<Step>, why: &Error) {
+        tracing::error!(id = %c.id, owed = %cleanup::describe(&owed), "a failed create could not be undone; the container is kept until its removal finishes the job");
+        c.state = ContainerState::Unknown;
+        c.reason = "CreateFailed".to_string();
+        c.message = format!("{why}; still to undo: {}", cleanup::describe(&owed));
+        c.owed = owed;
+        c.leftover = true;
+        if let Err(e) = self.container_records.save(&c.id, &c) {
+            tracing::error!(id = %c.id, error = %format!("{e:#}"), "could not record the failed container; only this crustd remembers it");
+        }
+        self.containers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(c.id.clone(), Entry::new(c));
+    }
+
+    /// Keeps the sandbox of a create that failed and could not be rolled
+    /// back whole: not ready, holding no name, owing `owed`.
+    pub(crate) fn keep_failed_sandbox(&self, mut sb: Sandbox, owed: Vec<Step>) {
+        tracing::error!(id = %sb.id, owed = %cleanup::describe(&owed), "a failed create could not be undone; the pod sandbox is kept until its removal finishes the job");
+        sb.state = crate::sandbox::SandboxState::NotReady;
+        sb.owed = owed;
+        sb.leftover = true;
+        if let Err(e) = self.sandbox_records.save(&sb.id, &sb) {
+            tracing::error!(id = %sb.id, error = %format!("{e:#}"), "could not record the failed pod sandbox; only this crustd remembers it");
+        }
+        self.sandboxes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sb.id.clone(), Entry::new(sb));
+    }
+
+    /// Retries what the container still owes; the caller holds its
+    /// lifecycle lock. Once nothing is owed, a container left unknown by
+    /// its create is recorded as exited (nothing of it runs).
+    pub(crate) fn settle_container(&self, entry: &Entry<Container>) -> Result<()> {
+        let owed = entry.rec().owed.clone();
+        if owed.is_empty() {
+            return Ok(());
+        }
+        let left = cleanup::settle(&owed, |s| self.take_step(s));
+        let mut c = entry.rec();
+        c.owed = left.clone();
+        if left.is_empty() && c.state == ContainerState::Unknown {
+            c.state = ContainerState::Exited;
+            c.exit_code = 255;
+            c.finished_at = self.host.clock.now_ns().max(c.created_at);
+        }
+        if let Err(e) = self.container_records.save(&c.id, &c) {
+            tracing::warn!(id = %c.id, error = %format!("{e:#}"), "could not record what the container still owes");
+        }
+        if left.is_empty() {
+            tracing::info!(id = %c.id, "the failed create's leftovers are undone");
+            return Ok(());
+        }
+        Err(Error::internal(format!(
+            "container {} still has leftovers of its create to undo: {}",
+            c.id,
+            cleanup::describe(&left)
+        )))
+    }
+
+    /// Stops a kept container: one whose create failed runs nothing (what
+    /// it owed is settled by now); one whose record could not be read may
+    /// still run, so its shim is stopped and its runc container deleted.
+    pub(crate) fn stop_leftover(&self, entry: &Entry<Container>) -> Result<()> {
+        let (id, bundle, state) = {
+            let c = entry.rec();
+            (c.id.clone(), c.bundle.clone(), c.state)
+        };
+        if state != ContainerState::Unknown {
+            return Ok(());
+        }
+        self.take_step(&Step::StopShim {
+            id: id.clone(),
+            bundle,
+        })
+        .map_err(|e| Error::Internal(e.context(format!("stopping container {id}"))))?;
+        let mut c = entry.rec();
+        c.state = ContainerState::Exited;
+        c.exit_code = 255;
+        c.finished_at = self.host.clock.now_ns().max(c.created_at);
+        if let Err(e) = self.container_records.save(&c.id, &c) {
+            tracing::warn!(id = %c.id, error = %format!("{e:#}"), "could not record the stopped container");
+        }
+        Ok(())
+    }
+
+    /// Retries what the sandbox still owes; the caller holds its lifecycle
+    /// lock.
+    pub(crate) fn settle_sandbox(&self, entry: &Entry<Sandbox>) -> Result<()> {
+        let owed = entry.rec().owed.clone();
+        if owed.is_empty() {
+            return Ok(());
+        }
+        let left = cleanup::settle(&owed, |s| self.take_step(s));
+        let mut sb = entry.rec();
+        sb.owed = left.clone();
+        if let Err(e) = self.sandbox_records.save(&sb.id, &sb) {
+            tracing::warn!(id = %sb.id, error = %format!("{e:#}"), "could not record what the pod sandbox still owes");
+        }
+        if left.is_empty() {
+            tracing::info!(id = %sb.id, "the failed create's leftovers are undone");
+            return Ok(());
+        }
+        Err(Error::internal(format!(
+            "pod sandbox {} still has leftovers of its create to undo: {}",
+            sb.id,
+            cleanup::describe(&left)
+        )))
+    }
+}
