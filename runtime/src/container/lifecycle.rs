@@ -147,8 +147,7 @@ impl Runtime {
 
         let user = user::resolve(&rootfs, &cfg.security, &image.config.user)?;
         let image_name = display_image_name(&cfg, &image);
-        let min_oom =
-            (!process::has_capability(process::CAP_SYS_RESOURCE)).then(process::own_oom_score_adj);
+        let host = crate::sys::facts::probe(&self.cgroups, &cfg, sb);
         let oci = spec::build(&spec::SpecInput {
             id: &id,
             config: &cfg,
@@ -158,11 +157,8 @@ impl Runtime {
             user: &user,
             rootfs: &rootfs,
             target_pid,
-            cgroups: &self.cgroups,
-            min_oom_score_adj: min_oom,
+            host: &host,
             default_cgroup_parent: &self.opts.default_cgroup_parent,
-            bounding_set: process::capability_bounding_set(),
-            apparmor: process::apparmor_enabled(),
         })?;
         let cgroup_path = oci
             .linux()
