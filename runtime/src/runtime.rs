@@ -168,7 +168,7 @@ impl Runtime {
                     .into());
             }
         };
-        let cgroups = CgroupHost::detect();
+        let cgroups = host.facts.cgroups();
         for (controller, fields) in cgroups.missing() {
             tracing::warn!(
                 controller,

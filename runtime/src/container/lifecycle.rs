@@ -19,7 +19,6 @@ use crate::names::Reservation;
 use crate::runtime::{Entry, Runtime, if_exists};
 use crate::sandbox::SandboxState;
 use crate::sandbox::config::NamespaceMode;
-use crate::sys::process;
 use crate::sys::runc::RuncStatus;
 use crate::{Error, Result, ids, teardown};
 
@@ -185,8 +184,7 @@ impl Runtime {
 
         let user = user::resolve(&rootfs, &cfg.security, &image.config.user)?;
         let image_name = display_image_name(cfg, image);
-        let min_oom =
-            (!process::has_capability(process::CAP_SYS_RESOURCE)).then(process::own_oom_score_adj);
+        let facts = self.host.facts.for_container(&self.cgroups, cfg, sb);
         let oci = spec::build(&spec::SpecInput {
             id,
             config: cfg,
@@ -196,11 +194,8 @@ impl Runtime {
             user: &user,
             rootfs: &rootfs,
             target_pid: m.target_pid,
-            cgroups: &self.cgroups,
-            min_oom_score_adj: min_oom,
+            host: &facts,
             default_cgroup_parent: &self.opts.default_cgroup_parent,
-            bounding_set: process::capability_bounding_set(),
-            apparmor: process::apparmor_enabled(),
         })?;
         let cgroup_path = oci
             .linux()

@@ -21,9 +21,12 @@ use crust_shim_protocol::files::{EXIT_FILE, SHIM_PID_FILE};
 use crust_shim_protocol::{ExitRecord, control};
 
 use super::{
-    Clock, CreateError, Created, ExecCommand, Host, Launch, Mounts, Namespaces, Network, Runc,
-    RuncStatus, Shim, UsageReader,
+    CgroupHost, Clock, CreateError, Created, ExecCommand, Facts, Host, Launch, Mounts, Namespaces,
+    Network, Runc, RuncStatus, Shim, UsageReader,
 };
+use crate::container::config::ContainerConfig;
+use crate::container::spec::HostFacts;
+use crate::sandbox::Sandbox;
 use crate::sys::cgroup_usage::CgroupUsage;
 
 /// One container as the fake runc knows it.
@@ -126,6 +129,7 @@ impl FakeHost {
             network: self.clone(),
             cgroups: self.clone(),
             clock: self.clone(),
+            facts: self.clone(),
         }
     }
 
@@ -424,5 +428,41 @@ impl Clock for FakeHost {
         let mut w = self.world();
         w.now += 1_000;
         w.now
+    }
+}
+
+impl Facts for FakeHost {
+    fn cgroups(&self) -> CgroupHost {
+        CgroupHost {
+            v2: true,
+            cpu: true,
+            cpuset: true,
+            memory: true,
+            memory_swap: true,
+            hugetlb: true,
+        }
+    }
+
+    fn for_container(
+        &self,
+        cgroups: &CgroupHost,
+        config: &ContainerConfig,
+        _sandbox: &Sandbox,
+    ) -> HostFacts {
+        HostFacts {
+            bounding_set: (1 << 41) - 1,
+            apparmor: false,
+            min_oom_score_adj: None,
+            cgroups: cgroups.clone(),
+            host_devices: Vec::new(),
+            requested_devices: Default::default(),
+            mount_sources: config
+                .mounts
+                .iter()
+                .map(|m| (m.host_path.clone(), Ok(PathBuf::from(&m.host_path))))
+                .collect(),
+            seccomp_profile: None,
+            hostname_file: String::new(),
+        }
     }
 }

@@ -22,6 +22,10 @@ use crust_cni::nsfs::PinRequest;
 use crust_cni::{Attachment, PodNetwork};
 use crust_shim_protocol::{ExitRecord, control};
 
+use crate::container::config::ContainerConfig;
+use crate::container::spec::HostFacts;
+use crate::sandbox::Sandbox;
+pub use crate::sys::cgroup::CgroupHost;
 pub use crate::sys::cgroup_usage::UsageReader;
 pub use crate::sys::runc::RuncStatus;
 
@@ -42,6 +46,9 @@ pub struct Host {
     pub cgroups: Arc<dyn UsageReader>,
     /// Wall-clock time for records and events.
     pub clock: Arc<dyn Clock>,
+    /// What the machine offers containers (privileges, cgroup controllers,
+    /// devices, the files a request names).
+    pub facts: Arc<dyn Facts>,
 }
 
 impl Host {
@@ -187,6 +194,20 @@ pub trait Network: Send + Sync {
     fn check(&self, id: &str) -> crust_cni::Result<()>;
     /// Ids of every recorded attachment.
     fn attached_ids(&self) -> Vec<String>;
+}
+
+/// What the machine offers containers, read where the spec builder needs it.
+pub trait Facts: Send + Sync {
+    /// What the host's cgroups can enforce; read once, at start.
+    fn cgroups(&self) -> CgroupHost;
+    /// What building the spec of `config` in `sandbox` needs to know of the
+    /// machine; `cgroups` is what [`Facts::cgroups`] found.
+    fn for_container(
+        &self,
+        cgroups: &CgroupHost,
+        config: &ContainerConfig,
+        sandbox: &Sandbox,
+    ) -> HostFacts;
 }
 
 /// Wall-clock time.

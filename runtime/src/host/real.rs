@@ -9,7 +9,10 @@ use crust_cni::config::NetworkList;
 use crust_cni::nsfs::{self, PinRequest};
 use crust_cni::{Attachment, Cni, PodNetwork};
 
-use super::{Clock, Host, Namespaces, Network};
+use super::{CgroupHost, Clock, Facts, Host, Namespaces, Network};
+use crate::container::config::ContainerConfig;
+use crate::container::spec::HostFacts;
+use crate::sandbox::Sandbox;
 use crate::sys::cgroup_usage;
 use crate::sys::mount::KernelMounts;
 use crate::sys::runc::RuncBinary;
@@ -32,6 +35,7 @@ pub(super) fn host(opts: &crate::Options) -> Result<Host> {
         network: Arc::new(Cni::new(opts.cni.clone())?),
         cgroups: Arc::from(cgroup_usage::host_reader()),
         clock: Arc::new(SystemClock),
+        facts: Arc::new(MachineFacts),
     })
 }
 
@@ -84,5 +88,23 @@ struct SystemClock;
 impl Clock for SystemClock {
     fn now_ns(&self) -> i64 {
         crate::clock::now_ns()
+    }
+}
+
+/// This machine, probed.
+struct MachineFacts;
+
+impl Facts for MachineFacts {
+    fn cgroups(&self) -> CgroupHost {
+        CgroupHost::detect()
+    }
+
+    fn for_container(
+        &self,
+        cgroups: &CgroupHost,
+        config: &ContainerConfig,
+        sandbox: &Sandbox,
+    ) -> HostFacts {
+        crate::sys::facts::probe(cgroups, config, sandbox)
     }
 }

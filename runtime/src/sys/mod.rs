@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod cgroup_usage;
+pub mod facts;
 pub mod link_stats;
 pub mod mount;
 pub mod netns;
