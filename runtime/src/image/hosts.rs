@@ -28,13 +28,20 @@
 //! the upstream. Without any directory the upstream alone is used: plain HTTP
 //! for loopback registries (unless TLS settings are given for them), HTTPS
 //! otherwise.
+//!
+//! The file is read by serde (see the file module); a key it does not know
+//! is ignored with a warning, as containerd ignores it. A value of the wrong
+//! type is refused with its line, column and key.
+
+mod file;
 
 use std::path::{Path, PathBuf};
 
-use toml::{Table, Value};
+use toml::de::{DeTable, DeValue};
 
 use super::reference::DEFAULT_DOMAIN;
 use crate::{Error, Result};
+use file::{HostSettings, HostsFile};
 
 /// Host that serves the `docker.io` registry API.
 pub(crate) const DOCKER_HUB_HOST: &str = "registry-1.docker.io";
@@ -282,64 +289,97 @@ pub(crate) fn parse(
     dir: &Path,
     domain: &str,
 ) -> std::result::Result<Vec<RegistryHost>, String> {
-    let table: Table = text.parse().map_err(|e: toml::de::Error| {
-        let reason = e.message().trim_end_matches('.');
-        match e.span() {
-            Some(span) => {
-                let before = text.get(..span.start).unwrap_or(text);
-                let line = before.matches('\n').count() + 1;
-                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!("line {line}, column {column}: {reason}")
-            }
-            None => reason.to_string(),
-        }
-    })?;
-    let mut hosts = Vec::new();
-    if let Some(mirrors) = table.get("host") {
-        let mirrors = mirrors
-            .as_table()
-            .ok_or("`host` must be a table of `[host.\"<url>\"]` tables")?;
-        for (url, value) in mirrors {
-            let fields = value
-                .as_table()
-                .ok_or_else(|| format!("`host.{url:?}` must be a table"))?;
-            let what = format!("[host.{url:?}]");
-            hosts.push(host_from(url, fields, dir, &what, false)?);
-        }
+    let mut file: HostsFile = toml::from_str(text).map_err(|e| located(text, &e))?;
+    let mut hosts = Vec::with_capacity(file.host.0.len() + 1);
+    for (url, settings) in &file.host.0 {
+        let what = format!("[host.{url:?}]");
+        hosts.push(host_from(url, settings, dir, &what, false)?);
     }
-    let upstream = match table.get("server") {
-        Some(Value::String(server)) if !server.is_empty() => {
-            host_from(server, &table, dir, "the top level", true)?
+    let settings = file.take_upstream_settings();
+    let upstream = match file.server.as_deref() {
+        Some(server) if !server.is_empty() => {
+            host_from(server, &settings, dir, "the top level", true)?
         }
-        Some(Value::String(_)) | None => {
+        _ => {
             // containerd keeps the top-level TLS settings and headers for the
             // default server but gives it every capability.
-            let fields = fields_of(&table, dir, "the top level")?;
+            let fields = fields_of(&settings, dir, "the top level")?;
             let mut host = default_upstream(domain, fields.tls);
             host.headers = fields.headers;
             host
         }
-        Some(_) => return Err("`server` must be a string".into()),
     };
     hosts.push(upstream);
-    for (key, _) in table.iter() {
-        if !matches!(key.as_str(), "server" | "host") && !FIELDS.contains(&key.as_str()) {
-            tracing::warn!(key = %key, "ignoring an unknown key in a registry hosts.toml");
-        }
+    for key in unknown_keys(&file) {
+        tracing::warn!(key = %key, dir = %dir.display(), "ignoring an unknown key in a registry hosts.toml");
     }
     Ok(hosts)
 }
 
-/// Keys of a host's settings.
-const FIELDS: &[&str] = &[
-    "capabilities",
-    "ca",
-    "client",
-    "skip_verify",
-    "header",
-    "override_path",
-    "dial_timeout",
-];
+/// The keys of `file` that are not hosts.toml keys, as dotted paths:
+/// ignored, as containerd ignores them, but worth a warning (a typo such as
+/// `capabilites` would otherwise go unnoticed).
+fn unknown_keys(file: &HostsFile) -> Vec<String> {
+    let top = file.unknown.keys().map(|key| toml_key(key));
+    let mirrors = file.host.0.iter().flat_map(|(url, settings)| {
+        settings
+            .unknown
+            .keys()
+            .map(move |key| format!("host.{}.{}", toml_key(url), toml_key(key)))
+    });
+    top.chain(mirrors).collect()
+}
+
+/// A TOML error with where it is: line, column and the key it is under.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let reason = e.message().trim_end_matches('.');
+    let Some(span) = e.span() else {
+        return reason.to_string();
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    match key_at(text, span.start) {
+        Some(key) => format!("line {line}, column {column} (`{key}`): {reason}"),
+        None => format!("line {line}, column {column}: {reason}"),
+    }
+}
+
+/// The dotted path of the innermost key whose value holds byte `at` of a
+/// well-formed TOML `text`, such as `host."https://m".ca`.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    fn walk(table: &DeTable<'_>, at: usize, path: &mut Vec<String>) -> bool {
+        for (key, value) in table {
+            path.push(toml_key(key.get_ref()));
+            if let DeValue::Table(inner) = value.get_ref()
+                && walk(inner, at, path)
+            {
+                return true;
+            }
+            if value.span().contains(&at) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let document = DeTable::parse(text).ok()?;
+    let mut path = Vec::new();
+    walk(document.get_ref(), at, &mut path).then(|| path.join("."))
+}
+
+/// A key as TOML writes it: bare if it can be, quoted otherwise.
+fn toml_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        key.to_string()
+    } else {
+        format!("{key:?}")
+    }
+}
 
 /// A host's settings other than its URL.
 struct Fields {
@@ -352,12 +392,12 @@ struct Fields {
 /// A host from its URL (`server` or a `[host]` key) and settings.
 fn host_from(
     url: &str,
-    fields: &Table,
+    settings: &HostSettings,
     dir: &Path,
     what: &str,
     upstream: bool,
 ) -> std::result::Result<RegistryHost, String> {
-    let f = fields_of(fields, dir, what)?;
+    let f = fields_of(settings, dir, what)?;
     let full = if url.contains("://") {
         url.to_string()
     } else {
@@ -391,29 +431,30 @@ fn host_from(
     })
 }
 
-fn fields_of(t: &Table, dir: &Path, what: &str) -> std::result::Result<Fields, String> {
-    let capabilities = match t.get("capabilities") {
-        None => Capabilities::ALL,
-        Some(v) => {
-            let names = strings(v, what, "capabilities")?;
-            if names.is_empty() {
-                Capabilities::ALL
-            } else {
-                let mut caps = Capabilities(0);
-                for name in names {
-                    caps = caps.with(match name.to_ascii_lowercase().as_str() {
-                        "pull" => Capabilities::PULL,
-                        "resolve" => Capabilities::RESOLVE,
-                        "push" => Capabilities::PUSH,
-                        _ => {
-                            return Err(format!(
-                                "{what}: unknown capability {name:?} (known: pull, resolve, push)"
-                            ));
-                        }
-                    });
-                }
-                caps
+/// What a host's settings mean: capability names, paths relative to `dir`,
+/// valid header names and values.
+fn fields_of(
+    settings: &HostSettings,
+    dir: &Path,
+    what: &str,
+) -> std::result::Result<Fields, String> {
+    let capabilities = match settings.capabilities.as_ref().map(|c| c.0.as_slice()) {
+        None | Some([]) => Capabilities::ALL,
+        Some(names) => {
+            let mut caps = Capabilities(0);
+            for name in names {
+                caps = caps.with(match name.to_ascii_lowercase().as_str() {
+                    "pull" => Capabilities::PULL,
+                    "resolve" => Capabilities::RESOLVE,
+                    "push" => Capabilities::PUSH,
+                    _ => {
+                        return Err(format!(
+                            "{what}: unknown capability {name:?} (known: pull, resolve, push)"
+                        ));
+                    }
+                });
             }
+            caps
         }
     };
     let path_of = |p: &str| {
@@ -424,92 +465,42 @@ fn fields_of(t: &Table, dir: &Path, what: &str) -> std::result::Result<Fields, S
             dir.join(p)
         }
     };
-    let ca = match t.get("ca") {
-        None => Vec::new(),
-        Some(v) => strings(v, what, "ca")?.iter().map(|p| path_of(p)).collect(),
-    };
-    let client = match t.get("client") {
-        None => Vec::new(),
-        Some(Value::String(s)) => vec![(path_of(s), None)],
-        Some(Value::Array(items)) => {
-            let mut pairs = Vec::new();
-            for item in items {
-                match item {
-                    Value::String(s) => pairs.push((path_of(s), None)),
-                    Value::Array(pair) => match pair.as_slice() {
-                        [Value::String(cert), Value::String(key)] => {
-                            pairs.push((path_of(cert), Some(path_of(key))))
-                        }
-                        _ => {
-                            return Err(format!(
-                                "{what}: a `client` pair must be [\"cert\", \"key\"]"
-                            ));
-                        }
-                    },
-                    _ => return Err(format!("{what}: `client` entries must be strings or pairs")),
-                }
-            }
-            pairs
-        }
-        Some(_) => {
-            return Err(format!(
-                "{what}: `client` must be a path, a list of paths, or a list of [cert, key] pairs"
-            ));
-        }
-    };
-    let skip_verify = match t.get("skip_verify") {
-        None => false,
-        Some(Value::Boolean(b)) => *b,
-        Some(_) => return Err(format!("{what}: `skip_verify` must be true or false")),
-    };
-    let override_path = match t.get("override_path") {
-        None => false,
-        Some(Value::Boolean(b)) => *b,
-        Some(_) => return Err(format!("{what}: `override_path` must be true or false")),
-    };
+    let ca = settings
+        .ca
+        .iter()
+        .flat_map(|ca| &ca.0)
+        .map(|p| path_of(p))
+        .collect();
+    let client = settings
+        .client
+        .iter()
+        .flat_map(|c| &c.0)
+        .map(|c| (path_of(&c.cert), c.key.as_deref().map(path_of)))
+        .collect();
     let mut headers = Vec::new();
-    match t.get("header") {
-        None => {}
-        Some(Value::Table(h)) => {
-            for (name, value) in h {
-                if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                    return Err(format!("{what}: {name:?} is not a valid header name"));
-                }
-                for v in strings(value, what, &format!("header {name}"))? {
-                    if reqwest::header::HeaderValue::from_str(&v).is_err() {
-                        return Err(format!(
-                            "{what}: the value of header {name} is not a valid header value"
-                        ));
-                    }
-                    headers.push((name.clone(), v));
-                }
-            }
+    for (name, values) in &settings.header.0 {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!("{what}: {name:?} is not a valid header name"));
         }
-        Some(_) => return Err(format!("{what}: `header` must be a table")),
+        for v in &values.0 {
+            if reqwest::header::HeaderValue::from_str(v).is_err() {
+                return Err(format!(
+                    "{what}: the value of header {name} is not a valid header value"
+                ));
+            }
+            headers.push((name.clone(), v.clone()));
+        }
     }
     Ok(Fields {
         capabilities,
         tls: TlsSettings {
             ca,
-            skip_verify,
+            skip_verify: settings.skip_verify,
             client,
         },
         headers,
-        override_path,
+        override_path: settings.override_path,
     })
-}
-
-/// A string or a list of strings.
-fn strings(v: &Value, what: &str, key: &str) -> std::result::Result<Vec<String>, String> {
-    let bad = || format!("{what}: `{key}` must be a string or a list of strings");
-    match v {
-        Value::String(s) => Ok(vec![s.clone()]),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| i.as_str().map(String::from).ok_or_else(bad))
-            .collect(),
-        _ => Err(bad()),
-    }
 }
 
 #[cfg(test)]

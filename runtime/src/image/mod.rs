@@ -25,6 +25,7 @@
 //! it uses in memory. After a removal, a release, a moved tag, and at open,
 //! every blob and snapshot referenced by none of these is deleted.
 
+mod catalog;
 mod content;
 mod digest;
 mod foreign;

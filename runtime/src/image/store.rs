@@ -14,15 +14,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context;
 
+use super::catalog::{Catalog, Pinned};
 use super::content::ContentStore;
 use super::digest::hex_of;
-use super::locks::KeyedLocks;
 use super::options::ImageOptions;
+use super::pull::Puller;
 use super::record::{Image, Lease, MetaFiles};
 use super::reference::Reference;
 use super::registry::{RegistryAuth, RegistryClient};
@@ -37,41 +37,31 @@ pub const MIN_ID_PREFIX: usize = 4;
 #[derive(Debug)]
 pub struct ImageStore {
     inner: Arc<Inner>,
+    /// Pulls into `inner`, which it sees only as a [`Catalog`].
+    puller: Puller,
 }
 
+/// The records, leases and pins, with the blobs and snapshots they keep.
 #[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) root: PathBuf,
-    pub(crate) options: ImageOptions,
-    pub(crate) content: ContentStore,
-    pub(crate) snapshots: Snapshots,
-    pub(crate) registry: RegistryClient,
-    pub(crate) locks: KeyedLocks,
+struct Inner {
+    root: PathBuf,
+    options: ImageOptions,
+    content: ContentStore,
+    snapshots: Snapshots,
     meta: MetaFiles,
     tallies: ImageTallies,
-    /// What pulls downloaded, for crustd's metrics.
-    pub(crate) pulled: PullTotals,
     state: Mutex<State>,
     meta_lock: Mutex<()>,
     gc_lock: Mutex<()>,
     _root_lock: nix::fcntl::Flock<File>,
 }
 
-/// Counts of what pulls downloaded.
-#[derive(Debug, Default)]
-pub(crate) struct PullTotals {
-    /// Layer bytes received from registries.
-    pub(crate) bytes: AtomicU64,
-    /// Layers downloaded and unpacked.
-    pub(crate) layers: AtomicU64,
-}
-
 #[derive(Debug, Default)]
 struct State {
     images: BTreeMap<String, Image>,
     leases: HashMap<String, Lease>,
-    /// Keys `blob:<digest>` and `snap:<chain id>` in use by running pulls.
-    pins: HashMap<String, usize>,
+    /// Blobs and snapshots in use by running pulls, with how many pins each.
+    pins: HashMap<Pinned, usize>,
 }
 
 /// How a name matched an image.
@@ -220,23 +210,20 @@ impl ImageStore {
         state.leases = meta.load_leases()?.into_iter().collect();
 
         let registry = RegistryClient::new(&options)?;
-        let store = ImageStore {
-            inner: Arc::new(Inner {
-                root,
-                options,
-                content,
-                snapshots,
-                registry,
-                locks: KeyedLocks::default(),
-                meta,
-                tallies: ImageTallies::default(),
-                pulled: PullTotals::default(),
-                state: Mutex::new(state),
-                meta_lock: Mutex::new(()),
-                gc_lock: Mutex::new(()),
-                _root_lock: root_lock,
-            }),
-        };
+        let inner = Arc::new(Inner {
+            root,
+            options,
+            content,
+            snapshots,
+            meta,
+            tallies: ImageTallies::default(),
+            state: Mutex::new(state),
+            meta_lock: Mutex::new(()),
+            gc_lock: Mutex::new(()),
+            _root_lock: root_lock,
+        });
+        let puller = Puller::new(inner.clone(), registry, &inner.options);
+        let store = ImageStore { inner, puller };
         store.inner.gc()?;
         Ok(store)
     }
@@ -246,7 +233,7 @@ impl ImageStore {
     /// image or of images sharing layers download and unpack a layer once.
     pub async fn pull(&self, reference: &str, auth: &RegistryAuth) -> Result<Image> {
         auth.check()?;
-        let pulled = super::pull::pull(&self.inner, reference, auth).await;
+        let pulled = self.puller.pull(reference, auth).await;
         // A pull churns through megabytes of buffers; hand them back to the OS
         // rather than let the allocator keep them for the daemon's lifetime.
         crate::sys::process::release_free_memory();
@@ -351,17 +338,13 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Space and inodes used under `content/` and `snapshots/`; the
     /// Layer bytes downloaded and layers unpacked by pulls since crustd
     /// started, for its metrics.
     pub fn pull_totals(&self) -> (u64, u64) {
-        let p = &self.inner.pulled;
-        (
-            p.bytes.load(Ordering::Relaxed),
-            p.layers.load(Ordering::Relaxed),
-        )
+        self.puller.totals()
     }
 
+    /// Space and inodes used under `content/` and `snapshots/`; the
     /// mountpoint reported is the snapshots directory. Committed snapshots
     /// are walked once and remembered (see the usage module), so this is
     /// cheap enough for kubelet's periodic ImageFsInfo. Blocking.
@@ -410,30 +393,24 @@ fn names_image(name: &str, image: &Image) -> bool {
     }
 }
 
-impl Inner {
-    /// Adds keys to the pins (`blob:<digest>`, `snap:<chain id>`).
-    pub(crate) fn pin(&self, keys: &[String]) {
-        let mut state = lock(&self.state);
-        for k in keys {
-            *state.pins.entry(k.clone()).or_default() += 1;
-        }
+impl Catalog for Inner {
+    fn pin(&self, item: &Pinned) {
+        *lock(&self.state).pins.entry(item.clone()).or_default() += 1;
     }
 
-    /// Drops keys from the pins.
-    pub(crate) fn unpin(&self, keys: &[String]) {
+    fn unpin(&self, items: &[Pinned]) {
         let mut state = lock(&self.state);
-        for k in keys {
-            if let Some(n) = state.pins.get_mut(k) {
+        for item in items {
+            if let Some(n) = state.pins.get_mut(item) {
                 *n -= 1;
                 if *n == 0 {
-                    state.pins.remove(k);
+                    state.pins.remove(item);
                 }
             }
         }
     }
 
-    /// The record for a digest reference, if every layer of it is unpacked.
-    pub(crate) fn find_complete(&self, digest_ref: &str) -> Option<Image> {
+    fn find(&self, digest_ref: &str) -> Option<Image> {
         let state = lock(&self.state);
         let found = state.resolve(digest_ref)?;
         let image = state.images.get(found.id())?;
@@ -444,10 +421,7 @@ impl Inner {
             .then(|| image.clone())
     }
 
-    /// Records a pulled image: merges it with an existing record of the same
-    /// id and moves its tags away from other images. Returns the record and
-    /// whether some other image was deleted (so a collection is due).
-    pub(crate) fn commit_pull(&self, pulled: Image) -> Result<(Image, bool)> {
+    fn commit(&self, pulled: Image) -> Result<(Image, bool)> {
         let _meta = lock(&self.meta_lock);
         let (merged, others, deleted) = {
             let state = lock(&self.state);
@@ -497,6 +471,64 @@ impl Inner {
         Ok((merged, !deleted.is_empty()))
     }
 
+    fn gc(&self) -> Result<()> {
+        let _gc = lock(&self.gc_lock);
+        let mut doomed = Vec::new();
+        {
+            let state = lock(&self.state);
+            let mut snaps: HashSet<&str> = HashSet::new();
+            let mut blobs: HashSet<&str> = HashSet::new();
+            for image in state.images.values() {
+                snaps.extend(image.layers.iter().map(|l| l.chain_id.as_str()));
+                blobs.extend(image.blobs());
+            }
+            for lease in state.leases.values() {
+                snaps.extend(lease.chain_ids.iter().map(String::as_str));
+            }
+            for pinned in state.pins.keys() {
+                match pinned {
+                    Pinned::Snapshot(chain) => snaps.insert(chain.as_str()),
+                    Pinned::Blob(blob) => blobs.insert(blob.as_str()),
+                };
+            }
+            let mut unindexed = false;
+            for chain in self.snapshots.list()? {
+                if !snaps.contains(chain.as_str()) {
+                    if let Some(dir) = self.snapshots.unindex(&chain)? {
+                        doomed.push(dir);
+                    }
+                    unindexed = true;
+                    tracing::debug!(chain_id = %chain, "collecting snapshot");
+                }
+            }
+            if unindexed {
+                self.snapshots.sync_index()?;
+            }
+            for blob in self.content.list()? {
+                if !blobs.contains(blob.as_str()) {
+                    tracing::debug!(digest = %blob, "collecting blob");
+                    self.content.remove(&blob)?;
+                }
+            }
+        }
+        for dir in doomed {
+            if let Err(e) = self.snapshots.remove_dir(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not delete a collected snapshot; it goes at the next start");
+            }
+        }
+        Ok(())
+    }
+
+    fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
+    fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
+    }
+}
+
+impl Inner {
     fn remove(&self, name: &str) -> Result<()> {
         let _meta = lock(&self.meta_lock);
         let change = {
@@ -588,56 +620,6 @@ impl Inner {
         lock(&self.state).leases.remove(container_id);
         Ok(true)
     }
-
-    /// Deletes blobs and snapshots that no image, lease or running pull uses.
-    pub(crate) fn gc(&self) -> Result<()> {
-        let _gc = lock(&self.gc_lock);
-        let mut doomed = Vec::new();
-        {
-            let state = lock(&self.state);
-            let mut snaps: HashSet<&str> = HashSet::new();
-            let mut blobs: HashSet<&str> = HashSet::new();
-            for image in state.images.values() {
-                snaps.extend(image.layers.iter().map(|l| l.chain_id.as_str()));
-                blobs.extend(image.blobs());
-            }
-            for lease in state.leases.values() {
-                snaps.extend(lease.chain_ids.iter().map(String::as_str));
-            }
-            for key in state.pins.keys() {
-                if let Some(chain) = key.strip_prefix("snap:") {
-                    snaps.insert(chain);
-                } else if let Some(blob) = key.strip_prefix("blob:") {
-                    blobs.insert(blob);
-                }
-            }
-            let mut unindexed = false;
-            for chain in self.snapshots.list()? {
-                if !snaps.contains(chain.as_str()) {
-                    if let Some(dir) = self.snapshots.unindex(&chain)? {
-                        doomed.push(dir);
-                    }
-                    unindexed = true;
-                    tracing::debug!(chain_id = %chain, "collecting snapshot");
-                }
-            }
-            if unindexed {
-                self.snapshots.sync_index()?;
-            }
-            for blob in self.content.list()? {
-                if !blobs.contains(blob.as_str()) {
-                    tracing::debug!(digest = %blob, "collecting blob");
-                    self.content.remove(&blob)?;
-                }
-            }
-        }
-        for dir in doomed {
-            if let Err(e) = self.snapshots.remove_dir(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not delete a collected snapshot; it goes at the next start");
-            }
-        }
-        Ok(())
-    }
 }
 
 fn union(a: &[String], b: &[String]) -> Vec<String> {
@@ -714,9 +696,9 @@ mod tests {
             ],
             &[&a_digest],
         );
-        store.inner.commit_pull(a).unwrap();
+        store.inner.commit(a).unwrap();
         let b = image(&b_hex, &["reg.io/b:1"], &[&format!("reg.io/b@{d2}")]);
-        store.inner.commit_pull(b).unwrap();
+        store.inner.commit(b).unwrap();
 
         let id_of = |name: &str| store.get(name).map(|i| i.id[7..].to_string());
         assert_eq!(id_of("busybox").as_deref(), Some(a_hex.as_str()));
@@ -756,7 +738,7 @@ mod tests {
         let c_hex = format!("abcd{}", "1".repeat(60));
         store
             .inner
-            .commit_pull(image(&c_hex, &["reg.io/c:1"], &[]))
+            .commit(image(&c_hex, &["reg.io/c:1"], &[]))
             .unwrap();
         assert_eq!(id_of("abcd"), None);
         assert_eq!(id_of("abcd0").as_deref(), Some(a_hex.as_str()));
@@ -764,7 +746,7 @@ mod tests {
         // A tag moves to the image pulled last; c keeps nothing else, so it goes.
         store
             .inner
-            .commit_pull(image(&b_hex, &["reg.io/c:1"], &[]))
+            .commit(image(&b_hex, &["reg.io/c:1"], &[]))
             .unwrap();
         assert!(store.get(&c_hex).is_none());
         assert_eq!(
@@ -791,7 +773,7 @@ mod tests {
         let e_digest = format!("reg.io/e@{d1}");
         store
             .inner
-            .commit_pull(image(&e_hex, &["reg.io/e:1", "reg.io/e:2"], &[&e_digest]))
+            .commit(image(&e_hex, &["reg.io/e:1", "reg.io/e:2"], &[&e_digest]))
             .unwrap();
         store.remove(&e_digest).await.unwrap();
         assert!(store.get(&e_hex).is_none());
@@ -799,6 +781,26 @@ mod tests {
         // By id, everything goes.
         store.remove(&format!("sha256:{b_hex}")).await.unwrap();
         assert!(store.list().is_empty());
+    }
+
+    #[test]
+    fn pins_count_and_keep_blobs_from_the_collector() {
+        let root = root("pins");
+        let store = ImageStore::open(&root.0, ImageOptions::default()).unwrap();
+        let catalog: &dyn Catalog = &*store.inner;
+        let digest = crate::image::digest::sha256_of(b"pinned");
+        catalog.content().write(&digest, b"pinned").unwrap();
+        let pin = Pinned::Blob(digest.clone());
+        catalog.pin(&pin);
+        catalog.pin(&pin);
+        catalog.gc().unwrap();
+        assert!(catalog.content().has(&digest));
+        catalog.unpin(std::slice::from_ref(&pin));
+        catalog.gc().unwrap();
+        assert!(catalog.content().has(&digest), "one pin is left");
+        catalog.unpin(std::slice::from_ref(&pin));
+        catalog.gc().unwrap();
+        assert!(!catalog.content().has(&digest));
     }
 
     #[test]

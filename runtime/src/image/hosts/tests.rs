@@ -313,25 +313,54 @@ fn malformed_files_name_themselves() {
     for (text, says) in [
         ("server = ", "line 1, column 10: "),
         ("\n[host.\"http://m\"]\nca = [\"a\", \n", "line 3, column"),
-        ("server = 5", "`server` must be a string"),
+        (
+            "server = 5",
+            "line 1, column 10 (`server`): invalid type: integer `5`, expected a string",
+        ),
         (
             "[host.\"http://m\"]\ncapabilities = [\"pull\", \"fly\"]\n",
-            "unknown capability \"fly\"",
+            "[host.\"http://m\"]: unknown capability \"fly\" (known: pull, resolve, push)",
         ),
-        ("[host.\"http://m\"]\nca = 3\n", "`ca` must be a string"),
+        (
+            "[host.\"http://m\"]\nca = 3\n",
+            "line 2, column 6 (`host.\"http://m\".ca`): invalid type: integer `3`, expected a string or a list of strings",
+        ),
+        (
+            "[host.\"http://m\"]\nca = [\"a\", 3]\n",
+            "(`host.\"http://m\".ca`): invalid type: integer `3`, expected a string",
+        ),
         (
             "[host.\"http://m\"]\nskip_verify = \"yes\"\n",
-            "`skip_verify` must be true or false",
+            "(`host.\"http://m\".skip_verify`): invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "skip_verify = 1\n",
+            "line 1, column 15 (`skip_verify`): invalid type: integer `1`, expected a boolean",
         ),
         ("[host.\"ftp://m\"]\n", "must be http or https"),
-        ("host = 1\n", "`host` must be a table"),
+        (
+            "host = 1\n",
+            "line 1, column 8 (`host`): invalid type: integer `1`, expected a table",
+        ),
+        (
+            "host = { \"http://m\" = 1 }\n",
+            "(`host.\"http://m\"`): invalid type: integer `1`, expected a table of host settings",
+        ),
         (
             "[host.\"http://m\"]\nclient = [[\"a\"]]\n",
-            "a `client` pair must be",
+            "(`host.\"http://m\".client`): a `client` pair must be [\"cert\", \"key\"]",
+        ),
+        (
+            "[host.\"http://m\"]\nclient = 5\n",
+            "expected a path, a list of paths, or a list of [cert, key] pairs",
         ),
         (
             "[host.\"http://m\".header]\nx = 1\n",
-            "`header x` must be a string",
+            "(`host.\"http://m\".header.x`): invalid type: integer `1`, expected a string or a list of strings",
+        ),
+        (
+            "[host.\"http://m\".header]\n\"x y\" = \"1\"\n",
+            "[host.\"http://m\"]: \"x y\" is not a valid header name",
         ),
     ] {
         write(&root.0, "quay.io", "hosts.toml", text);
@@ -343,6 +372,52 @@ fn malformed_files_name_themselves() {
             other => panic!("{text:?}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn unknown_keys_are_ignored_as_containerd_does() {
+    let root = config_dir("unknown");
+    write(
+        &root.0,
+        "quay.io",
+        "hosts.toml",
+        r#"
+server = "https://quay.io"
+dial_timeout = "5s"
+future_setting = { any = ["shape", 1] }
+
+[host."https://m.example"]
+  capabilities = ["pull"]
+  dial_timeout = "1s"
+  typo_d_key = true
+"#,
+    );
+    let hosts = load(&root.0, "quay.io").unwrap();
+    assert_eq!(
+        urls(&hosts, "r"),
+        ["https://m.example/v2/r", "https://quay.io/v2/r"]
+    );
+    assert_eq!(hosts.hosts[0].capabilities, Capabilities::PULL);
+    let text = std::fs::read_to_string(root.0.join("quay.io/hosts.toml")).unwrap();
+    let file: file::HostsFile = toml::from_str(&text).unwrap();
+    assert_eq!(
+        unknown_keys(&file),
+        ["future_setting", "host.\"https://m.example\".typo_d_key"]
+    );
+}
+
+#[test]
+fn keys_are_named_as_toml_writes_them() {
+    assert_eq!(toml_key("skip_verify"), "skip_verify");
+    assert_eq!(toml_key("x-custom-1"), "x-custom-1");
+    assert_eq!(toml_key("https://m"), "\"https://m\"");
+    assert_eq!(toml_key(""), "\"\"");
+    let text = "a = 1\n[t.\"k k\"]\nb = [1, 2]\n[t.u]\nc = { d = 3 }\n";
+    let at = |needle: &str| text.find(needle).unwrap();
+    assert_eq!(key_at(text, at("1")).as_deref(), Some("a"));
+    assert_eq!(key_at(text, at("2")).as_deref(), Some("t.\"k k\".b"));
+    assert_eq!(key_at(text, at("3")).as_deref(), Some("t.u.c.d"));
+    assert_eq!(key_at("not = [toml", 7), None);
 }
 
 #[test]
