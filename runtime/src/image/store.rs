@@ -368,7 +368,7 @@ impl ImageStore {
 impl ImageStore {
     /// Records `image` as if it had been pulled, for tests without a registry.
     pub(crate) fn add_for_tests(&self, image: Image) -> Result<()> {
-        self.inner.commit_pull(image).map(drop)
+        self.inner.commit(image).map(drop)
     }
 
     /// How many containers hold images.
