@@ -44,7 +44,7 @@ CONFORMANCE_DIR := $(CURDIR)/target/conformance
 # finds applets in PATH, unlike busybox-static's; see test/src/conformance/images.rs).
 IMAGE_BUSYBOX := $(CONFORMANCE_DIR)/busybox/bin/busybox
 # critest specs skipped by name, each for a reason no runtime can help here;
-# any other failure not on the expected-failure list of test/tests/critest.rs
+# any other failure not on the expected-failure list of test/tests/e2e/critest.rs
 # fails `make conformance`:
 # - "public image with digest": pinned to an upstream digest that no offline
 #   build can have, so it fails on every runtime on this machine.
@@ -116,14 +116,14 @@ fuzz:
 
 soak: deps-test build
 	CRUST_BIN_DIR=$(CURDIR)/$(DEBUG) CRUST_SOAK_ROUNDS=$(SOAK_ROUNDS) \
-		$(CARGO) test -p crust-e2e --test load -- --ignored --nocapture soak
+		$(CARGO) test -p crust-e2e --test e2e -- --ignored --nocapture load::soak
 
 conformance: deps-conformance build $(CRITEST) $(KUBELET) $(CRICTL) $(IMAGE_BUSYBOX)
 	CRUST_BIN_DIR=$(CURDIR)/$(DEBUG) CRUST_CRITEST=$(CRITEST) CRUST_KUBELET=$(KUBELET) \
 		CRUST_CRICTL=$(CRICTL) CRUST_CONFORMANCE_BUSYBOX=$(IMAGE_BUSYBOX) \
 		CRUST_CRITEST_SKIP="$(CRITEST_SKIP)" \
-		$(CARGO) test -p crust-e2e --test critest --test kubelet --test crictl --no-fail-fast -- \
-		--ignored --test-threads=1 --nocapture
+		$(CARGO) test -p crust-e2e --test e2e --no-fail-fast -- \
+		--ignored --test-threads=1 --nocapture crictl:: critest:: kubelet::
 
 $(TOOLS_DIR)/%: $(TOOLS)/%.xz
 	@mkdir -p $(TOOLS_DIR)
