@@ -12,7 +12,7 @@
 //! The tests themselves are one binary, `tests/e2e` (a module per area, so
 //! tests are named `<module>::<test>`), which starts the shared registry and
 //! builds the images once for all of them. Run with `cargo build --workspace
-//! && cargo test -p crust-e2e -- --test-threads=2` as root, or one area with
+//! && cargo test -p crust-e2e -- --test-threads=4` as root, or one area with
 //! `cargo test -p crust-e2e --test e2e -- <module>::`. Environment knobs:
 //! - `CRUST_BIN_DIR`: where `crustd` and `crust-shim` are (default: the cargo
 //!   target dir of the test executable);
