@@ -1,5 +1,6 @@
 //! The images every test can pull, built from the host's `busybox-static` and
-//! pushed once per test binary to the shared registry:
+//! pushed to the shared registry once per test process (the suite is one
+//! binary, so once for all of it):
 //!
 //! - `busybox:1.0` (and `busybox:latest`): Docker schema 2, one gzip layer with
 //!   busybox and a symlink per applet, `/etc/passwd`, `/etc/group`, `Cmd: ["sh"]`.
@@ -72,7 +73,7 @@ pub struct TestImages {
 static SHARED: OnceLock<Result<TestImages, String>> = OnceLock::new();
 
 impl TestImages {
-    /// Starts the shared registry and pushes the images, once per test binary.
+    /// Starts the shared registry and pushes the images, once per test process.
     pub fn shared() -> Result<&'static TestImages> {
         SHARED
             .get_or_init(|| build_and_push_in_own_runtime().map_err(|e| format!("{e:#}")))

@@ -9,8 +9,11 @@
 //! which skips it (with a note) when the host cannot run it, bounds it with a
 //! timeout and tears down every process, mount and cgroup it made.
 //!
-//! Run with `cargo build --workspace && cargo test -p crust-e2e -- --test-threads=2`
-//! as root. Environment knobs:
+//! The tests themselves are one binary, `tests/e2e` (a module per area, so
+//! tests are named `<module>::<test>`), which starts the shared registry and
+//! builds the images once for all of them. Run with `cargo build --workspace
+//! && cargo test -p crust-e2e -- --test-threads=4` as root, or one area with
+//! `cargo test -p crust-e2e --test e2e -- <module>::`. Environment knobs:
 //! - `CRUST_BIN_DIR`: where `crustd` and `crust-shim` are (default: the cargo
 //!   target dir of the test executable);
 //! - `CRUST_E2E_TMPDIR`: parent of the per-test directories (default `$TMPDIR`

@@ -1,6 +1,8 @@
-//! The `docker-registry` the tests pull from: one per test binary, on a free
-//! loopback port with a temporary storage directory, killed by pid when the
-//! test process exits; and a small client for its HTTP API (push and fetch).
+//! The `docker-registry` the tests pull from: one per test process (the
+//! whole end-to-end suite is one binary, so one for the suite), on a free
+//! loopback port with a temporary storage directory, killed by pid and its
+//! directory removed when the test process exits, whether tests passed or
+//! not; and a small client for its HTTP API (push and fetch).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -31,7 +33,8 @@ pub struct Registry {
 static SHARED: OnceLock<Result<Registry, String>> = OnceLock::new();
 
 impl Registry {
-    /// The registry shared by all tests of this binary, started on first use.
+    /// The registry shared by all tests of this process, started on first use
+    /// and stopped (its directory removed) by an `atexit` handler.
     pub fn shared() -> Result<&'static Registry> {
         let registry = SHARED.get_or_init(|| {
             let started = Self::start_with_retries().map_err(|e| format!("{e:#}"));

@@ -1,5 +1,5 @@
 //! Names that are unique per test process and per call, so parallel tests and
-//! concurrent test binaries never share a directory, cgroup or pod name.
+//! concurrent test processes never share a directory, cgroup or pod name.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -50,19 +50,27 @@ pub fn mirror_to(certs_d: &Path, registry: &str) -> Result<()> {
     Ok(())
 }
 
-/// Builds critest's images, pushes them to the test registry and points
-/// `env`'s crustd at it for the registries they name.
+/// The references of critest's images, once they are in the shared registry.
+static PUSHED: tokio::sync::OnceCell<Vec<String>> = tokio::sync::OnceCell::const_new();
+
+/// Builds critest's images and pushes them to the shared test registry (once
+/// per test process: the first conformance test does it, the others find them
+/// there), and points `env`'s crustd at it for the registries they name.
 pub async fn serve_images(env: &TestEnv) -> Result<()> {
-    let bin_dir = binaries::locate()?
-        .crustd
-        .parent()
-        .context("crustd has no directory")?
-        .to_path_buf();
-    let parts = images::ImageParts::locate(&bin_dir)?;
-    let client = RegistryClient::new(&env.images.registry)?;
-    let pushed = images::push_all(&client, &parts).await?;
+    let pushed = PUSHED
+        .get_or_try_init(|| async {
+            let bin_dir = binaries::locate()?
+                .crustd
+                .parent()
+                .context("crustd has no directory")?
+                .to_path_buf();
+            let parts = images::ImageParts::locate(&bin_dir)?;
+            let client = RegistryClient::new(&env.images.registry)?;
+            images::push_all(&client, &parts).await
+        })
+        .await?;
     eprintln!(
-        "{}: {} images pushed to {}",
+        "{}: {} images in {}",
         env.name,
         pushed.len(),
         env.images.registry
