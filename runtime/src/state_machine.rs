@@ -142,6 +142,24 @@ impl Env {
         }
     }
 
+    /// A ready pod sandbox with a created container: their ids.
+    async fn pod_with_container(&self) -> (String, String) {
+        let sb = self.rt().run_sandbox(self.pod(0), None).await.unwrap();
+        let c = self
+            .rt()
+            .create_container(&sb, self.container(0), None)
+            .await
+            .unwrap();
+        (sb, c)
+    }
+
+    /// A ready pod sandbox with a running container: their ids.
+    async fn pod_with_running_container(&self) -> (String, String) {
+        let (sb, c) = self.pod_with_container().await;
+        self.rt().start_container(&c).await.unwrap();
+        (sb, c)
+    }
+
     /// Everything still made: on the fake machine, and under the runtime's
     /// directories and the pod's logs.
     fn leftovers(&self) -> Vec<String> {
@@ -391,12 +409,7 @@ async fn create_container_fails_at_every_call_and_leaves_only_what_a_retry_finis
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_container_fails_at_every_call_and_a_retry_or_removal_finishes() {
     let env = Env::new("count-start");
-    let sb = env.rt().run_sandbox(env.pod(0), None).await.unwrap();
-    let c = env
-        .rt()
-        .create_container(&sb, env.container(0), None)
-        .await
-        .unwrap();
+    let (_, c) = env.pod_with_container().await;
     env.host.inject(Fault::Never);
     env.rt().start_container(&c).await.unwrap();
     let calls = env.host.calls().len();
@@ -404,12 +417,7 @@ async fn start_container_fails_at_every_call_and_a_retry_or_removal_finishes() {
     for k in 1..=calls {
         for fault in faults(k) {
             let env = Env::new("start-container");
-            let sb = env.rt().run_sandbox(env.pod(0), None).await.unwrap();
-            let c = env
-                .rt()
-                .create_container(&sb, env.container(0), None)
-                .await
-                .unwrap();
+            let (_, c) = env.pod_with_container().await;
             env.host.inject(fault);
             let first = env.rt().start_container(&c).await;
             let seen = env.host.calls();
@@ -443,18 +451,8 @@ async fn start_container_fails_at_every_call_and_a_retry_or_removal_finishes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removals_fail_at_every_call_and_a_retry_finishes() {
-    let setup = |env: &Env| {
-        let rt = env.rt().clone();
-        let (pod, ctr) = (env.pod(0), env.container(0));
-        async move {
-            let sb = rt.run_sandbox(pod, None).await.unwrap();
-            let c = rt.create_container(&sb, ctr, None).await.unwrap();
-            rt.start_container(&c).await.unwrap();
-            (sb, c)
-        }
-    };
     let env = Env::new("count-remove");
-    let (sb, _) = setup(&env).await;
+    let (sb, _) = env.pod_with_running_container().await;
     env.host.inject(Fault::Never);
     env.rt().remove_sandbox(&sb).await.unwrap();
     let calls = env.host.calls().len();
@@ -462,7 +460,7 @@ async fn removals_fail_at_every_call_and_a_retry_finishes() {
     for k in 1..=calls {
         for fault in faults(k) {
             let env = Env::new("remove");
-            let (sb, c) = setup(&env).await;
+            let (sb, c) = env.pod_with_running_container().await;
             env.host.inject(fault);
             let first = env.rt().remove_sandbox(&sb).await;
             let seen = env.host.calls();
@@ -489,13 +487,7 @@ async fn removals_fail_at_every_call_and_a_retry_finishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_and_remove_are_idempotent() {
     let env = Env::new("idempotent");
-    let sb = env.rt().run_sandbox(env.pod(0), None).await.unwrap();
-    let c = env
-        .rt()
-        .create_container(&sb, env.container(0), None)
-        .await
-        .unwrap();
-    env.rt().start_container(&c).await.unwrap();
+    let (sb, c) = env.pod_with_running_container().await;
     for _ in 0..2 {
         env.rt().stop_container(&c, 0).await.unwrap();
         assert_eq!(
@@ -626,13 +618,7 @@ fn quiet_injected_crashes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_records_are_kept_unknown_until_removed() {
     let mut env = Env::new("unreadable");
-    let sb = env.rt().run_sandbox(env.pod(0), None).await.unwrap();
-    let c = env
-        .rt()
-        .create_container(&sb, env.container(0), None)
-        .await
-        .unwrap();
-    env.rt().start_container(&c).await.unwrap();
+    let (sb, c) = env.pod_with_running_container().await;
     env.crash();
     let meta = env.dir.join("root").join("meta");
     std::fs::write(meta.join("containers").join(format!("{c}.json")), b"{torn").unwrap();
