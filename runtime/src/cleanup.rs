@@ -36,8 +36,9 @@ pub enum Step {
     },
     /// Unpins a pod namespace.
     Unpin(PathBuf),
-    /// Stops the holder of a pod's PID namespace noted in a sandbox directory.
-    StopPidHolder(PathBuf),
+    /// Stops the holder of a pod's PID namespace, by pid (it is checked to
+    /// be that holder still, so a recycled pid is left alone).
+    StopPidHolder(i32),
     /// Detaches a pod's network (CNI DEL).
     DetachNetwork(String),
 }
@@ -62,11 +63,7 @@ impl fmt::Display for Step {
                 write!(f, "stop the shim and delete the runc container {id}")
             }
             Step::Unpin(p) => write!(f, "unpin the namespace {}", p.display()),
-            Step::StopPidHolder(dir) => write!(
-                f,
-                "stop the PID namespace holder noted in {}",
-                dir.display()
-            ),
+            Step::StopPidHolder(pid) => write!(f, "stop the PID namespace holder {pid}"),
             Step::DetachNetwork(id) => write!(f, "detach the network of pod sandbox {id}"),
         }
     }

@@ -6,7 +6,6 @@ use crate::cleanup::{self, Cleanup, Step};
 use crate::container::{Container, ContainerState};
 use crate::runtime::{Entry, Runtime};
 use crate::sandbox::Sandbox;
-use crate::sandbox::pidns;
 use crate::{Error, Result, fsutil, teardown};
 
 impl Runtime {
@@ -27,7 +26,7 @@ impl Runtime {
                 host.runc.delete(id)
             }
             Step::Unpin(p) => host.namespaces.unpin(p),
-            Step::StopPidHolder(dir) => pidns::stop_noted(host.shim.as_ref(), dir),
+            Step::StopPidHolder(pid) => host.shim.stop_pid_holder(*pid),
             Step::DetachNetwork(id) => host.network.del(id).map_err(anyhow::Error::from),
         }
     }

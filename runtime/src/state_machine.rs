@@ -407,6 +407,50 @@ async fn create_container_fails_at_every_call_and_leaves_only_what_a_retry_finis
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undo_step_that_fails_alone_is_kept_and_finished_by_the_removal() {
+    // The last call of each create fails; so does every call of one kind of
+    // undo step, while the rest of the rollback goes through.
+    for undo in [
+        "network.del",
+        "shim.stop_pid_holder",
+        "mounts.unmount",
+        "namespaces.unpin",
+    ] {
+        let env = Env::new("sandbox-undo");
+        env.host.inject(Fault::At(5));
+        env.host.break_call(undo);
+        assert!(env.rt().run_sandbox(env.pod(0), None).await.is_err());
+        assert_eq!(env.host.calls()[4], "network.add");
+        let kept = env.sandboxes();
+        assert_eq!(kept.len(), 1, "{undo}");
+        assert!(!kept[0].owed.is_empty(), "{undo}");
+        env.host.inject(Fault::Never);
+        env.rt().remove_sandbox(&kept[0].id).await.unwrap();
+        assert_eq!(env.leftovers(), Vec::<String>::new(), "{undo}");
+    }
+    for undo in ["runc.delete", "mounts.unmount"] {
+        let env = Env::new("container-undo");
+        let sb = env.rt().run_sandbox(env.pod(0), None).await.unwrap();
+        env.host.inject(Fault::At(2));
+        env.host.break_call(undo);
+        let failed = env.rt().create_container(&sb, env.container(0), None).await;
+        assert!(failed.is_err());
+        assert_eq!(env.host.calls()[1], "shim.launch");
+        let kept = env.containers();
+        assert_eq!(kept.len(), 1, "{undo}");
+        assert_eq!(kept[0].state, ContainerState::Unknown);
+        assert!(
+            kept[0].message.contains("still to undo"),
+            "{}",
+            kept[0].message
+        );
+        env.host.inject(Fault::Never);
+        assert!(env.remove_everything().await);
+        assert_eq!(env.leftovers(), Vec::<String>::new(), "{undo}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_container_fails_at_every_call_and_a_retry_or_removal_finishes() {
     let env = Env::new("count-start");
     let (_, c) = env.pod_with_container().await;

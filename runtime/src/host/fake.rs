@@ -102,6 +102,7 @@ pub(crate) struct FakeHost {
     calls: Mutex<Vec<String>>,
     count: AtomicUsize,
     fault: Mutex<Fault>,
+    broken: Mutex<Option<&'static str>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,6 +117,7 @@ impl FakeHost {
             calls: Mutex::default(),
             count: AtomicUsize::new(0),
             fault: Mutex::new(Fault::Never),
+            broken: Mutex::new(None),
         })
     }
 
@@ -133,11 +135,19 @@ impl FakeHost {
         }
     }
 
-    /// Fails calls from now on as `fault` says, counting calls afresh.
+    /// Fails calls from now on as `fault` says, counting calls afresh; a
+    /// call broken by [`FakeHost::break_call`] works again.
     pub(crate) fn inject(&self, fault: Fault) {
         *lock(&self.fault) = fault;
+        *lock(&self.broken) = None;
         self.count.store(0, Ordering::SeqCst);
         lock(&self.calls).clear();
+    }
+
+    /// Fails every call named `what` (e.g. `"network.del"`) until the
+    /// next [`FakeHost::inject`], besides what the fault fails.
+    pub(crate) fn break_call(&self, what: &'static str) {
+        *lock(&self.broken) = Some(what);
     }
 
     /// The calls made since the last [`FakeHost::inject`], in order.
@@ -154,6 +164,9 @@ impl FakeHost {
     fn call(&self, what: &str) -> Result<()> {
         let k = self.count.fetch_add(1, Ordering::SeqCst) + 1;
         lock(&self.calls).push(what.to_string());
+        if *lock(&self.broken) == Some(what) {
+            bail!("injected failure of every {what}");
+        }
         match *lock(&self.fault) {
             Fault::At(n) if n == k => bail!("injected failure of {what} (call {k})"),
             Fault::From(n) if k >= n => bail!("injected failure of {what} (call {k}, host broken)"),

@@ -155,7 +155,7 @@ impl Runtime {
 
         let infra_pid = if cfg.shared_pid() {
             let pid = pidns::start(host.shim.as_ref(), &dir)?;
-            undo.push(Step::StopPidHolder(dir.clone()));
+            undo.push(Step::StopPidHolder(pid));
             Some(pid)
         } else {
             None
