@@ -304,9 +304,27 @@ impl runtime_service_server::RuntimeService for RuntimeService {
 
     async fn update_container_resources(
         &self,
-        _req: Request<v1::UpdateContainerResourcesRequest>,
+        req: Request<v1::UpdateContainerResourcesRequest>,
     ) -> Reply<v1::UpdateContainerResourcesResponse> {
-        Err(unimplemented("UpdateContainerResources"))
+        rpc("UpdateContainerResources", async {
+            let req = req.into_inner();
+            match req.linux {
+                Some(linux) => {
+                    self.runtime
+                        .update_container_resources(
+                            &req.container_id,
+                            container::resources_from(linux),
+                        )
+                        .await?
+                }
+                // Nothing for a Linux container to change.
+                None => {
+                    self.runtime.container_status(&req.container_id)?;
+                }
+            }
+            Ok(v1::UpdateContainerResourcesResponse {})
+        })
+        .await
     }
 
     async fn reopen_container_log(

@@ -564,6 +564,60 @@ async fn stop_and_remove_are_idempotent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updated_resources_are_applied_and_recorded() {
+    let env = Env::new("update");
+    let (_, c) = env.pod_with_running_container().await;
+    let mut r = env.container(0).resources;
+    r.memory_limit_in_bytes = 128 << 20;
+    r.cpu_shares = 512;
+    r.oom_score_adj = 999;
+    env.host.inject(Fault::Never);
+    env.rt()
+        .update_container_resources(&c, r.clone())
+        .await
+        .unwrap();
+    assert_eq!(env.host.calls(), ["runc.update"]);
+    let recorded = env.rt().container_status(&c).unwrap().config.resources;
+    assert_eq!(recorded.memory_limit_in_bytes, 128 << 20);
+    assert_eq!(recorded.cpu_shares, 512);
+    assert_eq!(
+        recorded.oom_score_adj, 0,
+        "oom_score_adj is not a cgroup limit"
+    );
+
+    // A failed update changes nothing.
+    env.host.inject(Fault::At(1));
+    let mut bigger = r.clone();
+    bigger.memory_limit_in_bytes = 256 << 20;
+    assert!(
+        env.rt()
+            .update_container_resources(&c, bigger)
+            .await
+            .is_err()
+    );
+    let kept = env.rt().container_status(&c).unwrap().config.resources;
+    assert_eq!(kept.memory_limit_in_bytes, 128 << 20);
+    env.host.inject(Fault::Never);
+
+    let mut bad = r.clone();
+    bad.unified.insert("../escape".into(), "1".into());
+    assert!(matches!(
+        env.rt().update_container_resources(&c, bad).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        env.rt().update_container_resources("nope", r.clone()).await,
+        Err(Error::NotFound(_))
+    ));
+    env.rt().stop_container(&c, 0).await.unwrap();
+    assert!(matches!(
+        env.rt().update_container_resources(&c, r).await,
+        Err(Error::FailedPrecondition(_))
+    ));
+    assert!(env.remove_everything().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_create_is_handed_the_first_result() {
     let env = Env::new("retried-create");
     let past = Some(Instant::now() - Duration::from_secs(1));

@@ -285,6 +285,24 @@ impl CriClient {
         Ok(())
     }
 
+    /// UpdateContainerResources with new Linux limits.
+    pub async fn update_container_resources(
+        &self,
+        id: &str,
+        linux: cri::LinuxContainerResources,
+    ) -> Result<(), Status> {
+        let request = cri::UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(linux),
+            ..Default::default()
+        };
+        self.runtime
+            .clone()
+            .update_container_resources(request)
+            .await?;
+        Ok(())
+    }
+
     /// ContainerStatus (not verbose); returns the status message.
     pub async fn container_status(&self, id: &str) -> Result<ContainerStatus, Status> {
         let request = cri::ContainerStatusRequest {

@@ -109,7 +109,9 @@ fn mount_to(m: &Mount) -> v1::Mount {
     }
 }
 
-fn resources_from(r: v1::LinuxContainerResources) -> Resources {
+/// CRI resources as the runtime records them (CreateContainer and
+/// UpdateContainerResources).
+pub fn resources_from(r: v1::LinuxContainerResources) -> Resources {
     Resources {
         cpu_period: r.cpu_period,
         cpu_quota: r.cpu_quota,

@@ -74,6 +74,33 @@ pub struct Resources {
     pub memory_swap_limit_in_bytes: i64,
 }
 
+impl Resources {
+    /// Checks limits before they are applied (at create, and by
+    /// UpdateContainerResources).
+    pub fn validate(&self) -> Result<()> {
+        for (page_size, limit) in &self.hugepage_limits {
+            if !is_page_size(page_size) || i64::try_from(*limit).is_err() {
+                return Err(Error::invalid(format!(
+                    "hugepage limit {page_size:?} = {limit} must name a page size such as 2MB and a limit below 2^63"
+                )));
+            }
+        }
+        // Each key names a file in the container's cgroup directory.
+        for (key, value) in &self.unified {
+            if key.is_empty()
+                || key.starts_with('.')
+                || key.contains(['/', '\0'])
+                || value.contains(['\0', '\n'])
+            {
+                return Err(Error::invalid(format!(
+                    "unified cgroup setting {key:?} = {value:?} must name a file of the cgroup (such as memory.high) and a one-line value"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A security profile choice (seccomp or AppArmor).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Profile {
@@ -330,14 +357,7 @@ impl ContainerConfig {
                 )));
             }
         }
-        for (page_size, limit) in &self.resources.hugepage_limits {
-            if !is_page_size(page_size) || i64::try_from(*limit).is_err() {
-                return Err(Error::invalid(format!(
-                    "hugepage limit {page_size:?} = {limit} must name a page size such as 2MB and a limit below 2^63"
-                )));
-            }
-        }
-        Ok(())
+        self.resources.validate()
     }
 
     /// User and group ids in Kubernetes' range (0 to 2^31-1); larger ones

@@ -8,6 +8,7 @@ pub(crate) mod exit_watch;
 mod lifecycle;
 pub mod spec;
 mod stop;
+mod update;
 pub mod user;
 
 use std::path::PathBuf;

@@ -240,6 +240,15 @@ impl Runc for FakeHost {
         Ok(self.world().runc.keys().cloned().collect())
     }
 
+    fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
+        self.call("runc.update")?;
+        serde_json::from_slice::<oci_spec::runtime::LinuxResources>(resources)?;
+        match self.world().runc.get(id) {
+            Some(c) if c.status != RuncStatus::Stopped => Ok(()),
+            _ => bail!("container {id} is not running"),
+        }
+    }
+
     fn spawn_exec(&self, _exec: ExecCommand<'_>) -> std::io::Result<tokio::process::Child> {
         Err(std::io::Error::other("the fake host runs no processes"))
     }

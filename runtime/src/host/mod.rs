@@ -74,6 +74,9 @@ pub trait Runc: Send + Sync {
     fn status(&self, id: &str) -> Result<RuncStatus>;
     /// Ids of every container the OCI runtime knows.
     fn list(&self) -> Result<Vec<String>>;
+    /// Applies new cgroup limits (an OCI `LinuxResources` as JSON) to a
+    /// created or running container.
+    fn update(&self, id: &str, resources: &[u8]) -> Result<()>;
     /// Starts a process in a running container (`runc exec`), with the
     /// stdio the caller made.
     fn spawn_exec(&self, exec: ExecCommand<'_>) -> std::io::Result<tokio::process::Child>;

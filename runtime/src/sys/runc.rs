@@ -60,6 +60,17 @@ impl crate::host::Runc for RuncBinary {
         RuncBinary::list(self)
     }
 
+    fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
+        let out = crust_child::run(
+            self.command().args(["update", "--resources", "-", id]),
+            resources,
+            RUNC_TIMEOUT,
+            MAX_RUNC_OUTPUT,
+        )
+        .with_context(|| format!("running {} update {id}", self.binary.display()))?;
+        check(&out, "runc update")
+    }
+
     fn spawn_exec(&self, exec: ExecCommand<'_>) -> std::io::Result<tokio::process::Child> {
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root);

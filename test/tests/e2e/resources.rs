@@ -3,6 +3,8 @@
 //! hierarchy), even when kubelet's hugepage limits come along on a host
 //! without the hugetlb controller, and oom_score_adj on the container's processes, never below
 //! crustd's own (root without CAP_SYS_RESOURCE cannot lower it).
+//! UpdateContainerResources changes the limits of a running container, and
+//! ContainerStatus reports them, also after a restart of crustd.
 
 use std::path::PathBuf;
 
@@ -128,6 +130,114 @@ async fn limits(env: &mut TestEnv) -> Result<()> {
             );
         }
     }
+    env.cri.stop_pod_sandbox(&pod.id).await?;
+    env.cri.remove_pod_sandbox(&pod.id).await?;
+    env.assert_no_leaks()
+}
+
+#[test]
+fn updated_resources_land_in_the_cgroup_and_survive_a_restart() {
+    run(
+        "updated_resources_land_in_the_cgroup_and_survive_a_restart",
+        update,
+    );
+}
+
+/// The cgroup files that show a memory limit, CPU shares (v1) or weight
+/// (v2) and CPU quota, with the values expected for `memory`, `shares` and
+/// `quota` (period 100 ms).
+fn limit_files(memory: i64, shares: u64, quota: i64) -> Vec<(&'static str, &'static str, String)> {
+    if cgroups::is_unified_only() {
+        vec![
+            ("", "memory.max", memory.to_string()),
+            ("", "cpu.max", format!("{quota} 100000")),
+            (
+                "",
+                "cpu.weight",
+                (1 + ((shares - 2) * 9999) / 262_142).to_string(),
+            ),
+        ]
+    } else {
+        vec![
+            ("memory", "memory.limit_in_bytes", memory.to_string()),
+            ("cpu", "cpu.shares", shares.to_string()),
+            ("cpu", "cpu.cfs_quota_us", quota.to_string()),
+        ]
+    }
+}
+
+fn expect_limits(pid: i32, memory: i64, shares: u64, quota: i64) -> Result<()> {
+    for (controller, file, wanted) in limit_files(memory, shares, quota) {
+        let (path, value) = cgroup_value(pid, controller, file)?;
+        ensure!(
+            value == wanted,
+            "{} is {value}, expected {wanted}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+async fn update(env: &mut TestEnv) -> Result<()> {
+    let busybox = env.images.busybox.reference.clone();
+    env.pull(&busybox).await?;
+    let pod = env.run_pod("update").await?;
+    let mut config = env.container_config(&pod, "updated", &busybox)?;
+    config.command = vec!["sleep".into(), "3600".into()];
+    {
+        let r = resources_mut(&mut config);
+        r.memory_limit_in_bytes = 64 * MIB;
+        r.cpu_shares = 256;
+        r.cpu_quota = 20_000;
+        r.cpu_period = 100_000;
+    }
+    let id = env.start_container(&pod, &config).await?;
+    let pid = env.container_pid(&id).await?;
+    expect_limits(pid, 64 * MIB, 256, 20_000)?;
+
+    let mut new = resources_mut(&mut config).clone();
+    new.memory_limit_in_bytes = 96 * MIB;
+    new.cpu_shares = 512;
+    new.cpu_quota = 50_000;
+    env.cri.update_container_resources(&id, new.clone()).await?;
+    expect_limits(pid, 96 * MIB, 512, 50_000)?;
+
+    let mut bad = new.clone();
+    bad.unified.insert("../../escape".into(), "1".into());
+    let refused = env.cri.update_container_resources(&id, bad).await;
+    ensure!(
+        matches!(&refused, Err(s) if s.code() == tonic::Code::InvalidArgument),
+        "a unified key that leaves the cgroup was not refused: {refused:?}"
+    );
+    let unknown = env
+        .cri
+        .update_container_resources("nope", new.clone())
+        .await;
+    ensure!(
+        matches!(&unknown, Err(s) if s.code() == tonic::Code::NotFound),
+        "an unknown container was not NotFound: {unknown:?}"
+    );
+
+    env.restart_daemon().await?;
+    let status = env.cri.container_status(&id).await?;
+    let reported = status
+        .resources
+        .and_then(|r| r.linux)
+        .context("ContainerStatus carries no Linux resources")?;
+    ensure!(
+        reported.memory_limit_in_bytes == 96 * MIB
+            && reported.cpu_shares == 512
+            && reported.cpu_quota == 50_000,
+        "after a restart ContainerStatus reports {reported:?}"
+    );
+    expect_limits(pid, 96 * MIB, 512, 50_000)?;
+
+    env.cri.stop_container(&id, 0).await?;
+    let exited = env.cri.update_container_resources(&id, new).await;
+    ensure!(
+        matches!(&exited, Err(s) if s.code() == tonic::Code::FailedPrecondition),
+        "an exited container's update was not FailedPrecondition: {exited:?}"
+    );
     env.cri.stop_pod_sandbox(&pod.id).await?;
     env.cri.remove_pod_sandbox(&pod.id).await?;
     env.assert_no_leaks()

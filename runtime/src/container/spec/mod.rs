@@ -23,6 +23,7 @@ use oci_spec::runtime::{
 };
 
 pub use self::devices::HostDevice;
+pub use self::resources::limits;
 pub use self::seccomp::ProfileFile;
 use super::ResolvedUser;
 use super::config::{ContainerConfig, Profile};

@@ -12,11 +12,20 @@ use oci_spec::runtime::{
 
 use super::{SpecInput, devices, internal};
 use crate::Result;
+use crate::container::config::Resources;
+use crate::sys::cgroup::CgroupHost;
 
 /// The container's cgroup limits and device rules.
 pub(super) fn resources(input: &SpecInput<'_>) -> Result<LinuxResources> {
-    let r = &input.config.resources;
-    let host = &input.host.cgroups;
+    let mut res = limits(&input.config.resources, &input.host.cgroups)?;
+    res.set_devices(Some(devices::cgroup_rules(input.config, input.host)?));
+    Ok(res)
+}
+
+/// The cgroup limits of `r` that the host's controllers (`host`) can
+/// enforce: what a container is created with, and what
+/// UpdateContainerResources applies.
+pub fn limits(r: &Resources, host: &CgroupHost) -> Result<LinuxResources> {
     let mut cpu = LinuxCpuBuilder::default();
     if host.cpu {
         if r.cpu_shares > 0 {
@@ -44,7 +53,6 @@ pub(super) fn resources(input: &SpecInput<'_>) -> Result<LinuxResources> {
     if host.memory_swap && r.memory_swap_limit_in_bytes > 0 {
         memory = memory.swap(r.memory_swap_limit_in_bytes);
     }
-    let device_rules = devices::cgroup_rules(input.config, input.host)?;
     let hugepages = r
         .hugepage_limits
         .iter()
@@ -59,8 +67,7 @@ pub(super) fn resources(input: &SpecInput<'_>) -> Result<LinuxResources> {
         .collect::<Result<Vec<_>>>()?;
     let mut b = LinuxResourcesBuilder::default()
         .cpu(cpu.build().map_err(internal)?)
-        .memory(memory.build().map_err(internal)?)
-        .devices(device_rules);
+        .memory(memory.build().map_err(internal)?);
     if !hugepages.is_empty() {
         b = b.hugepage_limits(hugepages);
     }
