@@ -1,7 +1,7 @@
 //! Container messages.
 
 use crust_runtime::container::config::{
-    ContainerConfig, Device, Mount, Profile, Propagation, Resources, SecurityContext,
+    ContainerConfig, Device, Mount, Profile, Propagation, Resources, SecurityContext, SelinuxLabel,
 };
 use crust_runtime::container::{Container, ContainerState};
 use crust_runtime::events::{ContainerEvent, EventKind};
@@ -70,6 +70,9 @@ pub fn config_from(c: v1::ContainerConfig) -> Result<ContainerConfig> {
             readonly_paths: (!sec.readonly_paths.is_empty()).then_some(sec.readonly_paths),
             seccomp: profile_from("seccomp", sec.seccomp, &seccomp_path)?,
             apparmor: profile_from("AppArmor", sec.apparmor, &apparmor_name)?,
+            selinux: sec
+                .selinux_options
+                .and_then(|o| SelinuxLabel::of(o.user, o.role, o.r#type, o.level)),
         },
         cdi_devices: c.cdi_devices.into_iter().map(|d| d.name).collect(),
     })

@@ -59,6 +59,9 @@ pub fn config_from(req: v1::RunPodSandboxRequest) -> Result<SandboxConfig> {
         sysctls: to_btree(linux.sysctls),
         privileged: sec.privileged,
         runtime_handler: req.runtime_handler,
+        selinux: sec.selinux_options.and_then(|o| {
+            crust_runtime::container::config::SelinuxLabel::of(o.user, o.role, o.r#type, o.level)
+        }),
     })
 }
 

@@ -101,6 +101,34 @@ impl Resources {
     }
 }
 
+/// An SELinux label asked for (CRI's SELinuxOption); empty parts take the
+/// container defaults where SELinux is enabled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelinuxLabel {
+    /// SELinux user.
+    pub user: String,
+    /// SELinux role.
+    pub role: String,
+    /// SELinux type.
+    pub typ: String,
+    /// MLS level.
+    pub level: String,
+}
+
+impl SelinuxLabel {
+    /// The label of CRI's four fields; `None` when all are empty (nothing
+    /// was asked for).
+    pub fn of(user: String, role: String, typ: String, level: String) -> Option<SelinuxLabel> {
+        let l = SelinuxLabel {
+            user,
+            role,
+            typ,
+            level,
+        };
+        (l != SelinuxLabel::default()).then_some(l)
+    }
+}
+
 /// A security profile choice (seccomp or AppArmor).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Profile {
@@ -150,6 +178,9 @@ pub struct SecurityContext {
     pub seccomp: Profile,
     /// AppArmor profile.
     pub apparmor: Profile,
+    /// The SELinux label asked for, if any.
+    #[serde(default)]
+    pub selinux: Option<SelinuxLabel>,
 }
 
 /// The domain form of CRI's ContainerConfig.

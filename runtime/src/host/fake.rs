@@ -465,6 +465,10 @@ impl Facts for FakeHost {
         }
     }
 
+    fn selinux(&self) -> bool {
+        false
+    }
+
     fn for_container(
         &self,
         cgroups: &CgroupHost,
@@ -474,6 +478,7 @@ impl Facts for FakeHost {
         HostFacts {
             bounding_set: (1 << 41) - 1,
             apparmor: false,
+            selinux: false,
             min_oom_score_adj: None,
             cgroups: cgroups.clone(),
             host_devices: Vec::new(),

@@ -203,6 +203,8 @@ pub trait Network: Send + Sync {
 pub trait Facts: Send + Sync {
     /// What the host's cgroups can enforce; read once, at start.
     fn cgroups(&self) -> CgroupHost;
+    /// Whether SELinux is enabled, so a pod's label can apply.
+    fn selinux(&self) -> bool;
     /// What building the spec of `config` in `sandbox` needs to know of the
     /// machine; `cgroups` is what [`Facts::cgroups`] found.
     fn for_container(

@@ -99,6 +99,10 @@ impl Facts for MachineFacts {
         CgroupHost::detect()
     }
 
+    fn selinux(&self) -> bool {
+        crate::sys::process::selinux_enabled()
+    }
+
     fn for_container(
         &self,
         cgroups: &CgroupHost,

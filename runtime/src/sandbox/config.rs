@@ -75,6 +75,9 @@ pub struct SandboxConfig {
     pub privileged: bool,
     /// The runtime handler (RuntimeClass); only the default "" (or "runc") exists.
     pub runtime_handler: String,
+    /// The SELinux label asked for the pod, if any.
+    #[serde(default)]
+    pub selinux: Option<crate::container::config::SelinuxLabel>,
 }
 
 impl SandboxConfig {

@@ -56,6 +56,14 @@ impl Runtime {
 
     fn create_sandbox(&self, cfg: SandboxConfig) -> Result<String> {
         let sysctls = network::pod_sysctls(&cfg)?;
+        if let Some(l) = &cfg.selinux
+            && !self.host.facts.selinux()
+        {
+            return Err(Error::invalid(format!(
+                "the pod's selinux_options {}:{}:{}:{} were asked for, but SELinux is not enabled on this host",
+                l.user, l.role, l.typ, l.level
+            )));
+        }
         if !cfg.host_network() {
             self.host.network.network().map_err(network::net_error)?;
         }

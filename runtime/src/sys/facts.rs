@@ -44,6 +44,7 @@ pub fn probe(cgroups: &CgroupHost, config: &ContainerConfig, sandbox: &Sandbox) 
     HostFacts {
         bounding_set: process::capability_bounding_set(),
         apparmor: process::apparmor_enabled(),
+        selinux: process::selinux_enabled(),
         min_oom_score_adj: (!process::has_capability(process::CAP_SYS_RESOURCE))
             .then(process::own_oom_score_adj),
         cgroups: cgroups.clone(),

@@ -97,6 +97,12 @@ pub fn apparmor_enabled() -> bool {
         .is_ok_and(|v| v.trim() == "Y")
 }
 
+/// Whether SELinux is enabled: its filesystem is mounted with a policy
+/// loaded.
+pub fn selinux_enabled() -> bool {
+    Path::new("/sys/fs/selinux/enforce").exists()
+}
+
 /// CAP_SYS_RESOURCE's bit number.
 pub const CAP_SYS_RESOURCE: u32 = 24;
 

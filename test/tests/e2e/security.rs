@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use crust_e2e::assertions::expect_code;
-use crust_e2e::cri::{Capability, Int64Value, Mount, NamespaceMode};
+use crust_e2e::cri::{Capability, Int64Value, Mount, NamespaceMode, SeLinuxOption};
 use crust_e2e::pod_config::{env_var, namespace_options, sandbox_security_mut, security_mut};
 use crust_e2e::{Pod, TestEnv, run};
 use tonic::Code;
@@ -512,5 +512,62 @@ async fn host_network(env: &mut TestEnv) -> Result<()> {
         lo_up.trim() != "down",
         "removing a host-network pod took the node's loopback down"
     );
+    env.assert_no_leaks()
+}
+
+#[test]
+fn selinux_labels_are_refused_on_a_host_without_selinux() {
+    run(
+        "selinux_labels_are_refused_on_a_host_without_selinux",
+        selinux_refused,
+    );
+}
+
+async fn selinux_refused(env: &mut TestEnv) -> Result<()> {
+    if Path::new("/sys/fs/selinux/enforce").exists() {
+        crust_e2e::requirements::note_skip(
+            "selinux_labels_are_refused_on_a_host_without_selinux",
+            "SELinux is enabled on this host, where labels apply",
+        );
+        return Ok(());
+    }
+    let label = SeLinuxOption {
+        level: "s0:c1,c2".into(),
+        ..Default::default()
+    };
+    let mut config = env.pod_config("selinux")?;
+    sandbox_security_mut(&mut config).selinux_options = Some(label.clone());
+    let refused = env.cri.run_pod_sandbox(&config).await.map(drop);
+    expect_code(
+        refused,
+        Code::InvalidArgument,
+        "a pod with an SELinux label",
+    )?;
+    ensure!(
+        env.cri.list_pod_sandbox(None).await?.is_empty(),
+        "a refused pod was created"
+    );
+
+    env.pull(&env.images.busybox.reference).await?;
+    let pod = env.run_pod("selinux").await?;
+    let mut container = env.container_config(&pod, "labelled", &env.images.busybox.reference)?;
+    container.command = vec!["sleep".into(), "3600".into()];
+    security_mut(&mut container).selinux_options = Some(label);
+    let refused = env
+        .cri
+        .create_container(&pod.id, &container, &pod.config)
+        .await
+        .map(drop);
+    expect_code(
+        refused,
+        Code::InvalidArgument,
+        "a container with an SELinux label",
+    )?;
+    ensure!(
+        env.cri.list_containers(None).await?.is_empty(),
+        "a refused container was created"
+    );
+    env.cri.stop_pod_sandbox(&pod.id).await?;
+    env.cri.remove_pod_sandbox(&pod.id).await?;
     env.assert_no_leaks()
 }

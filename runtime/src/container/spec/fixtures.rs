@@ -95,6 +95,7 @@ pub(super) fn facts() -> HostFacts {
     HostFacts {
         bounding_set: BOUNDING_SET,
         apparmor: false,
+        selinux: false,
         min_oom_score_adj: Some(0),
         cgroups: FULL_V1,
         host_devices: Vec::new(),

@@ -45,6 +45,8 @@ pub struct HostFacts {
     pub bounding_set: u64,
     /// Whether the host enforces AppArmor (a Localhost profile can apply).
     pub apparmor: bool,
+    /// Whether SELinux is enabled on the host (a label can apply).
+    pub selinux: bool,
     /// Lowest oom_score_adj the runtime may give: its own when it lacks
     /// CAP_SYS_RESOURCE; `None` when it holds it.
     pub min_oom_score_adj: Option<i64>,
@@ -125,6 +127,40 @@ fn apparmor_profile(input: &SpecInput<'_>) -> Result<Option<String>> {
         }
         _ => Ok(None),
     }
+}
+
+/// The SELinux labels of the process and of its files, when a label was
+/// asked for: the parts given, the usual container defaults
+/// (`system_u:system_r:container_t:s0`, files `container_file_t`) for the
+/// others. Asked for on a host without SELinux, it is refused rather than
+/// ignored.
+fn selinux_labels(input: &SpecInput<'_>) -> Result<Option<(String, String)>> {
+    let Some(l) = &input.config.security.selinux else {
+        return Ok(None);
+    };
+    if !input.host.selinux {
+        return Err(Error::invalid(format!(
+            "selinux_options {}:{}:{}:{} were asked for, but SELinux is not enabled on this host",
+            l.user, l.role, l.typ, l.level
+        )));
+    }
+    let or = |v: &str, default: &str| {
+        if v.is_empty() {
+            default.to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    let (user, level) = (or(&l.user, "system_u"), or(&l.level, "s0"));
+    let process = format!(
+        "{user}:{}:{}:{level}",
+        or(&l.role, "system_r"),
+        or(&l.typ, "container_t")
+    );
+    Ok(Some((
+        process,
+        format!("{user}:object_r:container_file_t:{level}"),
+    )))
 }
 
 /// The process arguments kubelet expects: `command` replaces the image's
@@ -230,6 +266,10 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
         .map_err(internal)?;
     process.set_rlimits(None);
     process.set_apparmor_profile(apparmor_profile(input)?);
+    let selinux = selinux_labels(input)?;
+    if let Some((process_label, _)) = &selinux {
+        process.set_selinux_label(Some(process_label.clone()));
+    }
     if let Some(adj) =
         resources::oom_score_adj(cfg.resources.oom_score_adj, input.host.min_oom_score_adj)
     {
@@ -258,6 +298,9 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
     )?);
     if let Some(p) = mounts::rootfs_propagation(cfg) {
         linux.set_rootfs_propagation(Some(p.to_string()));
+    }
+    if let Some((_, mount_label)) = selinux {
+        linux.set_mount_label(Some(mount_label));
     }
 
     let root = RootBuilder::default()
@@ -320,6 +363,33 @@ mod tests {
     };
     use super::*;
     use crate::sandbox::config::NamespaceMode;
+
+    #[test]
+    fn an_selinux_label_applies_only_where_selinux_does() {
+        let mut c = config();
+        c.security.selinux = Some(crate::container::config::SelinuxLabel {
+            level: "s0:c1,c2".into(),
+            ..Default::default()
+        });
+        let mut host = facts();
+        assert!(matches!(
+            build_facts(&c, &sandbox(), &host),
+            Err(Error::InvalidArgument(m)) if m.contains("SELinux is not enabled")
+        ));
+        host.selinux = true;
+        let spec = build_facts(&c, &sandbox(), &host).unwrap();
+        assert_eq!(
+            spec.process().as_ref().unwrap().selinux_label().as_deref(),
+            Some("system_u:system_r:container_t:s0:c1,c2")
+        );
+        assert_eq!(
+            spec.linux().as_ref().unwrap().mount_label().as_deref(),
+            Some("system_u:object_r:container_file_t:s0:c1,c2")
+        );
+        c.security.selinux = None;
+        let spec = build_facts(&c, &sandbox(), &facts()).unwrap();
+        assert_eq!(spec.process().as_ref().unwrap().selinux_label(), &None);
+    }
 
     #[test]
     fn a_localhost_apparmor_profile_applies_only_where_apparmor_does() {
