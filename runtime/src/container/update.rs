@@ -11,11 +11,13 @@ use crate::runtime::Runtime;
 use crate::{Error, Result};
 
 impl Runtime {
-    /// UpdateContainerResources: applies `resources` to the container's
-    /// cgroup (limits of controllers this host lacks are left out, as at
-    /// create) and records them. `oom_score_adj` is a property of the
-    /// container's processes, not of its cgroup: it keeps the value the
-    /// container was created with.
+    /// UpdateContainerResources: merges `resources` into the container's
+    /// (a field left at zero or empty keeps its value, as containerd does,
+    /// so `crictl update --memory` changes the memory limit only), applies
+    /// them to its cgroup (limits of controllers this host lacks are left
+    /// out, as at create) and records them. `oom_score_adj` is a property
+    /// of the container's processes, not of its cgroup: it keeps the value
+    /// the container was created with.
     pub async fn update_container_resources(
         self: &Arc<Self>,
         id: &str,
@@ -32,6 +34,7 @@ impl Runtime {
                     c.id
                 )));
             }
+            let resources = merged(&c.config.resources, resources);
             let limits = spec::limits(&resources, &rt.cgroups)?;
             let json = serde_json::to_vec(&limits)
                 .map_err(|e| Error::internal(format!("encoding the resources: {e}")))?;
@@ -39,15 +42,79 @@ impl Runtime {
                 Error::Internal(e.context(format!("updating the resources of container {}", c.id)))
             })?;
             let mut rec = entry.rec();
-            let oom_score_adj = rec.config.resources.oom_score_adj;
-            rec.config.resources = Resources {
-                oom_score_adj,
-                ..resources
-            };
+            rec.config.resources = resources;
             rt.container_records.save(&rec.id, &rec)?;
             tracing::info!(id = %rec.id, "container resources updated");
             Ok(())
         })
         .await
+    }
+}
+
+/// `new` over `old`: the limits `new` sets (non-zero, non-empty), `old`'s
+/// for the rest; unified keys are merged one by one; `oom_score_adj`
+/// always `old`'s.
+fn merged(old: &Resources, new: Resources) -> Resources {
+    let mut r = old.clone();
+    for (field, value) in [
+        (&mut r.cpu_period, new.cpu_period),
+        (&mut r.cpu_quota, new.cpu_quota),
+        (&mut r.cpu_shares, new.cpu_shares),
+        (&mut r.memory_limit_in_bytes, new.memory_limit_in_bytes),
+        (
+            &mut r.memory_swap_limit_in_bytes,
+            new.memory_swap_limit_in_bytes,
+        ),
+    ] {
+        if value != 0 {
+            *field = value;
+        }
+    }
+    for (field, value) in [
+        (&mut r.cpuset_cpus, new.cpuset_cpus),
+        (&mut r.cpuset_mems, new.cpuset_mems),
+    ] {
+        if !value.is_empty() {
+            *field = value;
+        }
+    }
+    if !new.hugepage_limits.is_empty() {
+        r.hugepage_limits = new.hugepage_limits;
+    }
+    r.unified.extend(new.unified);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_and_empty_fields_keep_their_values() {
+        let old = Resources {
+            cpu_shares: 256,
+            cpu_quota: 20_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 64 << 20,
+            oom_score_adj: 500,
+            cpuset_cpus: "0".into(),
+            unified: [("memory.high".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        };
+        let new = Resources {
+            memory_limit_in_bytes: 96 << 20,
+            oom_score_adj: -999,
+            unified: [("pids.max".to_string(), "10".to_string())].into(),
+            ..Default::default()
+        };
+        let r = merged(&old, new);
+        assert_eq!(r.memory_limit_in_bytes, 96 << 20);
+        assert_eq!(
+            (r.cpu_shares, r.cpu_quota, r.cpu_period),
+            (256, 20_000, 100_000)
+        );
+        assert_eq!(r.cpuset_cpus, "0");
+        assert_eq!(r.oom_score_adj, 500);
+        assert_eq!(r.unified.len(), 2);
     }
 }

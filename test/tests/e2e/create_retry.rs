@@ -179,6 +179,10 @@ fn answer_in_log(env: &TestEnv, marker_prefix: &str, id: &str, method: &str) -> 
     Some((at, elapsed_ms))
 }
 
+/// How long after a client's RST_STREAM an OK answer still counts as a
+/// crossing rather than a bug.
+const RESET_NOTICE_MS: f64 = 10.0;
+
 /// Judges a retry refused with AlreadyExists: a bug if crustd answered the
 /// first attempt after the deadline it was given (`grpc-timeout`) or well after
 /// the client reset the stream; a crossing of answer and give-up otherwise.
@@ -213,8 +217,11 @@ fn judge_refused_retry(
             )))
         }
         Deadline::Drop(_) => {
+            // crustd learns of a reset only when its connection task reads
+            // the RST_STREAM frame, which on a busy 2-core machine running
+            // several tests at once can take a few milliseconds.
             ensure!(
-                after_give_up_ms <= 5.0,
+                after_give_up_ms <= RESET_NOTICE_MS,
                 "crustd answered the first attempt OK {after_give_up_ms:.3} ms after the client \
                  reset the stream (handler took {elapsed_ms:.3} ms) and counted the id as \
                  delivered: the retry was refused ({refused})"

@@ -197,6 +197,29 @@ async fn stats_info_and_events(
         "$ crictl stats -o json --id {web_id}   (working set {}, CPU {} ns)",
         web["memory"]["workingSetBytes"]["value"], web["cpu"]["usageCoreNanoSeconds"]["value"]
     );
+    // `crictl update` sends only the limits it is given; the others keep
+    // theirs.
+    let out = crictl
+        .run(
+            &[
+                "update",
+                "--memory",
+                "100000000",
+                "--cpu-share",
+                "300",
+                web_id,
+            ],
+            b"",
+        )
+        .await?;
+    ensure!(out.status.success(), "crictl update: {out:?}");
+    let inspect = json_of(crictl, &["inspect", "-o", "json", web_id]).await?;
+    let linux = &inspect["status"]["resources"]["linux"];
+    ensure!(
+        linux["memoryLimitInBytes"] == "100000000" && linux["cpuShares"] == "300",
+        "crictl inspect after crictl update shows {linux}"
+    );
+    println!("$ crictl inspect -o json {web_id}   (resources.linux: {linux})");
     let pods = json_of(crictl, &["statsp", "-o", "json", "--id", &pod.id]).await?;
     let linux = &pods["stats"][0]["linux"];
     ensure!(

@@ -5,14 +5,14 @@
 use anyhow::{Result, bail};
 use crust_e2e::assertions::expect_code;
 use crust_e2e::cri::{
-    AttachRequest, ContainerStatsRequest, PodSandboxStatsRequest, PortForwardRequest,
-    RunPodSandboxRequest, UpdateContainerResourcesRequest,
+    AttachRequest, CheckpointContainerRequest, ContainerStatsRequest, PodSandboxStatsRequest,
+    PortForwardRequest, RunPodSandboxRequest, UpdateContainerResourcesRequest,
 };
 use crust_e2e::{CriClient, TestEnv, run, unique};
 use tonic::{Code, Status};
 
 /// RPCs crust does not serve yet; move one out of this list when it lands.
-const UNIMPLEMENTED: [&str; 1] = ["UpdateContainerResources"];
+const UNIMPLEMENTED: [&str; 1] = ["CheckpointContainer"];
 
 #[test]
 fn bad_requests_get_the_right_codes() {
@@ -82,7 +82,13 @@ async fn error_codes(env: &mut TestEnv) -> Result<()> {
         )?;
     }
 
-    for rpc in ["Attach", "PortForward", "ContainerStats", "PodSandboxStats"] {
+    for rpc in [
+        "Attach",
+        "PortForward",
+        "ContainerStats",
+        "PodSandboxStats",
+        "UpdateContainerResources",
+    ] {
         expect_code(
             call(&cri, rpc, &unique::unknown_id(), &unique::unknown_id()).await?,
             Code::NotFound,
@@ -126,6 +132,14 @@ async fn call(cri: &CriClient, rpc: &str, pod_id: &str, id: &str) -> Result<Resu
                 pod_sandbox_id: pod_id.into(),
             };
             runtime.pod_sandbox_stats(request).await.map(drop)
+        }
+        "CheckpointContainer" => {
+            let request = CheckpointContainerRequest {
+                container_id: id.into(),
+                location: "/tmp/crust-e2e-checkpoint.tar".into(),
+                timeout: 10,
+            };
+            runtime.checkpoint_container(request).await.map(drop)
         }
         "UpdateContainerResources" => {
             let request = UpdateContainerResourcesRequest {
