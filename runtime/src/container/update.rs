@@ -29,8 +29,9 @@ impl Runtime {
             rt.refresh_container(&entry);
             let c = entry.snapshot();
             if !matches!(c.state, ContainerState::Created | ContainerState::Running) {
+                let state = format!("{:?}", c.state).to_lowercase();
                 return Err(Error::FailedPrecondition(format!(
-                    "container {} has exited; only a created or running container's resources can be updated",
+                    "container {} is {state}; only a created or running container's resources can be updated",
                     c.id
                 )));
             }
