@@ -9,10 +9,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
+use crust_e2e::assertions::expect_code;
 use crust_e2e::cgroups;
-use crust_e2e::cri::HugepageLimit;
+use crust_e2e::cri::{ContainerConfig, HugepageLimit};
 use crust_e2e::pod_config::resources_mut;
 use crust_e2e::{Pod, TestEnv, run};
+use tonic::Code;
 
 const MIB: i64 = 1024 * 1024;
 
@@ -60,76 +62,38 @@ fn memory_and_cpu_limits_land_in_the_cgroup() {
     run("memory_and_cpu_limits_land_in_the_cgroup", limits);
 }
 
+/// A busybox `sleep` container with a 64 MiB memory limit, 256 CPU shares
+/// and a quota of 20 ms per 100 ms.
+fn limited_sleeper(env: &TestEnv, pod: &Pod, name: &str) -> Result<ContainerConfig> {
+    let mut config = env.container_config(pod, name, &env.images.busybox.reference)?;
+    config.command = vec!["sleep".into(), "3600".into()];
+    let r = resources_mut(&mut config);
+    r.memory_limit_in_bytes = 64 * MIB;
+    r.cpu_shares = 256;
+    r.cpu_quota = 20_000;
+    r.cpu_period = 100_000;
+    Ok(config)
+}
+
 async fn limits(env: &mut TestEnv) -> Result<()> {
     let busybox = env.images.busybox.reference.clone();
     env.pull(&busybox).await?;
     let pod = env.run_pod("limits").await?;
-    let mut config = env.container_config(&pod, "limited", &busybox)?;
-    config.command = vec!["sleep".into(), "3600".into()];
-    {
-        let r = resources_mut(&mut config);
-        r.memory_limit_in_bytes = 64 * MIB;
-        r.cpu_shares = 256;
-        r.cpu_quota = 20_000;
-        r.cpu_period = 100_000;
-        // As kubelet sends them: a limit of 0 for every page size it knows,
-        // whether or not the host has the hugetlb controller (this one has
-        // not; the limits are then dropped and the others still apply).
-        r.hugepage_limits = ["2MB", "1GB"]
-            .into_iter()
-            .map(|page_size| HugepageLimit {
-                page_size: page_size.into(),
-                limit: 0,
-            })
-            .collect();
-    }
+    let mut config = limited_sleeper(env, &pod, "limited")?;
+    // As kubelet sends them: a limit of 0 for every page size it knows,
+    // whether or not the host has the hugetlb controller (this one has
+    // not; the limits are then dropped and the others still apply).
+    resources_mut(&mut config).hugepage_limits = ["2MB", "1GB"]
+        .into_iter()
+        .map(|page_size| HugepageLimit {
+            page_size: page_size.into(),
+            limit: 0,
+        })
+        .collect();
     let id = env.start_container(&pod, &config).await?;
     let pid = env.container_pid(&id).await?;
     expect_cgroup_placement(pid, &pod, &id)?;
-
-    if cgroups::is_unified_only() {
-        let (path, max) = cgroup_value(pid, "", "memory.max")?;
-        ensure!(
-            max == (64 * MIB).to_string(),
-            "{} is {max}, expected {}",
-            path.display(),
-            64 * MIB
-        );
-        let (path, cpu_max) = cgroup_value(pid, "", "cpu.max")?;
-        ensure!(
-            cpu_max == "20000 100000",
-            "{} is {cpu_max:?}, expected \"20000 100000\"",
-            path.display()
-        );
-        // The runc/crun conversion of shares 256 to a weight.
-        let (path, weight) = cgroup_value(pid, "", "cpu.weight")?;
-        let expected = 1 + ((256 - 2) * 9999) / 262_142;
-        ensure!(
-            weight == expected.to_string(),
-            "{} is {weight}, expected {expected} (from cpu_shares 256)",
-            path.display()
-        );
-    } else {
-        let (path, limit) = cgroup_value(pid, "memory", "memory.limit_in_bytes")?;
-        ensure!(
-            limit == (64 * MIB).to_string(),
-            "{} is {limit}, expected {}",
-            path.display(),
-            64 * MIB
-        );
-        for (file, wanted) in [
-            ("cpu.shares", "256"),
-            ("cpu.cfs_quota_us", "20000"),
-            ("cpu.cfs_period_us", "100000"),
-        ] {
-            let (path, value) = cgroup_value(pid, "cpu", file)?;
-            ensure!(
-                value == wanted,
-                "{} is {value}, expected {wanted}",
-                path.display()
-            );
-        }
-    }
+    expect_limits(pid, 64 * MIB, 256, 20_000)?;
     env.cri.stop_pod_sandbox(&pod.id).await?;
     env.cri.remove_pod_sandbox(&pod.id).await?;
     env.assert_no_leaks()
@@ -144,8 +108,8 @@ fn updated_resources_land_in_the_cgroup_and_survive_a_restart() {
 }
 
 /// The cgroup files that show a memory limit, CPU shares (v1) or weight
-/// (v2) and CPU quota, with the values expected for `memory`, `shares` and
-/// `quota` (period 100 ms).
+/// (v2, as runc converts shares) and CPU quota and period, with the values
+/// expected for `memory`, `shares` and `quota` (period 100 ms).
 fn limit_files(memory: i64, shares: u64, quota: i64) -> Vec<(&'static str, &'static str, String)> {
     if cgroups::is_unified_only() {
         vec![
@@ -162,6 +126,7 @@ fn limit_files(memory: i64, shares: u64, quota: i64) -> Vec<(&'static str, &'sta
             ("memory", "memory.limit_in_bytes", memory.to_string()),
             ("cpu", "cpu.shares", shares.to_string()),
             ("cpu", "cpu.cfs_quota_us", quota.to_string()),
+            ("cpu", "cpu.cfs_period_us", "100000".to_string()),
         ]
     }
 }
@@ -182,15 +147,7 @@ async fn update(env: &mut TestEnv) -> Result<()> {
     let busybox = env.images.busybox.reference.clone();
     env.pull(&busybox).await?;
     let pod = env.run_pod("update").await?;
-    let mut config = env.container_config(&pod, "updated", &busybox)?;
-    config.command = vec!["sleep".into(), "3600".into()];
-    {
-        let r = resources_mut(&mut config);
-        r.memory_limit_in_bytes = 64 * MIB;
-        r.cpu_shares = 256;
-        r.cpu_quota = 20_000;
-        r.cpu_period = 100_000;
-    }
+    let mut config = limited_sleeper(env, &pod, "updated")?;
     let id = env.start_container(&pod, &config).await?;
     let pid = env.container_pid(&id).await?;
     expect_limits(pid, 64 * MIB, 256, 20_000)?;
@@ -204,19 +161,18 @@ async fn update(env: &mut TestEnv) -> Result<()> {
 
     let mut bad = new.clone();
     bad.unified.insert("../../escape".into(), "1".into());
-    let refused = env.cri.update_container_resources(&id, bad).await;
-    ensure!(
-        matches!(&refused, Err(s) if s.code() == tonic::Code::InvalidArgument),
-        "a unified key that leaves the cgroup was not refused: {refused:?}"
-    );
-    let unknown = env
-        .cri
-        .update_container_resources("nope", new.clone())
-        .await;
-    ensure!(
-        matches!(&unknown, Err(s) if s.code() == tonic::Code::NotFound),
-        "an unknown container was not NotFound: {unknown:?}"
-    );
+    expect_code(
+        env.cri.update_container_resources(&id, bad).await,
+        Code::InvalidArgument,
+        "a unified key that leaves the cgroup",
+    )?;
+    expect_code(
+        env.cri
+            .update_container_resources("nope", new.clone())
+            .await,
+        Code::NotFound,
+        "UpdateContainerResources of an unknown container",
+    )?;
 
     env.restart_daemon().await?;
     let status = env.cri.container_status(&id).await?;
@@ -233,11 +189,11 @@ async fn update(env: &mut TestEnv) -> Result<()> {
     expect_limits(pid, 96 * MIB, 512, 50_000)?;
 
     env.cri.stop_container(&id, 0).await?;
-    let exited = env.cri.update_container_resources(&id, new).await;
-    ensure!(
-        matches!(&exited, Err(s) if s.code() == tonic::Code::FailedPrecondition),
-        "an exited container's update was not FailedPrecondition: {exited:?}"
-    );
+    expect_code(
+        env.cri.update_container_resources(&id, new).await,
+        Code::FailedPrecondition,
+        "UpdateContainerResources of an exited container",
+    )?;
     env.cri.stop_pod_sandbox(&pod.id).await?;
     env.cri.remove_pod_sandbox(&pod.id).await?;
     env.assert_no_leaks()
