@@ -31,9 +31,14 @@ impl Runtime {
         }
     }
 
+    /// Takes `steps` in order; returns the ones that failed.
+    fn take_steps(&self, steps: &[Step]) -> Vec<Step> {
+        cleanup::settle(steps, |s| self.take_step(s))
+    }
+
     /// Runs a failed create's undo stack; returns the steps that failed.
     pub(crate) fn roll_back(&self, undo: Cleanup) -> Vec<Step> {
-        cleanup::settle(&undo.into_steps(), |s| self.take_step(s))
+        self.take_steps(&undo.into_steps())
     }
 
     /// Keeps the container of a create that failed and could not be rolled
@@ -78,26 +83,23 @@ impl Runtime {
         if owed.is_empty() {
             return Ok(());
         }
-        let left = cleanup::settle(&owed, |s| self.take_step(s));
+        let left = self.take_steps(&owed);
         let mut c = entry.rec();
         c.owed = left.clone();
         if left.is_empty() && c.state == ContainerState::Unknown {
-            c.state = ContainerState::Exited;
-            c.exit_code = 255;
-            c.finished_at = self.host.clock.now_ns().max(c.created_at);
+            self.record_gone(&mut c);
         }
         if let Err(e) = self.container_records.save(&c.id, &c) {
             tracing::warn!(id = %c.id, error = %format!("{e:#}"), "could not record what the container still owes");
         }
-        if left.is_empty() {
-            tracing::info!(id = %c.id, "the failed create's leftovers are undone");
-            return Ok(());
-        }
-        Err(Error::internal(format!(
-            "container {} still has leftovers of its create to undo: {}",
-            c.id,
-            cleanup::describe(&left)
-        )))
+        still_owed("container", &c.id, &left)
+    }
+
+    /// Records a kept container as exited: nothing of it runs any more.
+    fn record_gone(&self, c: &mut Container) {
+        c.state = ContainerState::Exited;
+        c.exit_code = 255;
+        c.finished_at = self.host.clock.now_ns().max(c.created_at);
     }
 
     /// Stops a kept container: one whose create failed runs nothing (what
@@ -117,9 +119,7 @@ impl Runtime {
         })
         .map_err(|e| Error::Internal(e.context(format!("stopping container {id}"))))?;
         let mut c = entry.rec();
-        c.state = ContainerState::Exited;
-        c.exit_code = 255;
-        c.finished_at = self.host.clock.now_ns().max(c.created_at);
+        self.record_gone(&mut c);
         if let Err(e) = self.container_records.save(&c.id, &c) {
             tracing::warn!(id = %c.id, error = %format!("{e:#}"), "could not record the stopped container");
         }
@@ -133,20 +133,25 @@ impl Runtime {
         if owed.is_empty() {
             return Ok(());
         }
-        let left = cleanup::settle(&owed, |s| self.take_step(s));
+        let left = self.take_steps(&owed);
         let mut sb = entry.rec();
         sb.owed = left.clone();
         if let Err(e) = self.sandbox_records.save(&sb.id, &sb) {
             tracing::warn!(id = %sb.id, error = %format!("{e:#}"), "could not record what the pod sandbox still owes");
         }
-        if left.is_empty() {
-            tracing::info!(id = %sb.id, "the failed create's leftovers are undone");
-            return Ok(());
-        }
-        Err(Error::internal(format!(
-            "pod sandbox {} still has leftovers of its create to undo: {}",
-            sb.id,
-            cleanup::describe(&left)
-        )))
+        still_owed("pod sandbox", &sb.id, &left)
     }
+}
+
+/// Ok once `what` `id` owes nothing (`left` is empty), else an error naming
+/// the steps still owed, for its Stop or Remove to report (kubelet retries).
+fn still_owed(what: &str, id: &str, left: &[Step]) -> Result<()> {
+    if left.is_empty() {
+        tracing::info!(%id, "the failed create's leftovers of the {what} are undone");
+        return Ok(());
+    }
+    Err(Error::internal(format!(
+        "{what} {id} still has leftovers of its create to undo: {}",
+        cleanup::describe(left)
+    )))
 }

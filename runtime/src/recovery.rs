@@ -89,7 +89,7 @@ impl Runtime {
     /// rest away. Nothing is done to it before kubelet asks: a record this
     /// crustd cannot read may be one a newer crustd wrote.
     fn unreadable_container(&self, id: &str, error: &str) -> Container {
-        let bundle = self.opts.state.join("containers").join(id);
+        let bundle = self.bundle_dir(id);
         let mut c = Container::lost(id, bundle, self.host.clock.now_ns());
         c.message = format!("crustd could not read the container's record: {error}");
         c
@@ -99,7 +99,7 @@ impl Runtime {
     /// every sandbox has, so StopPodSandbox and RemovePodSandbox release
     /// whatever of them exists.
     fn unreadable_sandbox(&self, id: &str) -> Sandbox {
-        let dir = self.opts.state.join("sandboxes").join(id);
+        let dir = self.sandbox_dir(id);
         let ns = dir.join("ns");
         let mut sb = Sandbox::lost(id, dir.clone(), self.host.clock.now_ns());
         sb.netns = Some(ns.join("net"));

@@ -290,6 +290,21 @@ impl Runtime {
         }
     }
 
+    /// Where sandbox `id` keeps its pinned namespaces, files and shm.
+    pub(crate) fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.opts.state.join("sandboxes").join(id)
+    }
+
+    /// The OCI bundle of container `id` (config.json, rootfs, shim files).
+    pub(crate) fn bundle_dir(&self, id: &str) -> PathBuf {
+        self.opts.state.join("containers").join(id)
+    }
+
+    /// The writable layer (upper and work directories) of container `id`.
+    pub(crate) fn layer_dir(&self, id: &str) -> PathBuf {
+        self.opts.root.join("containers").join(id)
+    }
+
     /// Ids of every known sandbox.
     pub(crate) fn sandbox_ids(&self) -> std::collections::HashSet<String> {
         self.sandboxes

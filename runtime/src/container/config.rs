@@ -129,6 +129,12 @@ impl SelinuxLabel {
     }
 }
 
+impl std::fmt::Display for SelinuxLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}:{}", self.user, self.role, self.typ, self.level)
+    }
+}
+
 /// A security profile choice (seccomp or AppArmor).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Profile {

@@ -125,8 +125,8 @@ impl Runtime {
             Err(e) => {
                 let owed = self.roll_back(undo);
                 if !owed.is_empty() {
-                    let bundle = self.opts.state.join("containers").join(&id);
-                    let mut kept = Container::lost(&id, bundle, self.host.clock.now_ns());
+                    let mut kept =
+                        Container::lost(&id, self.bundle_dir(&id), self.host.clock.now_ns());
                     kept.sandbox_id = sb.id.clone();
                     kept.config = cfg;
                     kept.image_id = image.id.clone();
@@ -151,14 +151,14 @@ impl Runtime {
     /// it, pushing on `undo` how to take away each thing made.
     fn build_container(&self, m: &Making<'_>, undo: &mut Cleanup) -> Result<Container> {
         let (id, sb, cfg, image) = (m.id, m.sandbox, m.config, m.image);
-        let bundle = self.opts.state.join("containers").join(id);
+        let bundle = self.bundle_dir(id);
         fs::DirBuilder::new()
             .mode(0o711)
             .create(&bundle)
             .with_context(|| format!("creating {}", bundle.display()))?;
         undo.push(Step::RemoveTree(bundle.clone()));
 
-        let layer = self.opts.root.join("containers").join(id);
+        let layer = self.layer_dir(id);
         let (upper, work) = (layer.join("upper"), layer.join("work"));
         fs::DirBuilder::new()
             .mode(0o711)
@@ -361,7 +361,8 @@ impl Runtime {
         self.remove_locked(entry)
     }
 
-    /// Removes a stopped container, under its lifecycle lock.
+    /// Removes a stopped container, under its lifecycle lock (its stop
+    /// settled whatever undo steps it owed).
     fn remove_locked(&self, entry: &Entry<Container>) -> Result<()> {
         let c = entry.snapshot();
         if !self
@@ -372,10 +373,9 @@ impl Runtime {
         {
             return Ok(());
         }
-        self.settle_container(entry)?;
         self.host.runc.delete(&c.id)?;
         teardown::remove_tree(self.host.mounts.as_ref(), &c.bundle)?;
-        crate::fsutil::remove_dir_all_if_exists(&self.opts.root.join("containers").join(&c.id))?;
+        crate::fsutil::remove_dir_all_if_exists(&self.layer_dir(&c.id))?;
         self.images.release(&c.id)?;
         self.container_records.delete(&c.id)?;
         let name = self.container_reserved_name(&c);

@@ -60,8 +60,7 @@ impl Runtime {
             && !self.host.facts.selinux()
         {
             return Err(Error::invalid(format!(
-                "the pod's selinux_options {}:{}:{}:{} were asked for, but SELinux is not enabled on this host",
-                l.user, l.role, l.typ, l.level
+                "the pod's selinux_options {l} were asked for, but SELinux is not enabled on this host"
             )));
         }
         if !cfg.host_network() {
@@ -75,7 +74,7 @@ impl Runtime {
             Err(e) => {
                 let owed = self.roll_back(undo);
                 if !owed.is_empty() {
-                    let dir = self.opts.state.join("sandboxes").join(&id);
+                    let dir = self.sandbox_dir(&id);
                     let mut kept = Sandbox::lost(&id, dir, self.host.clock.now_ns());
                     kept.config = cfg;
                     self.keep_failed_sandbox(kept, owed);
@@ -104,7 +103,7 @@ impl Runtime {
         undo: &mut Cleanup,
     ) -> Result<Sandbox> {
         let host = &self.host;
-        let dir = self.opts.state.join("sandboxes").join(id);
+        let dir = self.sandbox_dir(id);
         fs::DirBuilder::new()
             .mode(0o711)
             .create(&dir)

@@ -185,7 +185,7 @@ fn read_until_eof(r: &mut std::process::ChildStdout, timeout: Duration) -> Resul
 }
 
 /// Reads the exit record if the shim wrote one.
-fn read_exit(bundle: &Path) -> Option<ExitRecord> {
+pub(crate) fn read_exit(bundle: &Path) -> Option<ExitRecord> {
     let data = std::fs::read_to_string(bundle.join(EXIT_FILE)).ok()?;
     ExitRecord::decode(&data)
 }

@@ -140,8 +140,7 @@ fn selinux_labels(input: &SpecInput<'_>) -> Result<Option<(String, String)>> {
     };
     if !input.host.selinux {
         return Err(Error::invalid(format!(
-            "selinux_options {}:{}:{}:{} were asked for, but SELinux is not enabled on this host",
-            l.user, l.role, l.typ, l.level
+            "selinux_options {l} were asked for, but SELinux is not enabled on this host"
         )));
     }
     let or = |v: &str, default: &str| {
