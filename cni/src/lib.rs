@@ -14,6 +14,7 @@ pub mod loopback;
 pub mod network;
 pub mod nsfs;
 pub mod result;
+pub mod userns;
 
 pub use error::{Error, Result};
 pub use network::{Attachment, Cni, PodNetwork, Settings};

@@ -5,14 +5,20 @@
 //! (hostname, loopback) and bind-mounts its `/proc/self/task/<tid>/ns/<kind>` files
 //! onto the pin paths, then exits. The bind mounts live in the host mount namespace,
 //! where runc can join them by path.
+//!
+//! A pod with its own user namespace has it made by a [`crate::userns::Holder`]
+//! child, which also unshares the pod's other namespaces so that the user
+//! namespace owns them; the thread then joins those to configure them, and the
+//! pins are taken from the child's `/proc/<pid>/ns/` files.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::userns::{Holder, IdMapping};
 use anyhow::{Context, Result, bail};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::{CloneFlags, setns, unshare};
 
 /// A kind of namespace that can be pinned without a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +59,19 @@ pub struct PinRequest {
     /// Sysctls to set inside the new namespaces (`net.*` in the network
     /// namespace, IPC ones in the IPC namespace), checked by [`sysctl_kind`].
     pub sysctls: Vec<(String, String)>,
+    /// A user namespace that owns the others, and where to pin it.
+    pub user: Option<UserPin>,
+}
+
+/// A pod's user namespace: its mappings and the file it is pinned on.
+#[derive(Clone, Debug)]
+pub struct UserPin {
+    /// Where to pin it.
+    pub path: PathBuf,
+    /// The uid mapping.
+    pub uids: IdMapping,
+    /// The gid mapping.
+    pub gids: IdMapping,
 }
 
 /// A sysctl the kernel would not take (unknown name, bad value): the
@@ -95,13 +114,21 @@ pub fn sysctl_path(name: &str) -> Option<PathBuf> {
 /// Creates new namespaces as requested and pins them. On failure nothing stays
 /// pinned and no pin file is left behind.
 pub fn pin_new(req: PinRequest) -> Result<()> {
-    if req.pins.is_empty() {
+    if req.pins.is_empty() && req.user.is_none() {
         return Ok(());
     }
-    let paths: Vec<PathBuf> = req.pins.iter().map(|(_, p)| p.clone()).collect();
+    let mut paths: Vec<PathBuf> = req.pins.iter().map(|(_, p)| p.clone()).collect();
+    paths.extend(req.user.as_ref().map(|u| u.path.clone()));
     let result = std::thread::Builder::new()
         .name("crust-nsfs".into())
-        .spawn(move || pin_in_fresh_thread(&req))
+        .spawn(move || match &req.user {
+            None => pin_in_fresh_thread(&req, None),
+            Some(user) => {
+                let holder = Holder::spawn(user.uids, user.gids, clone_flags(&req))?;
+                pin_file(&holder.ns_path("user"), &user.path)?;
+                pin_in_fresh_thread(&req, Some(&holder))
+            }
+        })
         .context("spawning the namespace thread")?
         .join()
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the namespace thread panicked")));
@@ -113,12 +140,26 @@ pub fn pin_new(req: PinRequest) -> Result<()> {
     result
 }
 
-fn pin_in_fresh_thread(req: &PinRequest) -> Result<()> {
-    let flags = req
-        .pins
+fn clone_flags(req: &PinRequest) -> CloneFlags {
+    req.pins
         .iter()
-        .fold(CloneFlags::empty(), |acc, (k, _)| acc | k.clone_flag());
-    unshare(flags).context("unshare of the pod namespaces")?;
+        .fold(CloneFlags::empty(), |acc, (k, _)| acc | k.clone_flag())
+}
+
+/// Makes the namespaces (or, with a `holder`, joins the ones it made),
+/// configures them and pins them.
+fn pin_in_fresh_thread(req: &PinRequest, holder: Option<&Holder>) -> Result<()> {
+    match holder {
+        None => unshare(clone_flags(req)).context("unshare of the pod namespaces")?,
+        Some(h) => {
+            for (kind, _) in &req.pins {
+                let ns = std::fs::File::open(h.ns_path(kind.proc_name()))
+                    .with_context(|| format!("opening the pod's {} namespace", kind.proc_name()))?;
+                setns(&ns, kind.clone_flag())
+                    .with_context(|| format!("joining the pod's {} namespace", kind.proc_name()))?;
+            }
+        }
+    }
     let kinds: Vec<Kind> = req.pins.iter().map(|(k, _)| *k).collect();
     if let (true, Some(name)) = (kinds.contains(&Kind::Uts), &req.hostname) {
         nix::unistd::sethostname(name).with_context(|| format!("setting hostname {name:?}"))?;
@@ -155,23 +196,31 @@ fn pin_in_fresh_thread(req: &PinRequest) -> Result<()> {
     }
     let tid = nix::unistd::gettid();
     for (kind, path) in &req.pins {
-        let src = PathBuf::from(format!("/proc/self/task/{tid}/ns/{}", kind.proc_name()));
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o444)
-            .open(path)
-            .with_context(|| format!("creating pin file {}", path.display()))?;
-        mount(
-            Some(src.as_path()),
-            path.as_path(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .with_context(|| format!("bind-mounting {} on {}", src.display(), path.display()))?;
+        let src = match holder {
+            Some(h) => h.ns_path(kind.proc_name()),
+            None => PathBuf::from(format!("/proc/self/task/{tid}/ns/{}", kind.proc_name())),
+        };
+        pin_file(&src, path)?;
     }
     Ok(())
+}
+
+/// Pins the namespace file `src` on a new file at `path`.
+fn pin_file(src: &Path, path: &Path) -> Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(path)
+        .with_context(|| format!("creating pin file {}", path.display()))?;
+    mount(
+        Some(src),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind-mounting {} on {}", src.display(), path.display()))
 }
 
 /// Unmounts a pinned namespace and removes its file. A pin that is already gone is fine.

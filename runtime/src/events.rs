@@ -189,6 +189,7 @@ mod tests {
                 netns: None,
                 ipcns: None,
                 utsns: None,
+                userns: None,
                 shm: "/s/shm".into(),
                 hostname: String::new(),
                 ips: Vec::new(),

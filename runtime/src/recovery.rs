@@ -244,6 +244,7 @@ impl Sandbox {
             netns: None,
             ipcns: None,
             utsns: None,
+            userns: None,
             shm: PathBuf::new(),
             hostname: String::new(),
             ips: Vec::new(),

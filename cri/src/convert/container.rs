@@ -5,6 +5,7 @@ use crust_runtime::container::config::{
 };
 use crust_runtime::container::{Container, ContainerState};
 use crust_runtime::events::{ContainerEvent, EventKind};
+use crust_runtime::sandbox::config::UserNamespace;
 use crust_runtime::{Error, Result};
 use k8s_cri::v1;
 
@@ -35,7 +36,11 @@ pub fn config_from(c: v1::ContainerConfig) -> Result<ContainerConfig> {
         args: c.args,
         working_dir: c.working_dir,
         envs: c.envs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
-        mounts: c.mounts.into_iter().map(mount_from).collect(),
+        mounts: c
+            .mounts
+            .into_iter()
+            .map(mount_from)
+            .collect::<Result<_>>()?,
         devices: c
             .devices
             .into_iter()
@@ -78,8 +83,23 @@ pub fn config_from(c: v1::ContainerConfig) -> Result<ContainerConfig> {
     })
 }
 
-fn mount_from(m: v1::Mount) -> Mount {
-    Mount {
+fn mount_from(m: v1::Mount) -> Result<Mount> {
+    let idmap = match (m.uid_mappings.as_slice(), m.gid_mappings.as_slice()) {
+        ([], []) => None,
+        ([uids], [gids]) => Some(UserNamespace {
+            uids: super::id_mapping_from(uids),
+            gids: super::id_mapping_from(gids),
+        }),
+        (uids, gids) => {
+            return Err(Error::invalid(format!(
+                "the mount at {:?} must give one uid and one gid mapping or none, got {} and {}",
+                m.container_path,
+                uids.len(),
+                gids.len()
+            )));
+        }
+    };
+    Ok(Mount {
         container_path: m.container_path,
         host_path: m.host_path,
         readonly: m.readonly,
@@ -91,7 +111,8 @@ fn mount_from(m: v1::Mount) -> Mount {
             _ => Propagation::Private,
         },
         image: m.image.map(|i| i.image).unwrap_or_default(),
-    }
+        idmap,
+    })
 }
 
 fn mount_to(m: &Mount) -> v1::Mount {
@@ -105,8 +126,16 @@ fn mount_to(m: &Mount) -> v1::Mount {
             Propagation::HostToContainer => v1::MountPropagation::PropagationHostToContainer,
             Propagation::Bidirectional => v1::MountPropagation::PropagationBidirectional,
         } as i32,
-        uid_mappings: Vec::new(),
-        gid_mappings: Vec::new(),
+        uid_mappings: m
+            .idmap
+            .iter()
+            .map(|u| super::id_mapping_to(&u.uids))
+            .collect(),
+        gid_mappings: m
+            .idmap
+            .iter()
+            .map(|u| super::id_mapping_to(&u.gids))
+            .collect(),
         recursive_read_only: m.recursive_read_only,
         image: None,
     }

@@ -9,7 +9,7 @@ pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 
-use crust_runtime::sandbox::config::{NamespaceMode, NamespaceOptions};
+use crust_runtime::sandbox::config::{IdMapping, NamespaceMode, NamespaceOptions, UserNamespace};
 use crust_runtime::{Error, Result};
 use k8s_cri::v1;
 
@@ -45,17 +45,63 @@ fn mode_to(m: NamespaceMode) -> i32 {
 /// CRI NamespaceOption → domain.
 pub fn namespaces_from(o: Option<v1::NamespaceOption>) -> Result<NamespaceOptions> {
     let o = o.unwrap_or_default();
-    let user_namespace = o.userns_options.as_ref().is_some_and(|u| {
-        mode_from(u.mode, "user").ok() == Some(NamespaceMode::Pod)
-            && (!u.uids.is_empty() || !u.gids.is_empty())
-    });
     Ok(NamespaceOptions {
         network: mode_from(o.network, "network")?,
         pid: mode_from(o.pid, "pid")?,
         ipc: mode_from(o.ipc, "ipc")?,
         target_id: o.target_id,
-        user_namespace,
+        user: o
+            .userns_options
+            .map(user_namespace_from)
+            .transpose()?
+            .flatten(),
     })
+}
+
+/// CRI UserNamespace → the pod's own user namespace (mode POD), or None for
+/// the node's; CONTAINER and TARGET are refused, as the CRI says.
+fn user_namespace_from(u: v1::UserNamespace) -> Result<Option<UserNamespace>> {
+    match mode_from(u.mode, "user")? {
+        NamespaceMode::Node if u.uids.is_empty() && u.gids.is_empty() => Ok(None),
+        NamespaceMode::Node => Err(Error::invalid(
+            "user namespace mode NODE takes no uid or gid mappings",
+        )),
+        NamespaceMode::Pod => Ok(Some(UserNamespace {
+            uids: one_mapping(&u.uids, "uid")?,
+            gids: one_mapping(&u.gids, "gid")?,
+        })),
+        other => Err(Error::invalid(format!(
+            "user namespace mode {other:?} is not supported: use POD (with mappings) or NODE"
+        ))),
+    }
+}
+
+fn one_mapping(m: &[v1::IdMapping], what: &str) -> Result<IdMapping> {
+    match m {
+        [one] => Ok(id_mapping_from(one)),
+        _ => Err(Error::invalid(format!(
+            "a user namespace takes exactly one {what} mapping, got {}",
+            m.len()
+        ))),
+    }
+}
+
+/// CRI IDMapping → domain.
+pub fn id_mapping_from(m: &v1::IdMapping) -> IdMapping {
+    IdMapping {
+        inside: m.container_id,
+        outside: m.host_id,
+        count: m.length,
+    }
+}
+
+/// Domain → CRI IDMapping.
+pub fn id_mapping_to(m: &IdMapping) -> v1::IdMapping {
+    v1::IdMapping {
+        container_id: m.inside,
+        host_id: m.outside,
+        length: m.count,
+    }
 }
 
 /// Domain → CRI NamespaceOption.
@@ -65,6 +111,10 @@ pub fn namespaces_to(o: &NamespaceOptions) -> v1::NamespaceOption {
         pid: mode_to(o.pid),
         ipc: mode_to(o.ipc),
         target_id: o.target_id.clone(),
-        userns_options: None,
+        userns_options: o.user.as_ref().map(|u| v1::UserNamespace {
+            mode: v1::NamespaceMode::Pod as i32,
+            uids: vec![id_mapping_to(&u.uids)],
+            gids: vec![id_mapping_to(&u.gids)],
+        }),
     }
 }

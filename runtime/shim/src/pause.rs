@@ -4,8 +4,12 @@
 //! init. It does nothing but reap the orphans the pod's processes leave to it.
 //!
 //! ```text
-//! crust-shim pause
+//! crust-shim pause [--userns <pinned user namespace>]
 //! ```
+//!
+//! With `--userns` it joins the pod's user namespace first, so that the PID
+//! namespace is owned by it and the pod's containers, which run in that user
+//! namespace, may join it.
 //!
 //! Like the container mode it detaches from crustd and reports on stdout one JSON
 //! line: `{"pid":<host pid of the namespace's init>}` or `{"error":"..."}`.
@@ -13,7 +17,7 @@
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
 
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::{ForkResult, fork, pipe};
@@ -44,6 +48,21 @@ fn report(line: &str, status: i32) -> i32 {
 fn start() -> Result<i32, String> {
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    let args: Vec<_> = std::env::args_os().skip(2).collect();
+    match args.as_slice() {
+        [] => {}
+        [flag, path] if flag == "--userns" => {
+            let ns = std::fs::File::open(path)
+                .map_err(|e| format!("opening the user namespace {path:?}: {e}"))?;
+            setns(&ns, CloneFlags::CLONE_NEWUSER)
+                .map_err(|e| format!("joining the user namespace {path:?}: {e}"))?;
+        }
+        _ => {
+            return Err(format!(
+                "usage: crust-shim pause [--userns PATH], got {args:?}"
+            ));
+        }
+    }
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare(CLONE_NEWPID): {e}"))?;
     let (ready_r, ready_w) = pipe().map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: single-threaded here; the child only calls async-signal-safe

@@ -36,6 +36,11 @@ pub struct Mount {
     pub propagation: Propagation,
     /// Set when the mount is an OCI image volume (not supported yet).
     pub image: String,
+    /// Idmap the mount with these mappings (those of the pod's user
+    /// namespace): files owned by id N on the host appear owned by the id
+    /// that maps to N in the pod.
+    #[serde(default)]
+    pub idmap: Option<crate::sandbox::config::UserNamespace>,
 }
 
 /// A host device made available in the container.
@@ -289,11 +294,22 @@ impl ContainerConfig {
                     m.host_path, m.container_path
                 )));
             }
-            if m.recursive_read_only && (!m.readonly || m.propagation != Propagation::Private) {
+            if m.recursive_read_only && !m.readonly {
                 return Err(Error::invalid(format!(
-                    "recursive read-only mount at {:?} must also be readonly with private propagation",
+                    "the mount at {:?} asks for recursive_read_only but is not readonly",
                     m.container_path
                 )));
+            }
+            for (asked, what) in [
+                (m.recursive_read_only, "a recursive read-only"),
+                (m.idmap.is_some(), "an idmapped"),
+            ] {
+                if asked && m.propagation != Propagation::Private {
+                    return Err(Error::invalid(format!(
+                        "the mount at {:?} is {what} mount, which needs private propagation, not {:?}",
+                        m.container_path, m.propagation
+                    )));
+                }
             }
         }
         for d in &self.devices {

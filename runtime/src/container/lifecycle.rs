@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use super::config::ContainerConfig;
-use super::{Container, ContainerState, reserved_name, spec, user};
+use super::{Container, ContainerState, reserved_name, spec, staging, user};
 use crate::cleanup::{Cleanup, Step};
 use crate::events::EventKind;
 use crate::host::{CreateError, Launch};
@@ -92,6 +92,7 @@ impl Runtime {
         let image = self.images.get(&cfg.image).ok_or_else(|| {
             Error::not_found(format!("image {:?} not found; pull it first", cfg.image))
         })?;
+        staging::check_user_namespace(&cfg, sb)?;
         let target_pid = match cfg.security.namespaces.pid {
             NamespaceMode::Target => {
                 Some(self.target_pid(&cfg.security.namespaces.target_id, &sb.id)?)
@@ -177,14 +178,27 @@ impl Runtime {
 
         let rootfs = bundle.join("rootfs");
         fs::create_dir(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
-        self.host
-            .mounts
-            .overlay(&self.images.layer_dirs(image)?, &upper, &work, &rootfs)?;
+        let layers = self.images.layer_dirs(image)?;
+        match &sb.userns {
+            None => self.host.mounts.overlay(&layers, &upper, &work, &rootfs)?,
+            Some(userns) => {
+                let lower = self.idmapped_layers(&layers, userns, &bundle.join("lower"), undo)?;
+                self.give_upper_to_pod_root(&upper, sb)?;
+                let mounted = self.host.mounts.overlay(&lower, &upper, &work, &rootfs);
+                self.detach_prepared(&lower);
+                mounted.map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "the kernel refused an overlay of idmapped layers for the pod's user namespace: {e:#}"
+                    ))
+                })?;
+            }
+        }
         undo.push(Step::Unmount(rootfs.clone()));
 
         let user = user::resolve(&rootfs, &cfg.security, &image.config.user)?;
         let image_name = display_image_name(cfg, image);
         let facts = self.host.facts.for_container(&self.cgroups, cfg, sb);
+        let staged = self.stage_mounts(cfg, sb, &facts, &bundle.join("mounts"), undo)?;
         let oci = spec::build(&spec::SpecInput {
             id,
             config: cfg,
@@ -195,6 +209,7 @@ impl Runtime {
             rootfs: &rootfs,
             target_pid: m.target_pid,
             host: &facts,
+            staged_mounts: &staged,
             default_cgroup_parent: &self.opts.default_cgroup_parent,
         })?;
         let cgroup_path = oci
@@ -246,6 +261,7 @@ impl Runtime {
                 )),
                 CreateError::Shim(e) => Error::Internal(e.context("starting crust-shim")),
             })?;
+        self.detach_prepared(staged.values());
 
         let stop_signal = parse_signal(&image.config.stop_signal).unwrap_or(libc::SIGTERM);
         let image_ref = image

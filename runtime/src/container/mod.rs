@@ -7,6 +7,7 @@ mod exec;
 pub(crate) mod exit_watch;
 mod lifecycle;
 pub mod spec;
+mod staging;
 mod stop;
 mod update;
 pub mod user;

@@ -268,6 +268,17 @@ impl Mounts for FakeHost {
         Ok(())
     }
 
+    fn bind(&self, _source: &Path, target: &Path, _how: &super::BindMount) -> Result<()> {
+        self.call("mounts.bind")?;
+        if !target.exists() {
+            bail!("{} does not exist", target.display());
+        }
+        if !self.world().mounts.insert(target.to_path_buf()) {
+            bail!("{} is mounted already", target.display());
+        }
+        Ok(())
+    }
+
     fn shm_tmpfs(&self, target: &Path, _size_bytes: u64) -> Result<()> {
         self.call("mounts.shm_tmpfs")?;
         if !target.is_dir() {
@@ -342,7 +353,7 @@ impl Shim for FakeHost {
         Ok(())
     }
 
-    fn start_pid_holder(&self) -> Result<i32> {
+    fn start_pid_holder(&self, _userns: Option<&Path>) -> Result<i32> {
         self.call("shim.start_pid_holder")?;
         let mut w = self.world();
         let pid = w.pid();
@@ -365,7 +376,8 @@ impl Namespaces for FakeHost {
     fn pin_new(&self, req: PinRequest) -> Result<()> {
         self.call("namespaces.pin_new")?;
         let mut w = self.world();
-        for (_, path) in &req.pins {
+        let user = req.user.iter().map(|u| &u.path);
+        for path in req.pins.iter().map(|(_, p)| p).chain(user) {
             std::fs::write(path, b"")?;
             w.mounts.insert(path.clone());
         }

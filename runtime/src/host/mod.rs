@@ -25,6 +25,7 @@ use crust_shim_protocol::{ExitRecord, control};
 use crate::container::config::ContainerConfig;
 use crate::container::spec::HostFacts;
 use crate::sandbox::Sandbox;
+pub use crate::sys::bind::BindMount;
 pub use crate::sys::cgroup::CgroupHost;
 pub use crate::sys::cgroup_usage::UsageReader;
 pub use crate::sys::runc::RuncStatus;
@@ -107,6 +108,9 @@ pub trait Mounts: Send + Sync {
     /// Mounts an overlay of `lower` (topmost first) with a writable
     /// `upper`/`work` on `target`.
     fn overlay(&self, lower: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()>;
+    /// Attaches on `target` a private copy of the mount tree at `source`,
+    /// idmapped or read-only as `how` says (see [`BindMount`]).
+    fn bind(&self, source: &Path, target: &Path, how: &BindMount) -> Result<()>;
     /// Mounts a pod's `/dev/shm` tmpfs of `size_bytes`.
     fn shm_tmpfs(&self, target: &Path, size_bytes: u64) -> Result<()>;
     /// Unmounts `target` (every mount stacked on it); not mounted is fine.
@@ -163,8 +167,9 @@ pub trait Shim: Send + Sync {
     fn alive(&self, pid: i32) -> bool;
     /// Sends one control request to the shim of `bundle`.
     fn control(&self, bundle: &Path, request: control::Request) -> Result<()>;
-    /// Starts the process holding a pod's shared PID namespace; its pid.
-    fn start_pid_holder(&self) -> Result<i32>;
+    /// Starts the process holding a pod's shared PID namespace, made in
+    /// the user namespace pinned at `userns` when given; its pid.
+    fn start_pid_holder(&self, userns: Option<&Path>) -> Result<i32>;
     /// Kills that holder (and every process in its namespace) and waits
     /// for it to be gone; gone already is fine.
     fn stop_pid_holder(&self, pid: i32) -> Result<()>;

@@ -32,8 +32,55 @@ pub struct NamespaceOptions {
     pub ipc: NamespaceMode,
     /// The container whose namespace a TARGET mode refers to.
     pub target_id: String,
-    /// True when the pod asked for a user namespace with id mappings.
-    pub user_namespace: bool,
+    /// The pod's own user namespace (CRI user namespace mode POD); None is
+    /// the node's.
+    #[serde(default)]
+    pub user: Option<UserNamespace>,
+}
+
+/// One range of ids mapped into a user namespace.
+pub use crust_cni::userns::IdMapping;
+
+/// A pod's own user namespace: the one uid range and one gid range kubelet
+/// maps into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespace {
+    /// The uid mapping.
+    pub uids: IdMapping,
+    /// The gid mapping.
+    pub gids: IdMapping,
+}
+
+impl UserNamespace {
+    /// The host uid and gid that root in the pod is.
+    pub fn host_root(&self) -> (u32, u32) {
+        (self.uids.outside, self.gids.outside)
+    }
+
+    /// Refuses mappings that leave root in the pod unmapped, reach past
+    /// the largest id, or map the host's root into the pod.
+    pub fn validate(&self) -> Result<()> {
+        for (what, m) in [("uid", self.uids), ("gid", self.gids)] {
+            let problem = if m.inside != 0 {
+                Some("must start at id 0 in the pod, so that root in the container is mapped")
+            } else if m.count == 0 {
+                Some("maps no ids")
+            } else if m.outside.checked_add(m.count - 1).is_none() {
+                Some("reaches past the largest id")
+            } else if m.outside == 0 {
+                Some("must not map the host's root into the pod")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(Error::invalid(format!(
+                    "the user namespace's {what} mapping (container id {}, host id {}, length {}) {problem}",
+                    m.inside, m.outside, m.count
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// DNS settings written into the pod's resolv.conf (and given to CNI plugins
@@ -162,10 +209,19 @@ impl SandboxConfig {
         if self.namespaces.pid == NamespaceMode::Target {
             return Err(Error::invalid("a sandbox's PID namespace cannot be TARGET"));
         }
-        if self.namespaces.user_namespace {
-            return Err(Error::Unimplemented(
-                "user namespaces (hostUsers: false) are not supported by crust yet".into(),
-            ));
+        if let Some(user) = &self.namespaces.user {
+            user.validate()?;
+            for (what, mode) in [
+                ("network", self.namespaces.network),
+                ("ipc", self.namespaces.ipc),
+                ("pid", self.namespaces.pid),
+            ] {
+                if mode == NamespaceMode::Node {
+                    return Err(Error::invalid(format!(
+                        "a pod with its own user namespace cannot use the node's {what} namespace"
+                    )));
+                }
+            }
         }
         for (what, mode) in [
             ("network", self.namespaces.network),

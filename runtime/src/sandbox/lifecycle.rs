@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use crust_cni::nsfs::{self, Kind, PinRequest};
+use crust_cni::nsfs::{self, Kind, PinRequest, UserPin};
 
 use super::config::SandboxConfig;
 use super::{Sandbox, SandboxState, files, network, pidns};
@@ -130,14 +130,22 @@ impl Runtime {
             pin_path(Kind::Uts),
             pin_path(Kind::Ipc),
         );
-        if !pins.is_empty() {
+        let user = cfg.namespaces.user.map(|u| UserPin {
+            path: ns_dir.join("user"),
+            uids: u.uids,
+            gids: u.gids,
+        });
+        let userns = user.as_ref().map(|u| u.path.clone());
+        if !pins.is_empty() || user.is_some() {
             fs::create_dir(&ns_dir).with_context(|| format!("creating {}", ns_dir.display()))?;
-            let paths: Vec<_> = pins.iter().map(|(_, p)| p.clone()).collect();
+            let mut paths: Vec<_> = pins.iter().map(|(_, p)| p.clone()).collect();
+            paths.extend(userns.clone());
             host.namespaces
                 .pin_new(PinRequest {
                     pins,
                     hostname: Some(hostname.clone()),
                     sysctls,
+                    user,
                 })
                 .map_err(|e| match e.downcast_ref::<nsfs::SysctlRefused>() {
                     Some(refused) => Error::invalid(refused.0.clone()),
@@ -161,7 +169,7 @@ impl Runtime {
         };
 
         let infra_pid = if cfg.shared_pid() {
-            let pid = pidns::start(host.shim.as_ref(), &dir)?;
+            let pid = pidns::start(host.shim.as_ref(), &dir, userns.as_deref())?;
             undo.push(Step::StopPidHolder(pid));
             Some(pid)
         } else {
@@ -192,6 +200,7 @@ impl Runtime {
             netns,
             ipcns,
             utsns,
+            userns,
             hostname,
             ips,
             shm,
@@ -239,7 +248,7 @@ impl Runtime {
         if sb.netns.is_some() {
             host.network.del(&sb.id).map_err(network::net_error)?;
         }
-        for p in [&sb.netns, &sb.utsns, &sb.ipcns].into_iter().flatten() {
+        for p in sb.pinned_namespaces() {
             host.namespaces.unpin(p)?;
         }
         if sb.shm_mounted {
@@ -327,9 +336,8 @@ impl Runtime {
         if sb.state != SandboxState::Ready {
             return;
         }
-        let lost = [&sb.netns, &sb.utsns, &sb.ipcns]
-            .into_iter()
-            .flatten()
+        let lost = sb
+            .pinned_namespaces()
             .any(|p| !self.host.namespaces.is_pinned(p))
             || sb
                 .infra_pid

@@ -44,6 +44,10 @@ pub struct Sandbox {
     pub ipcns: Option<PathBuf>,
     /// Pinned UTS namespace; None for host network (which implies host UTS).
     pub utsns: Option<PathBuf>,
+    /// Pinned user namespace, owner of the pod's other namespaces; None for
+    /// a pod in the node's user namespace.
+    #[serde(default)]
+    pub userns: Option<PathBuf>,
     /// What containers get as /dev/shm.
     pub shm: PathBuf,
     /// The hostname inside the pod: the configured one, or the node's when the
@@ -71,6 +75,14 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// The files its own namespaces are pinned on (the user namespace,
+    /// which owns the others, last).
+    pub fn pinned_namespaces(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.netns, &self.utsns, &self.ipcns, &self.userns]
+            .into_iter()
+            .flatten()
+    }
+
     /// The file bind-mounted as /etc/hostname.
     pub fn hostname_file(&self) -> PathBuf {
         self.dir.join("hostname")

@@ -13,9 +13,11 @@ use crate::host::Shim;
 /// died before recording the sandbox can still find and stop it.
 const PID_FILE: &str = "pidns.pid";
 
-/// Starts the holder process, notes its pid in `sandbox_dir` and returns it.
-pub(crate) fn start(shim: &dyn Shim, sandbox_dir: &Path) -> Result<i32> {
-    let pid = shim.start_pid_holder()?;
+/// Starts the holder process (in the pod's user namespace `userns`, if it
+/// has one, which then owns the PID namespace), notes its pid in
+/// `sandbox_dir` and returns it.
+pub(crate) fn start(shim: &dyn Shim, sandbox_dir: &Path, userns: Option<&Path>) -> Result<i32> {
+    let pid = shim.start_pid_holder(userns)?;
     // Atomic: a crash mid-write must not leave a torn pid that a restarted
     // crustd would signal.
     let note = crate::fsutil::write_atomic(&sandbox_dir.join(PID_FILE), pid.to_string().as_bytes());

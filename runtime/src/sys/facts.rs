@@ -180,6 +180,7 @@ mod tests {
             netns: None,
             ipcns: None,
             utsns: None,
+            userns: None,
             hostname: "pod".into(),
             ips: Vec::new(),
             shm: dir.join("shm"),

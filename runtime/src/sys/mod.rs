@@ -2,6 +2,7 @@
 //! invocations and process probes, most of them behind [`crate::host`].
 //! Everything above it is plain logic.
 
+pub mod bind;
 pub mod cgroup;
 pub mod cgroup_usage;
 pub mod facts;

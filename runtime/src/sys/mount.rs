@@ -18,6 +18,10 @@ impl crate::host::Mounts for KernelMounts {
         overlay(lower, upper, work, target)
     }
 
+    fn bind(&self, source: &Path, target: &Path, how: &crate::host::BindMount) -> Result<()> {
+        super::bind::bind(source, target, how)
+    }
+
     fn shm_tmpfs(&self, target: &Path, size_bytes: u64) -> Result<()> {
         shm_tmpfs(target, size_bytes)
     }

@@ -60,8 +60,8 @@ impl crate::host::Shim for ShimBinary {
         control(bundle, request)
     }
 
-    fn start_pid_holder(&self) -> Result<i32> {
-        start_pause(&self.shim)
+    fn start_pid_holder(&self, userns: Option<&Path>) -> Result<i32> {
+        start_pause(&self.shim, userns)
     }
 
     fn stop_pid_holder(&self, pid: i32) -> Result<()> {
@@ -213,9 +213,13 @@ fn control(bundle: &Path, request: control::Request) -> Result<()> {
 
 /// Starts `crust-shim pause`, the holder of a pod's PID namespace, and
 /// returns its pid once it reported.
-fn start_pause(shim: &Path) -> Result<i32> {
-    let mut child = Command::new(shim)
-        .arg("pause")
+fn start_pause(shim: &Path, userns: Option<&Path>) -> Result<i32> {
+    let mut cmd = Command::new(shim);
+    cmd.arg("pause");
+    if let Some(userns) = userns {
+        cmd.arg("--userns").arg(userns);
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

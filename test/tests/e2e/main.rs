@@ -41,3 +41,4 @@ mod security;
 mod stats;
 mod stopping;
 mod streaming;
+mod user_namespaces;

@@ -45,6 +45,7 @@ pub(super) fn sandbox() -> Sandbox {
         netns: Some("/run/crust/sandboxes/sb/ns/net".into()),
         ipcns: Some("/run/crust/sandboxes/sb/ns/ipc".into()),
         utsns: Some("/run/crust/sandboxes/sb/ns/uts".into()),
+        userns: None,
         hostname: "podhost".into(),
         ips: Vec::new(),
         shm: "/run/crust/sandboxes/sb/shm".into(),
@@ -148,6 +149,7 @@ pub(super) fn build_facts(cfg: &ContainerConfig, sb: &Sandbox, host: &HostFacts)
         rootfs: Path::new("/run/crust/containers/cid/rootfs"),
         target_pid: None,
         host,
+        staged_mounts: &Default::default(),
         default_cgroup_parent: "/crust",
     })
 }

@@ -15,7 +15,7 @@ mod namespaces;
 mod resources;
 mod seccomp;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
@@ -91,6 +91,9 @@ pub struct SpecInput<'a> {
     pub target_pid: Option<i32>,
     /// What the spec needs to know about the machine.
     pub host: &'a HostFacts,
+    /// The prepared copies (idmapped or recursively read-only) that stand
+    /// in for the sources of the request's mounts, by the mount's index.
+    pub staged_mounts: &'a BTreeMap<usize, PathBuf>,
     /// cgroup parent when the pod names none.
     pub default_cgroup_parent: &'a str,
 }
@@ -281,6 +284,10 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
         .cgroups_path(resources::cgroups_path(input))
         .build()
         .map_err(internal)?;
+    if let Some([uids, gids]) = namespaces::id_mappings(input)? {
+        linux.set_uid_mappings(Some(uids));
+        linux.set_gid_mappings(Some(gids));
+    }
     linux.set_masked_paths(mounts::masked_paths(sec));
     linux.set_readonly_paths(mounts::readonly_paths(sec));
     let devices = devices::devices(cfg, input.host)?;

@@ -172,9 +172,9 @@ pub(super) fn mounts(input: &SpecInput<'_>) -> Result<Vec<Mount>> {
         &sb.shm.to_string_lossy(),
         &["rbind", "rprivate", "rw"],
     )?);
-    for m in &cfg.mounts {
+    for (i, m) in cfg.mounts.iter().enumerate() {
         let host = match input.host.mount_sources.get(&m.host_path) {
-            Some(Ok(resolved)) => resolved,
+            Some(Ok(resolved)) => input.staged_mounts.get(&i).unwrap_or(resolved),
             Some(Err(e)) => return Err(unusable(m, e)),
             None => return Err(unusable(m, "it was not looked up on the host")),
         };
@@ -185,9 +185,6 @@ pub(super) fn mounts(input: &SpecInput<'_>) -> Result<Vec<Mount>> {
             Propagation::Bidirectional => "rshared",
         });
         options.push(if m.readonly { "ro" } else { "rw" });
-        if m.recursive_read_only {
-            options.push("rro");
-        }
         out.push(mount(
             &m.container_path,
             "bind",
@@ -282,7 +279,6 @@ mod tests {
         c.mounts = vec![CriMount {
             container_path: "/data/".into(),
             host_path: "/srv/link".into(),
-            recursive_read_only: true,
             readonly: true,
             propagation: Propagation::HostToContainer,
             ..Default::default()
@@ -302,7 +298,7 @@ mod tests {
         assert_eq!(data.source().as_deref(), Some(Path::new("/srv/real")));
         assert_eq!(
             data.options().as_deref(),
-            Some(&["rbind", "rslave", "ro", "rro"].map(String::from)[..])
+            Some(&["rbind", "rslave", "ro"].map(String::from)[..])
         );
         assert_eq!(
             spec.linux()

@@ -4,10 +4,13 @@
 
 use std::path::PathBuf;
 
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType};
+use oci_spec::runtime::{
+    LinuxIdMapping, LinuxIdMappingBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType,
+};
 
 use super::{SpecInput, internal};
-use crate::sandbox::config::NamespaceMode;
+use crate::sandbox::config::{IdMapping, NamespaceMode};
 use crate::{Error, Result};
 
 fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> Result<LinuxNamespace> {
@@ -20,10 +23,14 @@ fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> Result<LinuxName
 }
 
 /// The container's namespaces: new ones have no path, joined ones the path
-/// of the namespace they join.
+/// of the namespace they join (the pod's user namespace first of all, as
+/// it owns the others).
 pub(super) fn namespaces(input: &SpecInput<'_>) -> Result<Vec<LinuxNamespace>> {
     let sb = input.sandbox;
     let mut out = vec![namespace(LinuxNamespaceType::Mount, None)?];
+    if let Some(p) = &sb.userns {
+        out.push(namespace(LinuxNamespaceType::User, Some(p.clone()))?);
+    }
     if let Some(p) = &sb.netns {
         out.push(namespace(LinuxNamespaceType::Network, Some(p.clone()))?);
     }
@@ -61,6 +68,25 @@ pub(super) fn namespaces(input: &SpecInput<'_>) -> Result<Vec<LinuxNamespace>> {
         out.push(namespace(LinuxNamespaceType::Cgroup, None)?);
     }
     Ok(out)
+}
+
+/// The uid and gid mappings of the pod's user namespace, which runc wants
+/// alongside its path (it maps the owner of what it creates for the
+/// container through them).
+pub(super) fn id_mappings(input: &SpecInput<'_>) -> Result<Option<[Vec<LinuxIdMapping>; 2]>> {
+    let Some(user) = input.sandbox.config.namespaces.user else {
+        return Ok(None);
+    };
+    let one = |m: IdMapping| {
+        LinuxIdMappingBuilder::default()
+            .container_id(m.inside)
+            .host_id(m.outside)
+            .size(m.count)
+            .build()
+            .map(|m| vec![m])
+            .map_err(internal)
+    };
+    Ok(Some([one(user.uids)?, one(user.gids)?]))
 }
 
 #[cfg(test)]
