@@ -54,15 +54,20 @@ impl RuntimeService {
             "reason": network.reason,
             "message": network.message,
         });
+        // As Status lists them: the default under "", then each by name.
         let all = self.runtime.handlers();
         let handlers: Vec<_> = all
-            .iter()
-            .map(|h| {
+            .get(all.default_name())
+            .map(|h| ("", h))
+            .into_iter()
+            .chain(all.iter().map(|h| (h.spec.name.as_str(), h)))
+            .map(|(name, h)| {
                 let f = self.runtime.handler_features(h);
                 serde_json::json!({
-                    "name": h.spec.name,
+                    "name": name,
+                    "handler": h.spec.name,
                     "default": h.spec.name == all.default_name(),
-                    "binary": h.spec.binary,
+                    "runtime": h.spec.binary,
                     "root": h.spec.root,
                     "options": h.spec.options,
                     "available": h.probe.usable.is_ok(),

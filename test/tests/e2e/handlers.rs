@@ -156,6 +156,10 @@ async fn status_and_unknown(env: &mut TestEnv) -> Result<()> {
         .get("runtimeHandlers")
         .context("verbose Status has no runtimeHandlers")?;
     let info: serde_json::Value = serde_json::from_str(info)?;
+    ensure!(
+        info["handlers"][0]["name"] == "" && info["handlers"][0]["handler"] == "runc",
+        "the first verbose handler is not the default under \"\": {info}"
+    );
     let runc = info["handlers"]
         .as_array()
         .and_then(|hs| hs.iter().find(|h| h["name"] == "runc"))
@@ -163,7 +167,9 @@ async fn status_and_unknown(env: &mut TestEnv) -> Result<()> {
     ensure!(
         runc["available"] == true
             && runc["default"] == true
-            && runc["binary"].as_str().is_some_and(|b| b.ends_with("runc"))
+            && runc["runtime"]
+                .as_str()
+                .is_some_and(|b| b.ends_with("runc"))
             && runc["root"].as_str().is_some_and(|r| r.ends_with("/runc"))
             && runc["features"]["userNamespaces"].is_boolean(),
         "verbose info of runc: {runc}"
