@@ -18,6 +18,12 @@ TEST_PKGS  := docker-registry busybox-static apache2-utils openssl
 # clients, the host's pgrep (procps) and ipcs (util-linux) for critest's images,
 # and util-linux's ipcmk, which critest runs on the host.
 CONFORMANCE_PKGS := xz-utils procps util-linux
+# youki, the second runtime handler of the default config, from crates.io: its
+# features are opt-in (v1 and v2 cgroups, seccomp, which needs libseccomp's
+# headers and pkg-config to build).
+YOUKI_VERSION  := 0.7.0
+YOUKI_FEATURES := v1,v2,seccomp
+YOUKI_PKGS     := libseccomp-dev pkg-config
 # The peer `make bench` compares crust with, and skopeo, the reference point of the
 # big-image pull (both optional: the report says if one is missing).
 BENCH_PKGS := containerd skopeo
@@ -56,7 +62,7 @@ IMAGE_BUSYBOX := $(CONFORMANCE_DIR)/busybox/bin/busybox
 # (The AppArmor specs skip themselves on a host without AppArmor.)
 CRITEST_SKIP ?= public image with digest should be pulled and removed
 
-.PHONY: all build release run test unit e2e bench lint install conformance soak fuzz deps-build deps-run deps-test deps-bench deps-conformance
+.PHONY: all build release run test unit e2e bench lint install conformance soak fuzz deps-build deps-run deps-test deps-youki deps-bench deps-conformance youki-build-deps
 
 all: build
 
@@ -75,8 +81,18 @@ deps-build:
 deps-run: deps-build
 	$(call apt_install,$(RUN_PKGS))
 
-deps-test: deps-run
+deps-test: deps-run deps-youki
 	$(call apt_install,$(TEST_PKGS))
+
+# Installs youki into $(PREFIX)/bin when no youki is on PATH.
+deps-youki: deps-build
+	@if ! command -v youki >/dev/null; then \
+		$(MAKE) --no-print-directory youki-build-deps && \
+		$(CARGO) install youki --locked --version $(YOUKI_VERSION) --features $(YOUKI_FEATURES) --root $(PREFIX); \
+	fi
+
+youki-build-deps:
+	$(call apt_install,$(YOUKI_PKGS))
 
 deps-conformance: deps-test
 	$(call apt_install,$(CONFORMANCE_PKGS))

@@ -1,6 +1,7 @@
 //! crustd's configuration: a TOML file whose defaults are embedded in the binary
 //! (`default_config.toml`), with flags for the common overrides.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -27,6 +28,8 @@ pub struct Config {
     pub cni: CniSection,
     /// Container runtime settings.
     pub runtime: RuntimeSection,
+    /// Runtime handlers (RuntimeClass) by name.
+    pub runtimes: BTreeMap<String, HandlerSection>,
     /// Exec, attach and port-forward streaming server settings.
     pub stream: StreamSection,
     /// crustd's own Prometheus metrics.
@@ -98,12 +101,26 @@ impl ImageSection {
     }
 }
 
+/// `[runtimes.<name>]`: one runtime handler's OCI runtime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerSection {
+    /// The OCI runtime binary (name or path).
+    pub binary: String,
+    /// Its state directory; empty means the default (see [`Config::handlers`]).
+    #[serde(default)]
+    pub root: String,
+    /// Global arguments given before every subcommand.
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
 /// `[runtime]`: how containers are run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSection {
-    /// runc binary (name or path).
-    pub runc: String,
+    /// The handler of pods that name none: a key of `[runtimes]`.
+    pub default_runtime: String,
     /// crust-shim binary; empty means next to crustd.
     pub shim: String,
     /// Size of each pod's /dev/shm in bytes.
@@ -135,6 +152,10 @@ impl Config {
         let mut merged: toml::Table =
             toml::from_str(DEFAULT_CONFIG).context("embedded defaults")?;
         let user: toml::Table = toml::from_str(text).context("parsing TOML")?;
+        // A file's handlers replace the defaults whole, so one can be dropped.
+        if user.contains_key("runtimes") {
+            merged.remove("runtimes");
+        }
         merge(&mut merged, user);
         let cfg: Config = toml::Value::Table(merged)
             .try_into()
@@ -202,17 +223,66 @@ impl Config {
         if self.runtime.shm_size < 4096 {
             bail!("runtime.shm_size must be at least 4096 bytes");
         }
+        self.validate_handlers()
+    }
+
+    fn validate_handlers(&self) -> Result<()> {
+        for (name, h) in &self.runtimes {
+            // RuntimeClass handlers are DNS labels.
+            if name.is_empty()
+                || name.len() > 63
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                || name.starts_with('-')
+                || name.ends_with('-')
+            {
+                bail!(
+                    "runtimes.{name:?}: a handler name must be a DNS label (lowercase letters, digits and '-', at most 63)"
+                );
+            }
+            if h.binary.is_empty() {
+                bail!("runtimes.{name}.binary must name the OCI runtime");
+            }
+            if !h.root.is_empty() && !Path::new(&h.root).is_absolute() {
+                bail!(
+                    "runtimes.{name}.root must be an absolute path, got {:?}",
+                    h.root
+                );
+            }
+        }
+        if !self.runtimes.contains_key(&self.runtime.default_runtime) {
+            bail!(
+                "runtime.default_runtime {:?} is not among the handlers [runtimes.*]: {}",
+                self.runtime.default_runtime,
+                self.runtimes
+                    .keys()
+                    .map(|n| format!("{n:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         Ok(())
     }
 
-    /// Finds the runc binary.
-    pub fn runc_path(&self) -> Result<PathBuf> {
-        find_binary(&self.runtime.runc).with_context(|| {
-            format!(
-                "runtime.runc: {:?} not found; install runc",
-                self.runtime.runc
-            )
-        })
+    /// The runtime handlers: each binary found as runc is (kept as written
+    /// when it is not found: the start-up probe says so), each root
+    /// defaulted to `<state>/runc` for `runc` (where crust kept runc's
+    /// state before it had handlers) and `<state>/runtimes/<name>` else.
+    pub fn handlers(&self) -> Vec<crust_runtime::host::HandlerSpec> {
+        self.runtimes
+            .iter()
+            .map(|(name, h)| crust_runtime::host::HandlerSpec {
+                name: name.clone(),
+                binary: find_binary(&h.binary).unwrap_or_else(|| PathBuf::from(&h.binary)),
+                root: match (h.root.as_str(), name.as_str()) {
+                    ("", "runc") => self.state.join("runc"),
+                    ("", _) => self.state.join("runtimes").join(name),
+                    (root, _) => PathBuf::from(root),
+                },
+                options: h.options.clone(),
+            })
+            .collect()
     }
 
     /// Finds the crust-shim binary.
@@ -289,7 +359,60 @@ mod tests {
             Config::parse("root = \"/srv/crust\"\n[runtime]\ncgroup_parent = \"/pods\"\n").unwrap();
         assert_eq!(c.root, PathBuf::from("/srv/crust"));
         assert_eq!(c.runtime.cgroup_parent, "/pods");
-        assert_eq!(c.runtime.runc, "runc");
+        assert_eq!(c.runtime.default_runtime, "runc");
+    }
+
+    #[test]
+    fn default_handlers_are_runc_and_youki() {
+        let c = Config::parse("state = \"/run/x\"").unwrap();
+        let h = c.handlers();
+        let names: Vec<_> = h.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["runc", "youki"]);
+        assert_eq!(h[0].root, PathBuf::from("/run/x/runc"));
+        assert_eq!(h[1].root, PathBuf::from("/run/x/runtimes/youki"));
+        assert!(h.iter().all(|h| h.options.is_empty()));
+    }
+
+    #[test]
+    fn a_files_handlers_replace_the_defaults() {
+        let c = Config::parse(
+            "[runtime]\ndefault_runtime = \"fast\"\n\
+             [runtimes.fast]\nbinary = \"/opt/fast/bin/fast\"\noptions = [\"--debug\"]\n\
+             [runtimes.runc]\nbinary = \"runc\"\nroot = \"/srv/runc\"\n",
+        )
+        .unwrap();
+        let h = c.handlers();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].name, "fast");
+        assert_eq!(h[0].binary, PathBuf::from("/opt/fast/bin/fast"));
+        assert_eq!(h[0].options, ["--debug"]);
+        assert_eq!(h[0].root, PathBuf::from("/run/crust/runtimes/fast"));
+        assert_eq!(h[1].root, PathBuf::from("/srv/runc"));
+        assert_eq!(c.runtime.default_runtime, "fast");
+    }
+
+    #[test]
+    fn bad_handlers_are_refused() {
+        for (text, says) in [
+            (
+                "[runtime]\ndefault_runtime = \"kata\"",
+                "not among the handlers",
+            ),
+            ("[runtimes.Big]\nbinary = \"x\"", "DNS label"),
+            (
+                "[runtimes.runc]\nbinary = \"\"",
+                "must name the OCI runtime",
+            ),
+            (
+                "[runtimes.runc]\nbinary = \"runc\"\nroot = \"rel\"",
+                "absolute",
+            ),
+            ("[runtimes.runc]\nbinary = \"runc\"\nbogus = 1", "bogus"),
+            ("[runtime]\nrunc = \"runc\"", "runc"),
+        ] {
+            let err = format!("{:#}", Config::parse(text).unwrap_err());
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

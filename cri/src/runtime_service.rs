@@ -42,7 +42,6 @@ impl RuntimeService {
     /// handlers, each as a JSON document.
     async fn verbose_status(
         &self,
-        handlers: &[v1::RuntimeHandler],
         network: &v1::RuntimeCondition,
     ) -> crust_runtime::Result<std::collections::HashMap<String, String>> {
         let runtime = self.runtime.clone();
@@ -55,14 +54,26 @@ impl RuntimeService {
             "reason": network.reason,
             "message": network.message,
         });
-        let runc = self.runtime.options().runc.to_string_lossy().into_owned();
-        let handlers: Vec<_> = handlers
-            .iter()
-            .map(|h| {
-                let f = h.features.unwrap_or_default();
+        // As Status lists them: the default under "", then each by name.
+        let all = self.runtime.handlers();
+        let handlers: Vec<_> = all
+            .get(all.default_name())
+            .map(|h| ("", h))
+            .into_iter()
+            .chain(all.iter().map(|h| (h.spec.name.as_str(), h)))
+            .map(|(name, h)| {
+                let f = self.runtime.handler_features(h);
                 serde_json::json!({
-                    "name": h.name,
-                    "runtime": runc,
+                    "name": name,
+                    "handler": h.spec.name,
+                    "default": h.spec.name == all.default_name(),
+                    "runtime": h.spec.binary,
+                    "root": h.spec.root,
+                    "options": h.spec.options,
+                    "available": h.probe.usable.is_ok(),
+                    "unavailableReason": h.probe.usable.as_ref().err(),
+                    "version": h.probe.version,
+                    "ociVersionMax": h.probe.features.as_ref().and_then(|f| f.get("ociVersionMax")),
                     "features": {
                         "recursiveReadOnlyMounts": f.recursive_read_only_mounts,
                         "userNamespaces": f.user_namespaces,
@@ -538,16 +549,10 @@ impl runtime_service_server::RuntimeService for RuntimeService {
                     message,
                 },
             ];
-            let handlers = vec![v1::RuntimeHandler {
-                name: String::new(),
-                features: Some(v1::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
-                    user_namespaces: false,
-                }),
-            }];
+            let handlers = convert::handlers::runtime_handlers(&self.runtime);
             let info = if req.into_inner().verbose {
                 let network = conditions[1].clone();
-                self.verbose_status(&handlers, &network).await?
+                self.verbose_status(&network).await?
             } else {
                 Default::default()
             };

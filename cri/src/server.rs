@@ -36,7 +36,8 @@ pub async fn run(cfg: Config) -> Result<()> {
     let opts = crust_runtime::Options {
         root: cfg.root.clone(),
         state: cfg.state.clone(),
-        runc: cfg.runc_path()?,
+        handlers: cfg.handlers(),
+        default_handler: cfg.runtime.default_runtime.clone(),
         shim: cfg.shim_path()?,
         shm_size: cfg.runtime.shm_size,
         default_cgroup_parent: cfg.runtime.cgroup_parent.clone(),
@@ -47,7 +48,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             cache_dir: cfg.root.join("cni"),
         },
     };
-    tracing::info!(root = %opts.root.display(), state = %opts.state.display(), runc = %opts.runc.display(), "starting crustd");
+    tracing::info!(root = %opts.root.display(), state = %opts.state.display(), default_handler = %opts.default_handler, "starting crustd");
     let runtime = tokio::task::spawn_blocking(move || {
         let host = crust_runtime::Host::real(&opts)?;
         crust_runtime::Runtime::open(opts, host).map_err(anyhow::Error::from)

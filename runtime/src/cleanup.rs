@@ -33,6 +33,9 @@ pub enum Step {
         id: String,
         /// Its bundle, which names the shim.
         bundle: PathBuf,
+        /// The runtime handler that created it.
+        #[serde(default = "crate::host::handlers::legacy_handler")]
+        handler: String,
     },
     /// Unpins a pod namespace.
     Unpin(PathBuf),
@@ -151,6 +154,7 @@ mod tests {
             Step::StopShim {
                 id: "c1".into(),
                 bundle: "/run/crust/containers/c1".into(),
+                handler: "youki".into(),
             },
             Step::RemoveEmptyDirs(vec!["/var/log/pods/p/c".into()]),
             Step::DetachNetwork("s1".into()),

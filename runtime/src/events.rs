@@ -184,6 +184,7 @@ mod tests {
                 id: "s".into(),
                 config: Default::default(),
                 created_at: 0,
+                handler: "runc".into(),
                 state: crate::sandbox::SandboxState::Ready,
                 dir: "/s".into(),
                 netns: None,

@@ -21,9 +21,13 @@ impl Runtime {
             }
             Step::ReleaseImage(lease) => self.images.release(lease).map_err(anyhow::Error::from),
             Step::Unmount(p) => host.mounts.unmount(p),
-            Step::StopShim { id, bundle } => {
+            Step::StopShim {
+                id,
+                bundle,
+                handler,
+            } => {
                 host.shim.kill_abandoned(bundle);
-                host.runc.delete(id)
+                self.oci_delete(handler, id)
             }
             Step::Unpin(p) => host.namespaces.unpin(p),
             Step::StopPidHolder(pid) => host.shim.stop_pid_holder(*pid),
@@ -106,9 +110,9 @@ impl Runtime {
     /// it owed is settled by now); one whose record could not be read may
     /// still run, so its shim is stopped and its runc container deleted.
     pub(crate) fn stop_leftover(&self, entry: &Entry<Container>) -> Result<()> {
-        let (id, bundle, state) = {
+        let (id, bundle, state, handler) = {
             let c = entry.rec();
-            (c.id.clone(), c.bundle.clone(), c.state)
+            (c.id.clone(), c.bundle.clone(), c.state, c.handler.clone())
         };
         if state != ContainerState::Unknown {
             return Ok(());
@@ -116,6 +120,7 @@ impl Runtime {
         self.take_step(&Step::StopShim {
             id: id.clone(),
             bundle,
+            handler,
         })
         .map_err(|e| Error::Internal(e.context(format!("stopping container {id}"))))?;
         let mut c = entry.rec();

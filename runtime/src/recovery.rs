@@ -165,11 +165,12 @@ impl Runtime {
     fn collect_orphans(&self) {
         let known_containers = self.container_ids();
         let known_sandboxes = self.sandbox_ids();
-        if let Ok(ids) = self.host.runc.list() {
+        for h in self.host.handlers.iter().filter(|h| h.probe.usable.is_ok()) {
+            let Ok(ids) = h.runc.list() else { continue };
             for id in ids.iter().filter(|id| !known_containers.contains(*id)) {
-                tracing::warn!(%id, "deleting runc container that belongs to no known container");
-                if let Err(e) = self.host.runc.delete(id) {
-                    tracing::warn!(%id, error = %format!("{e:#}"), "could not delete orphan runc container");
+                tracing::warn!(%id, handler = %h.spec.name, "deleting OCI runtime container that belongs to no known container");
+                if let Err(e) = h.runc.delete(id) {
+                    tracing::warn!(%id, handler = %h.spec.name, error = %format!("{e:#}"), "could not delete orphan OCI runtime container");
                 }
             }
         }
@@ -224,6 +225,7 @@ impl Container {
             user: Default::default(),
             stop_signal: libc::SIGKILL,
             bundle,
+            handler: String::new(),
             cgroup_path: String::new(),
             owed: Vec::new(),
             leftover: true,
@@ -239,6 +241,7 @@ impl Sandbox {
             id: id.to_string(),
             config: SandboxConfig::default(),
             created_at: now,
+            handler: String::new(),
             state: SandboxState::NotReady,
             dir,
             netns: None,

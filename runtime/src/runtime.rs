@@ -27,8 +27,10 @@ pub struct Options {
     pub root: PathBuf,
     /// Volatile state dir, e.g. /run/crust.
     pub state: PathBuf,
-    /// The runc binary.
-    pub runc: PathBuf,
+    /// The runtime handlers (OCI runtimes) pods can choose.
+    pub handlers: Vec<crate::host::HandlerSpec>,
+    /// The handler an empty `runtime_handler` means.
+    pub default_handler: String,
     /// The crust-shim binary.
     pub shim: PathBuf,
     /// Size of each pod's /dev/shm tmpfs.
@@ -130,6 +132,8 @@ pub struct Runtime {
     pub(crate) pod_cidr: Mutex<String>,
     /// What the host's cgroups can enforce, read at start.
     pub(crate) cgroups: CgroupHost,
+    /// The kernel's mount features, read at start.
+    pub(crate) mount_features: crate::host::MountFeatures,
     /// What the statistics keep between calls.
     pub(crate) stats: crate::stats::StatsState,
     /// Subscribers of GetContainerEvents.
@@ -175,6 +179,7 @@ impl Runtime {
                 "this host's cgroups lack {controller}: {fields} in container requests are ignored"
             );
         }
+        let mount_features = host.facts.mount_features();
         let stats =
             crate::stats::StatsState::new(opts.root.join("containers"), host.cgroups.clone());
         let rt = Arc::new(Runtime {
@@ -190,6 +195,7 @@ impl Runtime {
             creating_sandboxes: Mutex::default(),
             pod_cidr: Mutex::new(pod_cidr),
             cgroups,
+            mount_features,
             stats,
             events: crate::events::Events::default(),
             exit_watch: Arc::new(crate::container::exit_watch::ExitWatch::new()),
@@ -204,6 +210,20 @@ impl Runtime {
     /// The image store.
     pub fn images(&self) -> &Arc<ImageStore> {
         &self.images
+    }
+
+    /// The runtime handlers, as probed at start.
+    pub fn handlers(&self) -> &crate::host::Handlers {
+        &self.host.handlers
+    }
+
+    /// What handler `h` offers pods on this host (nothing when it cannot
+    /// run).
+    pub fn handler_features(&self, h: &crate::host::Handler) -> crate::host::MountFeatures {
+        match h.probe.usable {
+            Ok(()) => self.mount_features,
+            Err(_) => crate::host::MountFeatures::default(),
+        }
     }
 
     /// The options the runtime was opened with.
@@ -288,6 +308,26 @@ impl Runtime {
             Some(s) => crate::container::reserved_name(&c.config, &s),
             None => serde_json::json!([c.config.name, c.sandbox_id]).to_string(),
         }
+    }
+
+    /// The OCI runtime container `c` runs under (its pod's handler).
+    pub(crate) fn oci_runtime(&self, c: &Container) -> Result<Arc<dyn crate::host::Runc>> {
+        self.host
+            .runtime(&c.handler)
+            .map_err(|e| Error::FailedPrecondition(format!("container {}: {e:#}", c.id)))
+    }
+
+    /// Deletes OCI runtime container `id` of `handler`; of every usable
+    /// handler when it is unknown (empty). Unknown to the runtime is fine.
+    pub(crate) fn oci_delete(&self, handler: &str, id: &str) -> anyhow::Result<()> {
+        if !handler.is_empty() {
+            return self.host.runtime(handler)?.delete(id);
+        }
+        self.host
+            .handlers
+            .iter()
+            .filter(|h| h.probe.usable.is_ok())
+            .try_for_each(|h| h.runc.delete(id))
     }
 
     /// Where sandbox `id` keeps its pinned namespaces, files and shm.

@@ -69,7 +69,8 @@ impl Env {
         Options {
             root: self.dir.join("root"),
             state: self.dir.join("state"),
-            runc: "/nonexistent/runc".into(),
+            handlers: Vec::new(),
+            default_handler: "runc".into(),
             shim: "/nonexistent/crust-shim".into(),
             shm_size: 64 << 20,
             default_cgroup_parent: "/crust".into(),
@@ -435,7 +436,7 @@ async fn an_undo_step_that_fails_alone_is_kept_and_finished_by_the_removal() {
         env.host.break_call(undo);
         let failed = env.rt().create_container(&sb, env.container(0), None).await;
         assert!(failed.is_err());
-        assert_eq!(env.host.calls()[1], "shim.launch");
+        assert_eq!(env.host.calls()[1], "shim.launch@runc");
         let kept = env.containers();
         assert_eq!(kept.len(), 1, "{undo}");
         assert_eq!(kept[0].state, ContainerState::Unknown);
@@ -576,7 +577,7 @@ async fn updated_resources_are_applied_and_recorded() {
         .update_container_resources(&c, r.clone())
         .await
         .unwrap();
-    assert_eq!(env.host.calls(), ["runc.update"]);
+    assert_eq!(env.host.calls(), ["runc.update@runc"]);
     let recorded = env.rt().container_status(&c).unwrap().config.resources;
     assert_eq!(recorded.memory_limit_in_bytes, 128 << 20);
     assert_eq!(recorded.cpu_shares, 512);
@@ -733,4 +734,81 @@ async fn unreadable_records_are_kept_unknown_until_removed() {
     env.rt().remove_sandbox(&sb).await.unwrap();
     assert!(env.containers().is_empty() && env.sandboxes().is_empty());
     assert_eq!(env.leftovers(), Vec::<String>::new());
+}
+
+/// Calls of `calls` that went to an OCI runtime or a shim launch, with the
+/// handler they went to.
+fn handler_calls(calls: &[String]) -> Vec<&str> {
+    calls
+        .iter()
+        .map(String::as_str)
+        .filter(|c| c.contains('@'))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_containers_keep_its_handler_also_after_a_restart() {
+    let mut env = Env::new("handler");
+    let mut pod = env.pod(0);
+    pod.runtime_handler = "youki".into();
+    let sb = env.rt().run_sandbox(pod, None).await.unwrap();
+    assert_eq!(env.rt().sandbox_status(&sb).unwrap().handler, "youki");
+    let c = env
+        .rt()
+        .create_container(&sb, env.container(0), None)
+        .await
+        .unwrap();
+    env.rt().start_container(&c).await.unwrap();
+    assert_eq!(
+        handler_calls(&env.host.calls()),
+        ["shim.launch@youki", "runc.start@youki"]
+    );
+
+    env.crash();
+    env.open();
+    assert_eq!(env.rt().container_status(&c).unwrap().handler, "youki");
+    env.host.inject(Fault::Never);
+    env.rt().stop_container(&c, 0).await.unwrap();
+    env.rt().remove_container(&c).await.unwrap();
+    let calls = env.host.calls();
+    let used = handler_calls(&calls);
+    assert!(used.contains(&"runc.kill@youki"), "{used:?}");
+    assert!(used.contains(&"runc.delete@youki"), "{used:?}");
+    assert!(!used.iter().any(|c| c.ends_with("@runc")), "{used:?}");
+    assert!(env.remove_everything().await);
+    assert_eq!(env.leftovers(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_and_unusable_handlers_are_refused_before_anything_is_made() {
+    let env = Env::new("handler-refused");
+    let mut pod = env.pod(0);
+    pod.runtime_handler = "kata".into();
+    match env.rt().run_sandbox(pod, None).await {
+        Err(Error::NotFound(msg)) => {
+            assert!(msg.contains("\"kata\""), "{msg}");
+            assert!(msg.contains("\"runc\", \"youki\""), "{msg}");
+        }
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    let mut pod = env.pod(0);
+    pod.runtime_handler = "broken".into();
+    match env.rt().run_sandbox(pod, None).await {
+        Err(Error::FailedPrecondition(msg)) => {
+            assert!(msg.contains("/fake/broken not found"), "{msg}")
+        }
+        other => panic!("expected FailedPrecondition, got {other:?}"),
+    }
+    assert!(env.host.calls().is_empty(), "{:?}", env.host.calls());
+    // The empty name is the default handler.
+    let sb = env.rt().run_sandbox(env.pod(0), None).await.unwrap();
+    let status = env.rt().sandbox_status(&sb).unwrap();
+    assert_eq!(
+        (
+            status.handler.as_str(),
+            status.config.runtime_handler.as_str()
+        ),
+        ("runc", "")
+    );
+    assert!(env.remove_everything().await);
 }

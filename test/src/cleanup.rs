@@ -70,12 +70,30 @@ async fn remove_everything(socket: &Path) -> Vec<String> {
     problems
 }
 
-/// Ids of containers that still have a bundle under `<state>/containers` or a
-/// runc state directory under `<state>/runc`.
+/// The OCI runtimes' state roots under `state`, with the binary of each:
+/// runc's `<state>/runc`, and `<state>/runtimes/<name>` of every other
+/// handler of the default config (whose binary is called as it is).
+pub fn oci_roots(state: &Path) -> Vec<(String, PathBuf)> {
+    let others = state.join("runtimes");
+    std::iter::once(("runc".to_string(), state.join("runc")))
+        .chain(
+            dir_names(&others)
+                .into_iter()
+                .map(|name| (name.clone(), others.join(name))),
+        )
+        .collect()
+}
+
+/// Ids of containers that still have a bundle under `<state>/containers` or
+/// state under an OCI runtime's root (see [`oci_roots`]).
 pub fn leftover_container_ids(state: &Path) -> Vec<String> {
-    let mut ids: Vec<String> = ["containers", "runc"]
-        .iter()
-        .flat_map(|sub| dir_names(&state.join(sub)))
+    let mut ids: Vec<String> = dir_names(&state.join("containers"))
+        .into_iter()
+        .chain(
+            oci_roots(state)
+                .iter()
+                .flat_map(|(_, root)| dir_names(root)),
+        )
         .collect();
     ids.sort();
     ids.dedup();
@@ -83,8 +101,9 @@ pub fn leftover_container_ids(state: &Path) -> Vec<String> {
 }
 
 /// Kills leftover shims (from each bundle's `shim.pid`, and any `crust-shim`
-/// whose command line or cwd points into `base`), then `runc delete -f`s every
-/// leftover container. Returns what failed.
+/// whose command line or cwd points into `base`), then deletes (`delete -f`)
+/// every leftover container with the OCI runtime whose root holds it.
+/// Returns what failed.
 pub fn kill_leftover_containers(base: &Path, state: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     let mut shims: Vec<i32> = dir_names(&state.join("containers"))
@@ -103,18 +122,19 @@ pub fn kill_leftover_containers(base: &Path, state: &Path) -> Vec<String> {
             problems.push(format!("crust-shim {pid} survived SIGKILL"));
         }
     }
-    let runc_root = state.join("runc");
-    for id in leftover_container_ids(state) {
-        if runc_root.join(&id).exists()
-            && let Err(e) = run_bounded(
-                Command::new(requirements::find_program("runc").unwrap_or_else(|| "runc".into()))
-                    .arg("--root")
-                    .arg(&runc_root)
-                    .args(["delete", "-f", &id]),
+    for (binary, root) in oci_roots(state) {
+        for id in dir_names(&root) {
+            if let Err(e) = run_bounded(
+                Command::new(
+                    requirements::find_program(&binary).unwrap_or_else(|| binary.clone().into()),
+                )
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "-f", &id]),
                 Duration::from_secs(15),
-            )
-        {
-            problems.push(format!("runc delete -f {id}: {e}"));
+            ) {
+                problems.push(format!("{binary} delete -f {id}: {e}"));
+            }
         }
     }
     problems
@@ -174,9 +194,12 @@ pub fn leak_report(base: &Path, state: &Path, cgroup_root: &str) -> Vec<String> 
         .into_iter()
         .map(|m| format!("mount {} ({})", m.mount_point.display(), m.fs_type))
         .collect();
-    for sub in ["containers", "sandboxes", "runc"] {
-        for name in dir_names(&state.join(sub)) {
-            leaks.push(format!("{}/{name}", state.join(sub).display()));
+    let dirs = [state.join("containers"), state.join("sandboxes")]
+        .into_iter()
+        .chain(oci_roots(state).into_iter().map(|(_, root)| root));
+    for dir in dirs {
+        for name in dir_names(&dir) {
+            leaks.push(format!("{}/{name}", dir.display()));
         }
     }
     for pid in processes::find_program_using("crust-shim", base) {

@@ -84,6 +84,12 @@ impl CriClient {
         Ok(self.runtime.clone().status(request).await?.into_inner())
     }
 
+    /// Status with verbose = true (what `crictl info` shows).
+    pub async fn status_verbose(&self) -> Result<cri::StatusResponse, Status> {
+        let request = cri::StatusRequest { verbose: true };
+        Ok(self.runtime.clone().status(request).await?.into_inner())
+    }
+
     /// PullImage; returns the image_ref.
     pub async fn pull_image(&self, image: &str) -> Result<String, Status> {
         self.pull_image_with_auth(image, None).await
@@ -173,9 +179,18 @@ impl CriClient {
 
     /// RunPodSandbox with the default runtime handler; returns the sandbox id.
     pub async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<String, Status> {
+        self.run_pod_sandbox_with_handler(config, "").await
+    }
+
+    /// RunPodSandbox with runtime handler `handler`; returns the sandbox id.
+    pub async fn run_pod_sandbox_with_handler(
+        &self,
+        config: &PodSandboxConfig,
+        handler: &str,
+    ) -> Result<String, Status> {
         let request = cri::RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: String::new(),
+            runtime_handler: handler.into(),
         };
         Ok(self
             .runtime

@@ -2,6 +2,7 @@
 //! crustd touches both worlds.
 
 pub mod container;
+pub mod handlers;
 pub mod image;
 pub mod metrics;
 pub mod sandbox;

@@ -14,6 +14,8 @@ pub struct Args {
     pub runc: PathBuf,
     /// runc state directory (`runc --root`).
     pub runc_root: PathBuf,
+    /// Global runc arguments given before `create` (`--runc-opt`, repeated).
+    pub runc_opts: Vec<OsString>,
     /// CRI log file; `None` means output is read and discarded.
     pub log_path: Option<PathBuf>,
     /// Whether the container gets a pseudo-terminal.
@@ -26,7 +28,7 @@ pub struct Args {
 
 /// Usage text included in argument errors.
 pub const USAGE: &str = "usage: crust-shim --id <id> --bundle <dir> --runc <path> \
---runc-root <dir> [--log-path <file>] [--tty] [--stdin] [--stdin-once]";
+--runc-root <dir> [--runc-opt <arg>]... [--log-path <file>] [--tty] [--stdin] [--stdin-once]";
 
 /// Parses the arguments (without the program name).
 ///
@@ -41,6 +43,7 @@ where
     let mut runc = None;
     let mut runc_root = None;
     let mut log_path = None;
+    let mut runc_opts = Vec::new();
     let mut tty = false;
     let mut stdin = false;
     let mut stdin_once = false;
@@ -65,6 +68,16 @@ where
                 return Err(format!("{name} takes no value; {USAGE}"));
             }
             *switch = true;
+            continue;
+        }
+        if name == "--runc-opt" {
+            let value = match inline {
+                Some(v) => v,
+                None => iter
+                    .next()
+                    .ok_or_else(|| format!("{name} needs a value; {USAGE}"))?,
+            };
+            runc_opts.push(value);
             continue;
         }
         let slot = match name.as_str() {
@@ -98,6 +111,7 @@ where
         bundle: required(bundle, "--bundle")?.into(),
         runc: required(runc, "--runc")?.into(),
         runc_root: required(runc_root, "--runc-root")?.into(),
+        runc_opts,
         log_path: log_path.filter(|p| !p.is_empty()).map(PathBuf::from),
         tty,
         stdin,
@@ -123,6 +137,9 @@ mod tests {
             "--runc=/usr/sbin/runc",
             "--runc-root",
             "/r",
+            "--runc-opt=--debug",
+            "--runc-opt",
+            "--log-level=warn",
             "--log-path",
             "/l/0.log",
             "--tty",
@@ -137,6 +154,7 @@ mod tests {
                 bundle: "/b".into(),
                 runc: "/usr/sbin/runc".into(),
                 runc_root: "/r".into(),
+                runc_opts: vec!["--debug".into(), "--log-level=warn".into()],
                 log_path: Some("/l/0.log".into()),
                 tty: true,
                 stdin: true,

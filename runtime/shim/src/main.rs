@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! crust-shim --id <id> --bundle <dir> --runc <path> --runc-root <dir>
-//!            [--log-path <file>] [--tty]
+//!            [--runc-opt <arg>]... [--log-path <file>] [--tty]
 //! crust-shim pause
 //! ```
 //!
@@ -291,6 +291,7 @@ fn launch(args: &Args) -> Result<Supervisor, String> {
     let req = CreateRequest {
         runc: &args.runc,
         runc_root: &args.runc_root,
+        runc_opts: &args.runc_opts,
         bundle: &args.bundle,
         id: &args.id,
     };

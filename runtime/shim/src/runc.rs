@@ -59,6 +59,8 @@ pub struct CreateRequest<'a> {
     pub runc: &'a Path,
     /// runc state directory.
     pub runc_root: &'a Path,
+    /// Global runc arguments given before `create`.
+    pub runc_opts: &'a [std::ffi::OsString],
     /// Absolute bundle directory. The process's current directory must be
     /// this directory: the console socket is bound by its relative name, so
     /// long bundle paths do not hit the unix socket path limit.
@@ -114,6 +116,7 @@ fn run_create(
     let mut cmd = Command::new(req.runc);
     cmd.arg("--root")
         .arg(req.runc_root)
+        .args(req.runc_opts)
         .arg("--log")
         .arg(runc_log)
         .arg("--log-format")
@@ -212,7 +215,9 @@ pub fn read_log_errors(path: &Path, offset: u64) -> Vec<String> {
     log_errors(&String::from_utf8_lossy(&data))
 }
 
-/// The error messages in a chunk of runc JSON log text.
+/// The error messages in a chunk of JSON log text: runc's
+/// (`"level":"error","msg":…`) or youki's (`"level":"ERROR","message":…`,
+/// without the backtrace it may append).
 pub fn log_errors(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -220,9 +225,13 @@ pub fn log_errors(text: &str) -> Vec<String> {
             continue;
         };
         let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-        let is_error = field("level").is_some_and(|l| l == "error");
-        if let (true, Some(msg)) = (is_error, field("msg").filter(|m| !m.is_empty())) {
-            out.push(msg.clone());
+        let is_error = field("level").is_some_and(|l| l.eq_ignore_ascii_case("error"));
+        let msg = field("msg")
+            .or_else(|| field("message"))
+            .map(|m| m.split("\n\nStack backtrace:").next().unwrap_or("").trim())
+            .filter(|m| !m.is_empty());
+        if let (true, Some(msg)) = (is_error, msg) {
+            out.push(msg.to_string());
         }
     }
     out
@@ -308,6 +317,15 @@ mod tests {
     }
 
     #[test]
+    fn extracts_youki_error_messages_without_backtraces() {
+        let log = concat!(
+            "{\"timestamp\":\"t\",\"level\":\"INFO\",\"message\":\"hello\"}\n",
+            "{\"timestamp\":\"t\",\"level\":\"ERROR\",\"message\":\"failed: executable '/x' not found\\n\\nStack backtrace:\\n   0: <unknown>\",\"target\":\"youki\"}\n",
+        );
+        assert_eq!(log_errors(log), vec!["failed: executable '/x' not found"]);
+    }
+
+    #[test]
     fn receives_fd_over_socket() {
         let dir = std::env::temp_dir().join(format!("crust-shim-console-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("dir");
@@ -353,6 +371,7 @@ mod tests {
             let r = CreateRequest {
                 runc,
                 runc_root: Path::new("/nonexistent"),
+                runc_opts: &[],
                 bundle: &dir,
                 id: "c1",
             };

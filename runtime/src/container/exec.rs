@@ -222,8 +222,7 @@ impl Runtime {
         };
         let what = format!("{:?} in container {}", req.cmd, c.id);
         let child = self
-            .host
-            .runc
+            .oci_runtime(&c)?
             .spawn_exec(ExecCommand {
                 id: &c.id,
                 cmd: &req.cmd,
@@ -288,8 +287,7 @@ impl Runtime {
             .map_err(|_| Error::internal("the ExecSync limiter is closed"))?;
         let pid_file = c.bundle.join(format!("exec-{}.pid", crate::ids::new_id()));
         let child = self
-            .host
-            .runc
+            .oci_runtime(&c)?
             .spawn_exec(ExecCommand {
                 id: &c.id,
                 cmd: &cmd,

@@ -89,6 +89,17 @@ impl Runtime {
                 sb.id
             )));
         }
+        let runtime = self
+            .host
+            .handlers
+            .get(&sb.handler)
+            .map(|h| h.spec.clone())
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "pod sandbox {}'s runtime handler {:?} is no longer configured; add it back to the config",
+                    sb.id, sb.handler
+                ))
+            })?;
         let image = self.images.get(&cfg.image).ok_or_else(|| {
             Error::not_found(format!("image {:?} not found; pull it first", cfg.image))
         })?;
@@ -118,6 +129,7 @@ impl Runtime {
                 image: &image,
                 target_pid,
                 log_path: log_path.as_deref(),
+                runtime: &runtime,
             },
             &mut undo,
         );
@@ -132,6 +144,7 @@ impl Runtime {
                     kept.config = cfg;
                     kept.image_id = image.id.clone();
                     kept.image_ref = image.id.clone();
+                    kept.handler = sb.handler.clone();
                     self.keep_failed_container(kept, owed, &e);
                 }
                 return Err(e);
@@ -243,12 +256,14 @@ impl Runtime {
         undo.push(Step::StopShim {
             id: id.to_string(),
             bundle: bundle.clone(),
+            handler: sb.handler.clone(),
         });
         let created = self
             .host
             .shim
             .launch(&Launch {
                 id,
+                runtime: m.runtime,
                 bundle: &bundle,
                 log_path: m.log_path,
                 tty: cfg.tty,
@@ -292,6 +307,7 @@ impl Runtime {
             user,
             stop_signal,
             bundle,
+            handler: sb.handler.clone(),
             cgroup_path,
             owed: Vec::new(),
             leftover: false,
@@ -335,7 +351,7 @@ impl Runtime {
                 )));
             }
             let started_at = rt.host.clock.now_ns();
-            if let Err(e) = rt.host.runc.start(&c.id) {
+            if let Err(e) = rt.oci_runtime(&c)?.start(&c.id) {
                 rt.refresh_container(&entry);
                 return Err(Error::Internal(e.context("starting the container")));
             }
@@ -389,7 +405,7 @@ impl Runtime {
         {
             return Ok(());
         }
-        self.host.runc.delete(&c.id)?;
+        self.oci_delete(&c.handler, &c.id)?;
         teardown::remove_tree(self.host.mounts.as_ref(), &c.bundle)?;
         crate::fsutil::remove_dir_all_if_exists(&self.layer_dir(&c.id))?;
         self.images.release(&c.id)?;
@@ -527,7 +543,7 @@ impl Runtime {
                 if let Some(exit) = shim.read_exit(&c.bundle) {
                     (exit.exit_code, exit.exited_at, String::new())
                 } else {
-                    match self.host.runc.status(&c.id) {
+                    match self.host.runtime(&c.handler).and_then(|r| r.status(&c.id)) {
                         Ok(RuncStatus::Running) => {
                             self.record_started(c);
                             return c.state;
@@ -566,7 +582,10 @@ impl Runtime {
     pub(crate) fn recover_start(&self, entry: &Entry<Container>) {
         let mut c = entry.rec();
         if c.state == ContainerState::Created
-            && matches!(self.host.runc.status(&c.id), Ok(RuncStatus::Running))
+            && matches!(
+                self.host.runtime(&c.handler).and_then(|r| r.status(&c.id)),
+                Ok(RuncStatus::Running)
+            )
         {
             tracing::info!(id = %c.id, "container was started before the restart");
             self.record_started(&mut c);
@@ -601,6 +620,8 @@ struct Making<'a> {
     image: &'a crate::image::Image,
     target_pid: Option<i32>,
     log_path: Option<&'a Path>,
+    /// The OCI runtime of the pod's handler.
+    runtime: &'a crate::host::HandlerSpec,
 }
 
 fn display_image_name(cfg: &ContainerConfig, image: &crate::image::Image) -> String {

@@ -93,6 +93,10 @@ pub struct Container {
     pub stop_signal: i32,
     /// The bundle directory (config.json, rootfs, shim files).
     pub bundle: PathBuf,
+    /// The runtime handler it runs under: its pod's; empty when unknown (a
+    /// record that could not be read).
+    #[serde(default = "crate::host::handlers::legacy_handler")]
+    pub handler: String,
     /// The container's cgroup (cgroupfs path), where OOM kills are counted.
     #[serde(default)]
     pub cgroup_path: String,

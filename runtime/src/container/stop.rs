@@ -196,8 +196,7 @@ impl Runtime {
     }
 
     fn signal(&self, c: &Container, signal: i32) -> Result<()> {
-        self.host
-            .runc
+        self.oci_runtime(c)?
             .kill(&c.id, signal)
             .map(|_| ())
             .map_err(|e| Error::Internal(e.context(format!("signalling container {}", c.id))))

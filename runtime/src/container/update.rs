@@ -39,7 +39,7 @@ impl Runtime {
             let limits = spec::limits(&resources, &rt.cgroups)?;
             let json = serde_json::to_vec(&limits)
                 .map_err(|e| Error::internal(format!("encoding the resources: {e}")))?;
-            rt.host.runc.update(&c.id, &json).map_err(|e| {
+            rt.oci_runtime(&c)?.update(&c.id, &json).map_err(|e| {
                 Error::Internal(e.context(format!("updating the resources of container {}", c.id)))
             })?;
             let mut rec = entry.rec();

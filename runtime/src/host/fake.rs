@@ -2,7 +2,10 @@
 //! of mounts, runc containers, shims, PID namespace holders and network
 //! attachments kept in memory (it outlives a runtime, as the machine
 //! outlives a crashed crustd), and a [`FakeHost`] over it that logs every
-//! call and fails, or crashes at, the call a test picks.
+//! call and fails, or crashes at, the call a test picks. It has three
+//! runtime handlers: `runc` (the default), `youki` and `broken` (whose
+//! binary "cannot run"); calls to an OCI runtime or a launch are logged with
+//! the handler, as `runc.start@youki`.
 //!
 //! Files the real parts write where crustd reads them (the shim's pid and
 //! exit record in the bundle, pin files) are written for real, in the
@@ -21,8 +24,9 @@ use crust_shim_protocol::files::{EXIT_FILE, SHIM_PID_FILE};
 use crust_shim_protocol::{ExitRecord, control};
 
 use super::{
-    CgroupHost, Clock, CreateError, Created, ExecCommand, Facts, Host, Launch, Mounts, Namespaces,
-    Network, Runc, RuncStatus, Shim, UsageReader,
+    CgroupHost, Clock, CreateError, Created, ExecCommand, Facts, Handler, HandlerSpec, Handlers,
+    Host, Launch, MountFeatures, Mounts, Namespaces, Network, Probe, Runc, RuncStatus, Shim,
+    UsageReader,
 };
 use crate::container::config::ContainerConfig;
 use crate::container::spec::HostFacts;
@@ -34,6 +38,8 @@ use crate::sys::cgroup_usage::CgroupUsage;
 pub(crate) struct RuncContainer {
     pub(crate) bundle: PathBuf,
     pub(crate) status: RuncStatus,
+    /// The handler whose runtime created it (only that one sees it).
+    pub(crate) handler: String,
 }
 
 /// What exists on the fake machine.
@@ -123,8 +129,34 @@ impl FakeHost {
 
     /// The [`Host`] the runtime is opened with.
     pub(crate) fn host(self: &Arc<Self>) -> Host {
+        let handler = |name: &str, usable: std::result::Result<(), String>| Handler {
+            spec: HandlerSpec {
+                name: name.to_string(),
+                binary: PathBuf::from(format!("/fake/{name}")),
+                root: PathBuf::from(format!("/fake/state/{name}")),
+                options: Vec::new(),
+            },
+            probe: Probe {
+                usable,
+                version: format!("{name} version fake"),
+                features: None,
+            },
+            runc: Arc::new(FakeRunc {
+                host: self.clone(),
+                handler: name.to_string(),
+            }),
+        };
+        let handlers = Handlers::new(
+            "runc",
+            vec![
+                handler("runc", Ok(())),
+                handler("youki", Ok(())),
+                handler("broken", Err("/fake/broken not found".into())),
+            ],
+        )
+        .expect("the default handler is among them");
         Host {
-            runc: self.clone(),
+            handlers: Arc::new(handlers),
             mounts: self.clone(),
             shim: self.clone(),
             namespaces: self.clone(),
@@ -162,8 +194,17 @@ impl FakeHost {
 
     /// Counts and logs one call, failing it when the fault says so.
     fn call(&self, what: &str) -> Result<()> {
+        self.call_to(what, None)
+    }
+
+    /// [`FakeHost::call`] of a call to `handler`'s runtime, logged as
+    /// `what@handler`; [`FakeHost::break_call`] names it without the handler.
+    fn call_to(&self, what: &str, handler: Option<&str>) -> Result<()> {
         let k = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-        lock(&self.calls).push(what.to_string());
+        lock(&self.calls).push(match handler {
+            Some(h) => format!("{what}@{h}"),
+            None => what.to_string(),
+        });
         if *lock(&self.broken) == Some(what) {
             bail!("injected failure of every {what}");
         }
@@ -178,11 +219,33 @@ impl FakeHost {
     }
 }
 
-impl Runc for FakeHost {
+/// One handler's OCI runtime on the fake machine: it sees only the
+/// containers it created, as a real runtime sees only its own state root.
+pub(crate) struct FakeRunc {
+    host: Arc<FakeHost>,
+    handler: String,
+}
+
+impl FakeRunc {
+    fn call(&self, what: &str) -> Result<()> {
+        self.host.call_to(what, Some(&self.handler))
+    }
+
+    fn world(&self) -> MutexGuard<'_, World> {
+        self.host.world()
+    }
+}
+
+/// `id` in the world's runc table when `handler` made it.
+fn own<'w>(w: &'w mut World, handler: &str, id: &str) -> Option<&'w mut RuncContainer> {
+    w.runc.get_mut(id).filter(|c| c.handler == handler)
+}
+
+impl Runc for FakeRunc {
     fn start(&self, id: &str) -> Result<()> {
         self.call("runc.start")?;
         let mut w = self.world();
-        match w.runc.get_mut(id) {
+        match own(&mut w, &self.handler, id) {
             Some(c) if c.status == RuncStatus::Created => {
                 c.status = RuncStatus::Running;
                 Ok(())
@@ -195,7 +258,7 @@ impl Runc for FakeHost {
     fn kill(&self, id: &str, signal: i32) -> Result<bool> {
         self.call("runc.kill")?;
         let mut w = self.world();
-        let Some(c) = w.runc.get_mut(id) else {
+        let Some(c) = own(&mut w, &self.handler, id) else {
             return Ok(false);
         };
         if c.status == RuncStatus::Stopped {
@@ -220,7 +283,9 @@ impl Runc for FakeHost {
     fn delete(&self, id: &str) -> Result<()> {
         self.call("runc.delete")?;
         let mut w = self.world();
-        if let Some(c) = w.runc.remove(id) {
+        if own(&mut w, &self.handler, id).is_some()
+            && let Some(c) = w.runc.remove(id)
+        {
             w.shims.retain(|_, b| *b != c.bundle);
         }
         Ok(())
@@ -228,22 +293,24 @@ impl Runc for FakeHost {
 
     fn status(&self, id: &str) -> Result<RuncStatus> {
         self.call("runc.status")?;
-        Ok(self
-            .world()
-            .runc
-            .get(id)
-            .map_or(RuncStatus::Missing, |c| c.status))
+        Ok(own(&mut self.world(), &self.handler, id).map_or(RuncStatus::Missing, |c| c.status))
     }
 
     fn list(&self) -> Result<Vec<String>> {
         self.call("runc.list")?;
-        Ok(self.world().runc.keys().cloned().collect())
+        Ok(self
+            .world()
+            .runc
+            .iter()
+            .filter(|(_, c)| c.handler == self.handler)
+            .map(|(id, _)| id.clone())
+            .collect())
     }
 
     fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
         self.call("runc.update")?;
         serde_json::from_slice::<oci_spec::runtime::LinuxResources>(resources)?;
-        match self.world().runc.get(id) {
+        match own(&mut self.world(), &self.handler, id) {
             Some(c) if c.status != RuncStatus::Stopped => Ok(()),
             _ => bail!("container {id} is not running"),
         }
@@ -310,7 +377,8 @@ impl Mounts for FakeHost {
 
 impl Shim for FakeHost {
     fn launch(&self, l: &Launch<'_>) -> std::result::Result<Created, CreateError> {
-        self.call("shim.launch").map_err(CreateError::Shim)?;
+        self.call_to("shim.launch", Some(&l.runtime.name))
+            .map_err(CreateError::Shim)?;
         let mut w = self.world();
         if w.runc.contains_key(l.id) {
             return Err(CreateError::Runc(format!("container {} exists", l.id)));
@@ -327,6 +395,7 @@ impl Shim for FakeHost {
             RuncContainer {
                 bundle: l.bundle.to_path_buf(),
                 status: RuncStatus::Created,
+                handler: l.runtime.name.clone(),
             },
         );
         Ok(Created { pid, shim_pid })
@@ -479,6 +548,10 @@ impl Facts for FakeHost {
 
     fn selinux(&self) -> bool {
         false
+    }
+
+    fn mount_features(&self) -> MountFeatures {
+        MountFeatures::default()
     }
 
     fn for_container(

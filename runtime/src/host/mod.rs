@@ -10,6 +10,7 @@
 
 #[cfg(test)]
 pub(crate) mod fake;
+pub mod handlers;
 mod real;
 
 use std::path::{Path, PathBuf};
@@ -29,12 +30,13 @@ pub use crate::sys::bind::BindMount;
 pub use crate::sys::cgroup::CgroupHost;
 pub use crate::sys::cgroup_usage::UsageReader;
 pub use crate::sys::runc::RuncStatus;
+pub use handlers::{Handler, HandlerSpec, Handlers, Probe};
 
 /// The outside world of one runtime.
 #[derive(Clone)]
 pub struct Host {
-    /// The OCI runtime.
-    pub runc: Arc<dyn Runc>,
+    /// The OCI runtimes, one per runtime handler.
+    pub handlers: Arc<Handlers>,
     /// Mounting and unmounting.
     pub mounts: Arc<dyn Mounts>,
     /// crust-shim: the container supervisor and the PID namespace holder.
@@ -53,11 +55,17 @@ pub struct Host {
 }
 
 impl Host {
-    /// The real machine: runc and crust-shim at the paths in `opts`, the
-    /// kernel's mounts and namespaces, the CNI plugins `opts.cni` names,
-    /// cgroupfs and the system clock.
+    /// The real machine: the OCI runtimes of `opts.handlers` (each probed
+    /// once) and crust-shim at the paths in `opts`, the kernel's mounts and
+    /// namespaces, the CNI plugins `opts.cni` names, cgroupfs and the
+    /// system clock.
     pub fn real(opts: &crate::Options) -> Result<Host> {
         real::host(opts)
+    }
+
+    /// The OCI runtime of handler `name` (an existing object's).
+    pub fn runtime(&self, name: &str) -> Result<Arc<dyn Runc>> {
+        self.handlers.runc(name).cloned()
     }
 }
 
@@ -123,6 +131,8 @@ pub trait Mounts: Send + Sync {
 pub struct Launch<'a> {
     /// Container id.
     pub id: &'a str,
+    /// The OCI runtime the shim runs `create` with (the pod's handler).
+    pub runtime: &'a HandlerSpec,
     /// Bundle directory with config.json and the mounted rootfs.
     pub bundle: &'a Path,
     /// CRI log file, if any.
@@ -210,6 +220,8 @@ pub trait Facts: Send + Sync {
     fn cgroups(&self) -> CgroupHost;
     /// Whether SELinux is enabled, so a pod's label can apply.
     fn selinux(&self) -> bool;
+    /// The mount features the kernel offers containers; read once, at start.
+    fn mount_features(&self) -> MountFeatures;
     /// What building the spec of `config` in `sandbox` needs to know of the
     /// machine; `cgroups` is what [`Facts::cgroups`] found.
     fn for_container(
@@ -218,6 +230,15 @@ pub trait Facts: Send + Sync {
         config: &ContainerConfig,
         sandbox: &Sandbox,
     ) -> HostFacts;
+}
+
+/// Mount features of the kernel, as a runtime handler advertises them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MountFeatures {
+    /// Read-only mounts can be made read-only recursively.
+    pub recursive_read_only_mounts: bool,
+    /// Pods can run in user namespaces.
+    pub user_namespaces: bool,
 }
 
 /// Wall-clock time.

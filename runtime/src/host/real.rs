@@ -9,7 +9,9 @@ use crust_cni::config::NetworkList;
 use crust_cni::nsfs::{self, PinRequest};
 use crust_cni::{Attachment, Cni, PodNetwork};
 
-use super::{CgroupHost, Clock, Facts, Host, Namespaces, Network};
+use super::{
+    CgroupHost, Clock, Facts, Handler, Handlers, Host, MountFeatures, Namespaces, Network,
+};
 use crate::container::config::ContainerConfig;
 use crate::container::spec::HostFacts;
 use crate::sandbox::Sandbox;
@@ -19,17 +21,44 @@ use crate::sys::runc::RuncBinary;
 use crate::sys::shim::ShimBinary;
 
 pub(super) fn host(opts: &crate::Options) -> Result<Host> {
-    let runc_root = opts.state.join("runc");
+    let handlers = opts
+        .handlers
+        .iter()
+        .map(|spec| {
+            let probe = crate::sys::oci_probe::probe(spec);
+            Handler {
+                runc: Arc::new(RuncBinary {
+                    binary: spec.binary.clone(),
+                    root: spec.root.clone(),
+                    options: spec.options.clone(),
+                }),
+                spec: spec.clone(),
+                probe,
+            }
+        })
+        .collect();
+    let handlers = Handlers::new(&opts.default_handler, handlers)?;
+    for h in handlers.iter() {
+        match &h.probe.usable {
+            Err(why) if h.spec.name == handlers.default_name() => {
+                anyhow::bail!(
+                    "the default runtime handler {:?} cannot run: {why}",
+                    h.spec.name
+                )
+            }
+            Err(why) => {
+                tracing::warn!(handler = %h.spec.name, "runtime handler unavailable: {why}")
+            }
+            Ok(()) => {
+                tracing::info!(handler = %h.spec.name, binary = %h.spec.binary.display(), version = %h.probe.version, "runtime handler ready")
+            }
+        }
+    }
     Ok(Host {
-        runc: Arc::new(RuncBinary {
-            binary: opts.runc.clone(),
-            root: runc_root.clone(),
-        }),
+        handlers: Arc::new(handlers),
         mounts: Arc::new(KernelMounts),
         shim: Arc::new(ShimBinary {
             shim: opts.shim.clone(),
-            runc: opts.runc.clone(),
-            runc_root,
         }),
         namespaces: Arc::new(KernelNamespaces),
         network: Arc::new(Cni::new(opts.cni.clone())?),
@@ -101,6 +130,10 @@ impl Facts for MachineFacts {
 
     fn selinux(&self) -> bool {
         crate::sys::process::selinux_enabled()
+    }
+
+    fn mount_features(&self) -> MountFeatures {
+        MountFeatures::default()
     }
 
     fn for_container(

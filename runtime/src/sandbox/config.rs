@@ -120,7 +120,7 @@ pub struct SandboxConfig {
     pub sysctls: BTreeMap<String, String>,
     /// Whether privileged containers may run in this pod.
     pub privileged: bool,
-    /// The runtime handler (RuntimeClass); only the default "" (or "runc") exists.
+    /// The runtime handler (RuntimeClass) as asked for; empty means the default.
     pub runtime_handler: String,
     /// The SELinux label asked for the pod, if any.
     #[serde(default)]
@@ -162,12 +162,6 @@ impl SandboxConfig {
             return Err(Error::invalid(format!(
                 "log_directory {:?} must be an absolute path without '.' or '..' components",
                 self.log_directory
-            )));
-        }
-        if !matches!(self.runtime_handler.as_str(), "" | "runc") {
-            return Err(Error::NotFound(format!(
-                "runtime handler {:?} is not configured; crust has only the default handler (\"\" or \"runc\")",
-                self.runtime_handler
             )));
         }
         if self.hostname.len() > 64 {
@@ -327,9 +321,6 @@ mod tests {
         let mut c = valid();
         c.namespaces.pid = NamespaceMode::Target;
         assert!(matches!(c.validate(), Err(Error::InvalidArgument(_))));
-        let mut c = valid();
-        c.runtime_handler = "kata".into();
-        assert!(matches!(c.validate(), Err(Error::NotFound(_))));
         let mut c = valid();
         c.hostname = "x".repeat(65);
         assert!(matches!(c.validate(), Err(Error::InvalidArgument(_))));

@@ -38,6 +38,13 @@ impl Runtime {
         deadline: Option<Instant>,
     ) -> Result<String> {
         cfg.validate()?;
+        let handler = self
+            .host
+            .handlers
+            .for_pod(&cfg.runtime_handler)?
+            .spec
+            .name
+            .clone();
         let name = cfg.reserved_name();
         let ticket = match self.sandbox_names.reserve(&name, "pod sandbox").await? {
             Reservation::Existing(id) => return Ok(id),
@@ -45,7 +52,7 @@ impl Runtime {
         };
         let id = self
             .blocking(move |rt| {
-                let id = rt.create_sandbox(cfg)?;
+                let id = rt.create_sandbox(cfg, handler)?;
                 ticket.complete(&id);
                 Ok(id)
             })
@@ -54,7 +61,8 @@ impl Runtime {
         Ok(id)
     }
 
-    fn create_sandbox(&self, cfg: SandboxConfig) -> Result<String> {
+    /// Makes the sandbox of `cfg`, whose containers run under `handler`.
+    fn create_sandbox(&self, cfg: SandboxConfig, handler: String) -> Result<String> {
         let sysctls = network::pod_sysctls(&cfg)?;
         if let Some(l) = &cfg.selinux
             && !self.host.facts.selinux()
@@ -69,7 +77,7 @@ impl Runtime {
         let id = ids::new_id();
         let _creating = CreatingGuard::new(self, &id);
         let mut undo = Cleanup::default();
-        let sandbox = match self.build_sandbox(&id, &cfg, sysctls, &mut undo) {
+        let sandbox = match self.build_sandbox(&id, &cfg, &handler, sysctls, &mut undo) {
             Ok(sb) => sb,
             Err(e) => {
                 let owed = self.roll_back(undo);
@@ -77,6 +85,7 @@ impl Runtime {
                     let dir = self.sandbox_dir(&id);
                     let mut kept = Sandbox::lost(&id, dir, self.host.clock.now_ns());
                     kept.config = cfg;
+                    kept.handler = handler;
                     self.keep_failed_sandbox(kept, owed);
                 }
                 return Err(e);
@@ -99,6 +108,7 @@ impl Runtime {
         &self,
         id: &str,
         cfg: &SandboxConfig,
+        handler: &str,
         sysctls: Vec<(String, String)>,
         undo: &mut Cleanup,
     ) -> Result<Sandbox> {
@@ -195,6 +205,7 @@ impl Runtime {
             id: id.to_string(),
             config: cfg.clone(),
             created_at: host.clock.now_ns(),
+            handler: handler.to_string(),
             state: SandboxState::Ready,
             dir,
             netns,

@@ -34,6 +34,10 @@ pub struct Sandbox {
     pub config: SandboxConfig,
     /// Creation time, ns since the epoch.
     pub created_at: i64,
+    /// The runtime handler its containers run under (the config's
+    /// `runtime_handler` resolved: never empty).
+    #[serde(default = "crate::host::handlers::legacy_handler")]
+    pub handler: String,
     /// Ready or not.
     pub state: SandboxState,
     /// The sandbox's state directory (namespaces, files, shm).

@@ -175,6 +175,7 @@ mod tests {
             id: "sb".into(),
             config: Default::default(),
             created_at: 1,
+            handler: "runc".into(),
             state: SandboxState::Ready,
             dir: dir.to_path_buf(),
             netns: None,

@@ -10,6 +10,7 @@ pub mod link_stats;
 pub mod mount;
 pub mod netns;
 pub mod notify;
+pub mod oci_probe;
 pub mod process;
 pub mod pty;
 pub mod runc;

@@ -1,5 +1,6 @@
-//! runc invocations crustd makes itself (the shim makes `runc create`): the
-//! real [`crate::host::Runc`].
+//! OCI runtime invocations crustd makes itself (the shim makes `create`):
+//! the real [`crate::host::Runc`], for runc and runtimes with its command
+//! line (youki).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -17,13 +18,15 @@ pub const RUNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// containers is the largest).
 const MAX_RUNC_OUTPUT: u64 = 4 << 20;
 
-/// One runc binary with its state directory.
+/// One OCI runtime binary with its state directory.
 #[derive(Clone, Debug)]
 pub struct RuncBinary {
-    /// The runc executable.
+    /// The runtime's executable.
     pub binary: PathBuf,
-    /// runc's `--root`: where it keeps container state.
+    /// Its `--root`: where it keeps container state.
     pub root: PathBuf,
+    /// Global arguments given before every subcommand.
+    pub options: Vec<String>,
 }
 
 /// The status runc reports for a container.
@@ -73,7 +76,7 @@ impl crate::host::Runc for RuncBinary {
 
     fn spawn_exec(&self, exec: ExecCommand<'_>) -> std::io::Result<tokio::process::Child> {
         let mut cmd = tokio::process::Command::new(&self.binary);
-        cmd.arg("--root").arg(&self.root);
+        cmd.arg("--root").arg(&self.root).args(&self.options);
         if let Some(log) = exec.log {
             cmd.arg("--log").arg(log).arg("--log-format").arg("json");
         }
@@ -98,7 +101,7 @@ impl crate::host::Runc for RuncBinary {
 impl RuncBinary {
     fn command(&self) -> Command {
         let mut c = Command::new(&self.binary);
-        c.arg("--root").arg(&self.root);
+        c.arg("--root").arg(&self.root).args(&self.options);
         c
     }
 
@@ -179,13 +182,20 @@ impl RuncBinary {
         }
         let out = self.run(&["list", "--quiet"])?;
         check(&out, "runc list")?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect())
+        Ok(listed_ids(&String::from_utf8_lossy(&out.stdout)))
     }
+}
+
+/// The container ids in `list --quiet` output: runc prints one per line;
+/// youki ignores `--quiet` and prints a table whose first column is the id
+/// under an `ID` header (never a crust id, which is 64 hex digits).
+fn listed_ids(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|id| *id != "ID")
+        .map(String::from)
+        .collect()
 }
 
 fn check(out: &crust_child::Finished, what: &str) -> Result<()> {
@@ -195,9 +205,14 @@ fn check(out: &crust_child::Finished, what: &str) -> Result<()> {
     bail!("{what} failed: {}", runc_error(&out.stderr))
 }
 
-/// The useful part of runc's stderr: its last non-empty line, without the log prefix.
+/// The useful part of an OCI runtime's stderr: youki's `Error: ` line
+/// (before its backtrace), else the last non-empty line without runc's
+/// log prefix.
 pub fn runc_error(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
+    if let Some(e) = text.lines().find_map(|l| l.strip_prefix("Error: ")) {
+        return e.trim().to_string();
+    }
     let line = text
         .lines()
         .rev()
@@ -207,5 +222,28 @@ pub fn runc_error(stderr: &[u8]) -> String {
     match line.find("msg=") {
         Some(i) => line[i + 4..].trim_matches('"').to_string(),
         None => line.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listed_ids;
+
+    #[test]
+    fn list_output_of_runc_and_youki() {
+        assert_eq!(listed_ids("a1\n\nb2\n"), ["a1", "b2"]);
+        let youki = "ID   PID  STATUS   BUNDLE  CREATED  CREATOR\nc3   12   running  /b      now      root\n";
+        assert_eq!(listed_ids(youki), ["c3"]);
+        assert!(listed_ids("ID PID STATUS BUNDLE CREATED CREATOR\n").is_empty());
+    }
+
+    #[test]
+    fn errors_of_runc_and_youki() {
+        assert_eq!(
+            super::runc_error(b"time=\"x\" level=error msg=\"container not running\"\n"),
+            "container not running"
+        );
+        let youki = b"ERROR youki: boom\n\nStack backtrace:\n  0: x\nError: container c does not exist.\n\nStack backtrace:\n   0: <unknown>\n";
+        assert_eq!(super::runc_error(youki), "container c does not exist.");
     }
 }

@@ -28,15 +28,11 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the PID namespace holder may take to report.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The crust-shim binary and the runc it drives.
+/// The crust-shim binary (each launch names the OCI runtime it drives).
 #[derive(Clone, Debug)]
 pub struct ShimBinary {
     /// The crust-shim executable.
     pub shim: PathBuf,
-    /// The runc executable.
-    pub runc: PathBuf,
-    /// runc's state directory.
-    pub runc_root: PathBuf,
 }
 
 impl crate::host::Shim for ShimBinary {
@@ -81,9 +77,12 @@ fn spawn(bin: &ShimBinary, l: &Launch<'_>) -> std::result::Result<Created, Creat
         .arg("--bundle")
         .arg(l.bundle)
         .arg("--runc")
-        .arg(&bin.runc)
+        .arg(&l.runtime.binary)
         .arg("--runc-root")
-        .arg(&bin.runc_root);
+        .arg(&l.runtime.root);
+    for opt in &l.runtime.options {
+        cmd.arg(format!("--runc-opt={opt}"));
+    }
     if let Some(p) = l.log_path {
         cmd.arg("--log-path").arg(p);
     }

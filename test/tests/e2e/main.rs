@@ -16,6 +16,7 @@ mod critest;
 mod deadlines;
 mod errors;
 mod events;
+mod handlers;
 mod harness_selftest;
 mod hostile_images;
 mod hostile_requests;

@@ -40,6 +40,7 @@ pub(super) fn sandbox() -> Sandbox {
             ..Default::default()
         },
         created_at: 1,
+        handler: "runc".into(),
         state: SandboxState::Ready,
         dir: "/run/crust/sandboxes/sb".into(),
         netns: Some("/run/crust/sandboxes/sb/ns/net".into()),
