@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::container::config::ContainerConfig;
+use crate::container::config::{ContainerConfig, Mount};
 use crate::container::{ContainerFilter, ContainerState};
 use crate::host::fake::{FakeHost, Fault, World};
 use crate::image::{Image, ImageConfig, ImageOptions};
-use crate::sandbox::config::SandboxConfig;
+use crate::sandbox::config::{IdMapping, SandboxConfig, UserNamespace};
 use crate::sandbox::{SandboxFilter, SandboxState};
 use crate::{Error, Options, Runtime};
 
@@ -403,6 +403,75 @@ async fn create_container_fails_at_every_call_and_leaves_only_what_a_retry_finis
                     "{fault:?} of {seen:?}, {retry}"
                 );
             }
+        }
+    }
+}
+
+/// A pod with its own user namespace, and a container of it with an
+/// idmapped, recursively read-only volume: what crust prepares itself.
+fn user_namespaced(env: &Env) -> (SandboxConfig, ContainerConfig) {
+    let ids = IdMapping {
+        inside: 0,
+        outside: 100_000,
+        count: 65_536,
+    };
+    let user = UserNamespace {
+        uids: ids,
+        gids: ids,
+    };
+    let mut pod = env.pod(0);
+    pod.namespaces.user = Some(user);
+    let volume = env.dir.join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    let mut container = env.container(0);
+    container.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: volume.to_string_lossy().into_owned(),
+        readonly: true,
+        recursive_read_only: true,
+        idmap: Some(user),
+        ..Default::default()
+    }];
+    (pod, container)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_namespaced_pod_fails_at_every_call_and_its_removal_leaves_nothing() {
+    let env = Env::new("count-userns");
+    let (pod, container) = user_namespaced(&env);
+    let sb = env.rt().run_sandbox(pod, None).await.unwrap();
+    env.rt()
+        .create_container(&sb, container, None)
+        .await
+        .unwrap();
+    let seen = env.host.calls();
+    drop(env);
+    for wanted in ["namespaces.pin_new", "mounts.bind"] {
+        assert!(seen.iter().any(|c| c == wanted), "no {wanted} in {seen:?}");
+    }
+    for k in 1..=seen.len() {
+        for fault in faults(k) {
+            let env = Env::new("userns");
+            let (pod, container) = user_namespaced(&env);
+            env.host.inject(fault);
+            let made = match env.rt().run_sandbox(pod, None).await {
+                Ok(sb) => env.rt().create_container(&sb, container, None).await,
+                Err(e) => Err(e),
+            };
+            // Only detaching the prepared volume after the create is best
+            // effort: the bundle's removal takes it down.
+            let best_effort = k == seen.len();
+            assert!(
+                made.is_err() != best_effort,
+                "{fault:?} of {seen:?}: {made:?}"
+            );
+            env.host.inject(Fault::Never);
+            assert!(env.remove_everything().await);
+            assert_eq!(
+                env.leftovers(),
+                Vec::<String>::new(),
+                "{fault:?} of {seen:?}"
+            );
         }
     }
 }

@@ -119,3 +119,51 @@ pub fn namespaces_to(o: &NamespaceOptions) -> v1::NamespaceOption {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn userns(mode: v1::NamespaceMode, uids: usize, gids: usize) -> Option<v1::NamespaceOption> {
+        let m = v1::IdMapping {
+            container_id: 0,
+            host_id: 100_000,
+            length: 65_536,
+        };
+        Some(v1::NamespaceOption {
+            userns_options: Some(v1::UserNamespace {
+                mode: mode as i32,
+                uids: vec![m; uids],
+                gids: vec![m; gids],
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn user_namespace_modes_and_mappings() {
+        let user = |o| namespaces_from(o).map(|n| n.user);
+        assert_eq!(user(None).unwrap(), None);
+        assert_eq!(user(userns(v1::NamespaceMode::Node, 0, 0)).unwrap(), None);
+        let pod = user(userns(v1::NamespaceMode::Pod, 1, 1)).unwrap().unwrap();
+        assert_eq!(pod.host_root(), (100_000, 100_000));
+        let back = namespaces_to(&namespaces_from(userns(v1::NamespaceMode::Pod, 1, 1)).unwrap());
+        assert_eq!(
+            back.userns_options,
+            userns(v1::NamespaceMode::Pod, 1, 1).unwrap().userns_options
+        );
+        for refused in [
+            userns(v1::NamespaceMode::Container, 0, 0),
+            userns(v1::NamespaceMode::Target, 0, 0),
+            userns(v1::NamespaceMode::Node, 1, 1),
+            userns(v1::NamespaceMode::Pod, 0, 0),
+            userns(v1::NamespaceMode::Pod, 2, 1),
+            userns(v1::NamespaceMode::Pod, 1, 2),
+        ] {
+            assert!(
+                matches!(user(refused.clone()), Err(Error::InvalidArgument(_))),
+                "{refused:?} was accepted"
+            );
+        }
+    }
+}

@@ -551,7 +551,10 @@ impl Facts for FakeHost {
     }
 
     fn mount_features(&self) -> MountFeatures {
-        MountFeatures::default()
+        MountFeatures {
+            recursive_read_only_mounts: true,
+            user_namespaces: true,
+        }
     }
 
     fn for_container(

@@ -64,7 +64,9 @@ pub(super) fn host(opts: &crate::Options) -> Result<Host> {
         network: Arc::new(Cni::new(opts.cni.clone())?),
         cgroups: Arc::from(cgroup_usage::host_reader()),
         clock: Arc::new(SystemClock),
-        facts: Arc::new(MachineFacts),
+        facts: Arc::new(MachineFacts {
+            root: opts.root.clone(),
+        }),
     })
 }
 
@@ -121,7 +123,10 @@ impl Clock for SystemClock {
 }
 
 /// This machine, probed.
-struct MachineFacts;
+struct MachineFacts {
+    /// The persistent root, where image layers are idmapped from.
+    root: std::path::PathBuf,
+}
 
 impl Facts for MachineFacts {
     fn cgroups(&self) -> CgroupHost {
@@ -133,7 +138,7 @@ impl Facts for MachineFacts {
     }
 
     fn mount_features(&self) -> MountFeatures {
-        MountFeatures::default()
+        crate::sys::facts::mount_features(&self.root)
     }
 
     fn for_container(

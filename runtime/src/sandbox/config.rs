@@ -312,6 +312,37 @@ mod tests {
     }
 
     #[test]
+    fn user_namespace_mappings_are_checked() {
+        let ids = |inside, outside, count| IdMapping {
+            inside,
+            outside,
+            count,
+        };
+        let with = |uids: IdMapping, network| {
+            let mut c = valid();
+            c.namespaces.network = network;
+            c.namespaces.user = Some(UserNamespace {
+                uids,
+                gids: ids(0, 100_000, 65_536),
+            });
+            c.validate()
+        };
+        assert!(with(ids(0, 100_000, 65_536), NamespaceMode::Pod).is_ok());
+        for (bad, network) in [
+            (ids(1, 100_000, 65_536), NamespaceMode::Pod),
+            (ids(0, 0, 65_536), NamespaceMode::Pod),
+            (ids(0, 100_000, 0), NamespaceMode::Pod),
+            (ids(0, u32::MAX, 2), NamespaceMode::Pod),
+            (ids(0, 100_000, 65_536), NamespaceMode::Node),
+        ] {
+            assert!(
+                matches!(with(bad, network), Err(Error::InvalidArgument(_))),
+                "{bad:?} on {network:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
     fn validation() {
         assert!(valid().validate().is_ok());
         assert_eq!(valid().reserved_name(), r#"["web","default","u1",0]"#);

@@ -38,13 +38,15 @@ impl Runtime {
         deadline: Option<Instant>,
     ) -> Result<String> {
         cfg.validate()?;
-        let handler = self
-            .host
-            .handlers
-            .for_pod(&cfg.runtime_handler)?
-            .spec
-            .name
-            .clone();
+        let handler = self.host.handlers.for_pod(&cfg.runtime_handler)?;
+        if cfg.namespaces.user.is_some() && !self.handler_features(handler).user_namespaces {
+            return Err(Error::FailedPrecondition(format!(
+                "pods with their own user namespace cannot run under handler {:?} on this host: the kernel or the filesystem of {} cannot make idmapped mounts",
+                handler.spec.name,
+                self.opts.root.display()
+            )));
+        }
+        let handler = handler.spec.name.clone();
         let name = cfg.reserved_name();
         let ticket = match self.sandbox_names.reserve(&name, "pod sandbox").await? {
             Reservation::Existing(id) => return Ok(id),

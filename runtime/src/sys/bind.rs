@@ -166,17 +166,15 @@ pub fn recursive_read_only_supported() -> bool {
 }
 
 /// Whether the filesystem holding `dir` can be idmapped through `userns`
-/// (an open user namespace file).
-pub fn idmap_supported(dir: &Path, userns: &File) -> bool {
-    open_tree(dir, false)
-        .and_then(|tree| {
-            let attr = MountAttr {
-                attr_set: MOUNT_ATTR_IDMAP,
-                attr_clr: 0,
-                propagation: 0,
-                userns_fd: userns.as_raw_fd() as u64,
-            };
-            set_attr(&tree, &attr, false)
-        })
-        .is_ok()
+/// (an open user namespace file); the kernel's refusal if not.
+pub fn idmap_supported(dir: &Path, userns: &File) -> Result<()> {
+    let tree =
+        open_tree(dir, false).with_context(|| format!("copying the mount at {}", dir.display()))?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    set_attr(&tree, &attr, false).with_context(|| format!("idmapping a copy of {}", dir.display()))
 }
