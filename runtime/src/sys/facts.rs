@@ -146,6 +146,35 @@ fn read_profile(path: &Path) -> ProfileFile {
     }
 }
 
+/// A host id no pod is given, for the user namespace the probe idmaps with.
+const PROBE_HOST_ID: u32 = 1 << 31;
+
+/// What the kernel lets crust make for containers, probed once at start:
+/// recursive read-only mounts, and idmapped mounts on the filesystem of
+/// `root` (where the layers are), which user-namespaced pods need.
+pub fn mount_features(root: &Path) -> crate::host::MountFeatures {
+    let rro = super::bind::recursive_read_only_supported();
+    let idmap = idmap_supported(root);
+    if let Err(why) = &idmap {
+        tracing::warn!(root = %root.display(), "pods with their own user namespace cannot run here: {why:#}");
+    }
+    crate::host::MountFeatures {
+        recursive_read_only_mounts: rro,
+        user_namespaces: idmap.is_ok(),
+    }
+}
+
+fn idmap_supported(root: &Path) -> anyhow::Result<()> {
+    let one = crust_cni::userns::IdMapping {
+        inside: 0,
+        outside: PROBE_HOST_ID,
+        count: 1,
+    };
+    let holder = crust_cni::userns::Holder::spawn(one, one, nix::sched::CloneFlags::empty())?;
+    let userns = std::fs::File::open(holder.ns_path("user"))?;
+    super::bind::idmap_supported(root, &userns)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,33 +334,4 @@ mod tests {
                 && !p.starts_with("/dev/shm")
         }));
     }
-}
-
-/// A host id no pod is given, for the user namespace the probe idmaps with.
-const PROBE_HOST_ID: u32 = 1 << 31;
-
-/// What the kernel lets crust make for containers, probed once at start:
-/// recursive read-only mounts, and idmapped mounts on the filesystem of
-/// `root` (where the layers are), which user-namespaced pods need.
-pub fn mount_features(root: &Path) -> crate::host::MountFeatures {
-    let rro = super::bind::recursive_read_only_supported();
-    let idmap = idmap_supported(root);
-    if let Err(why) = &idmap {
-        tracing::warn!(root = %root.display(), "pods with their own user namespace cannot run here: {why:#}");
-    }
-    crate::host::MountFeatures {
-        recursive_read_only_mounts: rro,
-        user_namespaces: idmap.is_ok(),
-    }
-}
-
-fn idmap_supported(root: &Path) -> anyhow::Result<()> {
-    let one = crust_cni::userns::IdMapping {
-        inside: 0,
-        outside: PROBE_HOST_ID,
-        count: 1,
-    };
-    let holder = crust_cni::userns::Holder::spawn(one, one, nix::sched::CloneFlags::empty())?;
-    let userns = std::fs::File::open(holder.ns_path("user"))?;
-    super::bind::idmap_supported(root, &userns)
 }
