@@ -54,19 +54,15 @@ impl RuntimeService {
             "reason": network.reason,
             "message": network.message,
         });
-        // As Status lists them: the default under "", then each by name.
-        let all = self.runtime.handlers();
-        let handlers: Vec<_> = all
-            .get(all.default_name())
-            .map(|h| ("", h))
+        let default = self.runtime.handlers().default_name();
+        let handlers: Vec<_> = convert::handlers::listed(&self.runtime)
             .into_iter()
-            .chain(all.iter().map(|h| (h.spec.name.as_str(), h)))
             .map(|(name, h)| {
                 let f = self.runtime.handler_features(h);
                 serde_json::json!({
                     "name": name,
                     "handler": h.spec.name,
-                    "default": h.spec.name == all.default_name(),
+                    "default": h.spec.name == default,
                     "runtime": h.spec.binary,
                     "root": h.spec.root,
                     "options": h.spec.options,
@@ -78,6 +74,7 @@ impl RuntimeService {
                         "recursiveReadOnlyMounts": f.recursive_read_only_mounts,
                         "userNamespaces": f.user_namespaces,
                     },
+                    "userNamespacesUnavailableReason": h.probe.user_namespaces.as_ref().err(),
                 })
             })
             .collect();

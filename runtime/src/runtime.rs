@@ -221,7 +221,11 @@ impl Runtime {
     /// run).
     pub fn handler_features(&self, h: &crate::host::Handler) -> crate::host::MountFeatures {
         match h.probe.usable {
-            Ok(()) => self.mount_features,
+            Ok(()) => crate::host::MountFeatures {
+                user_namespaces: self.mount_features.user_namespaces
+                    && h.probe.user_namespaces.is_ok(),
+                ..self.mount_features
+            },
             Err(_) => crate::host::MountFeatures::default(),
         }
     }

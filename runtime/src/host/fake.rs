@@ -140,6 +140,7 @@ impl FakeHost {
                 usable,
                 version: format!("{name} version fake"),
                 features: None,
+                user_namespaces: Ok(()),
             },
             runc: Arc::new(FakeRunc {
                 host: self.clone(),

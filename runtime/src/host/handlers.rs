@@ -39,6 +39,9 @@ pub struct Probe {
     pub version: String,
     /// The output of `<binary> features`, where the binary has it.
     pub features: Option<serde_json::Value>,
+    /// `Ok` when the processes it execs join the container's user
+    /// namespace, which a user-namespaced pod needs; else why not.
+    pub user_namespaces: std::result::Result<(), String>,
 }
 
 /// One handler: its spec, its probe and the runtime it drives.

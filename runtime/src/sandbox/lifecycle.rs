@@ -40,10 +40,16 @@ impl Runtime {
         cfg.validate()?;
         let handler = self.host.handlers.for_pod(&cfg.runtime_handler)?;
         if cfg.namespaces.user.is_some() && !self.handler_features(handler).user_namespaces {
+            let why = match &handler.probe.user_namespaces {
+                Err(why) => why.clone(),
+                Ok(()) => format!(
+                    "the kernel or the filesystem of {} cannot make idmapped mounts",
+                    self.opts.root.display()
+                ),
+            };
             return Err(Error::FailedPrecondition(format!(
-                "pods with their own user namespace cannot run under handler {:?} on this host: the kernel or the filesystem of {} cannot make idmapped mounts",
-                handler.spec.name,
-                self.opts.root.display()
+                "pods with their own user namespace cannot run under handler {:?} on this host: {why}",
+                handler.spec.name
             )));
         }
         let handler = handler.spec.name.clone();

@@ -19,6 +19,7 @@ pub fn probe(spec: &HandlerSpec) -> Probe {
         usable: Ok(()),
         version: String::new(),
         features: None,
+        user_namespaces: Ok(()),
     };
     if !spec.binary.is_file() {
         probe.usable = Err(format!(
@@ -31,6 +32,7 @@ pub fn probe(spec: &HandlerSpec) -> Probe {
     match run(spec, "--version") {
         Ok(out) => {
             probe.version = out.lines().next().unwrap_or("").trim().to_string();
+            probe.user_namespaces = user_namespaces(&probe.version);
         }
         Err(why) => {
             probe.usable = Err(why);
@@ -41,6 +43,18 @@ pub fn probe(spec: &HandlerSpec) -> Probe {
         .ok()
         .and_then(|out| serde_json::from_str(&out).ok());
     probe
+}
+
+/// Whether a runtime of this `--version` line can run user-namespaced
+/// pods: youki's `exec` (0.7) leaves the process in the host's user
+/// namespace, as real root, so it cannot.
+fn user_namespaces(version: &str) -> Result<(), String> {
+    if version.starts_with("youki") {
+        return Err(format!(
+            "{version}: its exec does not join the container's user namespace"
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `<binary> <options> <arg>`; its stdout, or why it failed.

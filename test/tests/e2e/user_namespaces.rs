@@ -101,6 +101,30 @@ fn a_user_namespaced_pod_is_root_inside_and_mapped_outside() {
 
 async fn user_namespaced_pod(env: &mut TestEnv) -> Result<()> {
     env.pull(&env.images.busybox.reference).await?;
+    user_namespaced_pod_under_runc(env).await?;
+    // youki 0.7's exec leaves the process in the host's user namespace, as
+    // real root: crust runs no user-namespaced pod under it.
+    if crust_e2e::requirements::find_program("youki").is_some() {
+        let config = userns_pod_config(
+            env,
+            "userns-youki",
+            userns_options(pod_user_namespace(), NamespaceMode::Pod),
+        )?;
+        let refused = env
+            .cri
+            .run_pod_sandbox_with_handler(&config, "youki")
+            .await
+            .map(drop);
+        expect_code(
+            refused,
+            Code::FailedPrecondition,
+            "a user-namespaced pod under youki",
+        )?;
+    }
+    env.assert_no_leaks()
+}
+
+async fn user_namespaced_pod_under_runc(env: &TestEnv) -> Result<()> {
     // A pod-wide PID namespace too: its holder must live in the pod's user
     // namespace for the containers to join it.
     let config = userns_pod_config(
@@ -186,7 +210,7 @@ async fn user_namespaced_pod(env: &mut TestEnv) -> Result<()> {
 
     env.cri.stop_pod_sandbox(&pod.id).await?;
     env.cri.remove_pod_sandbox(&pod.id).await?;
-    env.assert_no_leaks()
+    Ok(())
 }
 
 #[test]
