@@ -15,10 +15,11 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::userns::{Holder, IdMapping};
 use anyhow::{Context, Result, bail};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
+
+use crate::userns::{Holder, IdMapping};
 
 /// A kind of namespace that can be pinned without a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
