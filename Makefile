@@ -13,7 +13,7 @@ DEBUG     := target/debug
 # Debian packages: to build, to run, and to test.
 BUILD_PKGS := protobuf-compiler gcc
 RUN_PKGS   := runc containernetworking-plugins iptables
-TEST_PKGS  := docker-registry busybox-static apache2-utils openssl
+TEST_PKGS  := docker-registry busybox-static apache2-utils openssl iputils-ping
 # What `make conformance` needs besides the test packages: xz to unpack the
 # clients, the host's pgrep (procps) and ipcs (util-linux) for critest's images,
 # and util-linux's ipcmk, which critest runs on the host.
@@ -62,7 +62,7 @@ IMAGE_BUSYBOX := $(CONFORMANCE_DIR)/busybox/bin/busybox
 # (The AppArmor specs skip themselves on a host without AppArmor.)
 CRITEST_SKIP ?= public image with digest should be pulled and removed
 
-.PHONY: all build release run test unit e2e bench lint install conformance soak fuzz deps-build deps-run deps-test deps-youki deps-bench deps-conformance youki-build-deps
+.PHONY: all build release run first-network test unit e2e bench lint install conformance soak fuzz deps-build deps-run deps-test deps-youki deps-bench deps-conformance youki-build-deps
 
 all: build
 
@@ -107,8 +107,19 @@ build: deps-build
 release: deps-build
 	$(CARGO) build --release -p crust-cri -p crust-shim
 
-run: deps-run release
+run: deps-run release first-network
 	$(RELEASE)/crustd
+
+# The first run's pod network: manifests/cni/10-crust.conflist (bridge crust0,
+# 10.85.0.0/16, portmap, loopback), installed only where no network config is.
+CNI_CONF_DIR ?= /etc/cni/net.d
+first-network:
+	@if find $(CNI_CONF_DIR) -maxdepth 1 \( -name '*.conflist' -o -name '*.conf' -o -name '*.json' \) 2>/dev/null | grep -q .; then \
+		echo "keeping the network config in $(CNI_CONF_DIR)"; \
+	else \
+		install -D -m 0644 manifests/cni/10-crust.conflist $(CNI_CONF_DIR)/10-crust.conflist && \
+		echo "no network config in $(CNI_CONF_DIR): installed manifests/cni/10-crust.conflist (bridge crust0, 10.85.0.0/16)"; \
+	fi
 
 unit: deps-build
 	$(CARGO) test --workspace --exclude crust-e2e

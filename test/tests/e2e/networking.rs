@@ -993,3 +993,45 @@ async fn pod_sysctls(env: &mut TestEnv) -> Result<()> {
     remove_pods(env, &[&pod]).await?;
     env.assert_no_leaks()
 }
+
+#[test]
+fn the_shipped_network_config_networks_a_pod() {
+    run("the_shipped_network_config_networks_a_pod", shipped_network);
+}
+
+/// `manifests/cni/10-crust.conflist`, the network `make run` installs on a
+/// machine that has none, with this test's bridge, subnet and host-local
+/// directory in place of crust0 and 10.85.0.0/16 (so the test stays off
+/// the real ones): a pod on it answers a ping from the host.
+async fn shipped_network(env: &mut TestEnv) -> Result<()> {
+    let net = TestNetwork::claim(env)?;
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../manifests/cni/10-crust.conflist"
+    );
+    let mut conflist: Value = serde_json::from_str(&std::fs::read_to_string(shipped)?)?;
+    conflist["name"] = json!(net.name);
+    let bridge = &mut conflist["plugins"][0];
+    ensure!(
+        bridge["type"] == "bridge",
+        "the shipped chain does not start with bridge"
+    );
+    bridge["bridge"] = json!(net.bridge);
+    // Masquerading would add NAT rules on this host for a subnet no one
+    // else uses; the chain is the shipped one otherwise.
+    bridge["ipMasq"] = json!(false);
+    bridge["ipam"]["ranges"] = json!([[net.ipv4_range()]]);
+    bridge["ipam"]["dataDir"] = json!(net.data_dir);
+    net.install(&conflist)?;
+
+    let pod = env.run_pod("shipped-network").await?;
+    let ip = pod_ips(env, &pod.id)
+        .await?
+        .into_iter()
+        .next()
+        .context("the pod got no IP")?;
+    let ping = tool("ping", &["-c", "1", "-W", "5", &ip])?;
+    ensure!(ping.contains("1 received"), "ping {ip}: {ping}");
+    remove_pods(env, &[&pod]).await?;
+    expect_clean(env, &net)
+}
