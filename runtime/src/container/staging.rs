@@ -78,18 +78,35 @@ impl Runtime {
             idmap: Some(userns.to_path_buf()),
             ..Default::default()
         };
-        let mut out = Vec::with_capacity(layers.len());
-        for (i, layer) in layers.iter().enumerate() {
-            let target = dir.join(i.to_string());
-            fs::create_dir(&target).with_context(|| format!("creating {}", target.display()))?;
-            undo.push(Step::Unmount(target.clone()));
-            self.host
-                .mounts
-                .bind(layer, &target, &how)
-                .map_err(prepare_error)?;
-            out.push(target);
+        layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| self.attach_prepared(layer, &dir.join(i.to_string()), &how, undo))
+            .collect()
+    }
+
+    /// Makes `target` (a directory, or a file for a file `source`) and
+    /// attaches on it the copy of `source` that `how` describes, pushing
+    /// its detach on `undo`; returns `target`.
+    fn attach_prepared(
+        &self,
+        source: &Path,
+        target: &Path,
+        how: &BindMount,
+        undo: &mut Cleanup,
+    ) -> Result<PathBuf> {
+        if source.is_dir() {
+            fs::create_dir(target)
+        } else {
+            fs::write(target, b"")
         }
-        Ok(out)
+        .with_context(|| format!("creating {}", target.display()))?;
+        undo.push(Step::Unmount(target.to_path_buf()));
+        self.host
+            .mounts
+            .bind(source, target, how)
+            .map_err(prepare_error)?;
+        Ok(target.to_path_buf())
     }
 
     /// Gives the empty writable layer to the pod's root, so that the root
@@ -125,23 +142,12 @@ impl Runtime {
             if staged.is_empty() {
                 fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
-            let target = dir.join(i.to_string());
-            if source.is_dir() {
-                fs::create_dir(&target)
-            } else {
-                fs::write(&target, b"")
-            }
-            .with_context(|| format!("creating {}", target.display()))?;
-            undo.push(Step::Unmount(target.clone()));
             let how = BindMount {
                 recursive: true,
                 read_only: m.recursive_read_only,
                 idmap: m.idmap.and(sb.userns.clone()),
             };
-            self.host
-                .mounts
-                .bind(source, &target, &how)
-                .map_err(prepare_error)?;
+            let target = self.attach_prepared(source, &dir.join(i.to_string()), &how, undo)?;
             staged.insert(i, target);
         }
         Ok(staged)
