@@ -27,6 +27,27 @@ struct MountAttr {
     userns_fd: u64,
 }
 
+impl MountAttr {
+    /// Attributes that make a tree read-only and/or idmapped through
+    /// `userns`, with `propagation` (0 leaves it).
+    fn new(read_only: bool, userns: Option<&File>, propagation: u64) -> MountAttr {
+        let mut attr = MountAttr {
+            attr_set: 0,
+            attr_clr: 0,
+            propagation,
+            userns_fd: 0,
+        };
+        if read_only {
+            attr.attr_set |= MOUNT_ATTR_RDONLY;
+        }
+        if let Some(ns) = userns {
+            attr.attr_set |= MOUNT_ATTR_IDMAP;
+            attr.userns_fd = ns.as_raw_fd() as u64;
+        }
+        attr
+    }
+}
+
 /// How a prepared bind mount differs from its source.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BindMount {
@@ -51,25 +72,13 @@ pub struct Unsupported(pub String);
 pub fn bind(source: &Path, target: &Path, how: &BindMount) -> Result<()> {
     let tree = open_tree(source, how.recursive)
         .with_context(|| format!("copying the mount tree at {}", source.display()))?;
-    let mut attr = MountAttr {
-        attr_set: 0,
-        attr_clr: 0,
-        propagation: libc::MS_PRIVATE,
-        userns_fd: 0,
-    };
-    if how.read_only {
-        attr.attr_set |= MOUNT_ATTR_RDONLY;
-    }
     let userns = match &how.idmap {
         Some(p) => Some(
             File::open(p).with_context(|| format!("opening the user namespace {}", p.display()))?,
         ),
         None => None,
     };
-    if let Some(ns) = &userns {
-        attr.attr_set |= MOUNT_ATTR_IDMAP;
-        attr.userns_fd = ns.as_raw_fd() as u64;
-    }
+    let attr = MountAttr::new(how.read_only, userns.as_ref(), libc::MS_PRIVATE);
     set_attr(&tree, &attr, how.recursive).map_err(|e| {
         let what = match (how.idmap.is_some(), how.read_only) {
             (true, true) => "an idmapped, read-only",
@@ -153,15 +162,7 @@ fn move_to(tree: &OwnedFd, target: &Path) -> io::Result<()> {
 /// Whether this kernel makes recursive read-only copies of mount trees.
 pub fn recursive_read_only_supported() -> bool {
     open_tree(Path::new("/"), false)
-        .and_then(|tree| {
-            let attr = MountAttr {
-                attr_set: MOUNT_ATTR_RDONLY,
-                attr_clr: 0,
-                propagation: 0,
-                userns_fd: 0,
-            };
-            set_attr(&tree, &attr, true)
-        })
+        .and_then(|tree| set_attr(&tree, &MountAttr::new(true, None, 0), true))
         .is_ok()
 }
 
@@ -170,11 +171,6 @@ pub fn recursive_read_only_supported() -> bool {
 pub fn idmap_supported(dir: &Path, userns: &File) -> Result<()> {
     let tree =
         open_tree(dir, false).with_context(|| format!("copying the mount at {}", dir.display()))?;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    set_attr(&tree, &attr, false).with_context(|| format!("idmapping a copy of {}", dir.display()))
+    set_attr(&tree, &MountAttr::new(false, Some(userns), 0), false)
+        .with_context(|| format!("idmapping a copy of {}", dir.display()))
 }
