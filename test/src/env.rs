@@ -191,6 +191,35 @@ impl TestEnv {
             .with_context(|| format!("ExecSync {cmd:?}"))
     }
 
+    /// Requires that container `id`'s `/etc/resolv.conf` holds the DNS
+    /// config [`pod_config::pod_sandbox_config`] gives pods: its
+    /// nameservers, searches and options.
+    pub async fn expect_pod_dns(&self, id: &str) -> Result<()> {
+        use pod_config::{DNS_OPTIONS, DNS_SEARCHES, DNS_SERVERS};
+        let resolv = self.sh(id, "cat /etc/resolv.conf").await?;
+        let lines: Vec<Vec<&str>> = resolv
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        for server in DNS_SERVERS {
+            ensure!(
+                lines.contains(&vec!["nameserver", server]),
+                "resolv.conf lacks nameserver {server}:\n{resolv}"
+            );
+        }
+        let search: Vec<&str> = ["search"].into_iter().chain(DNS_SEARCHES).collect();
+        ensure!(
+            lines.contains(&search),
+            "resolv.conf lacks `search {DNS_SEARCHES:?}`:\n{resolv}"
+        );
+        let options: Vec<&str> = ["options"].into_iter().chain(DNS_OPTIONS).collect();
+        ensure!(
+            lines.contains(&options),
+            "resolv.conf lacks `options {DNS_OPTIONS:?}`:\n{resolv}"
+        );
+        Ok(())
+    }
+
     /// Runs `sh -c <script>` in container `id`, requires exit code 0 and
     /// returns stdout.
     pub async fn sh(&self, id: &str, script: &str) -> Result<String> {

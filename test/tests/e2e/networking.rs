@@ -161,23 +161,7 @@ async fn bridge_traffic(env: &mut TestEnv) -> Result<()> {
     ensure!(reply.trim() == "pong", "hostPort answer {reply:?}");
 
     // The pod's DNS config is its resolv.conf.
-    let resolv = env.sh(&client, "cat /etc/resolv.conf").await?;
-    let lines: Vec<Vec<&str>> = resolv
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    for server in DNS_SERVERS {
-        ensure!(
-            lines.contains(&vec!["nameserver", server]),
-            "resolv.conf lacks nameserver {server}:\n{resolv}"
-        );
-    }
-    let search: Vec<&str> = ["search"].into_iter().chain(DNS_SEARCHES).collect();
-    let options: Vec<&str> = ["options"].into_iter().chain(DNS_OPTIONS).collect();
-    ensure!(
-        lines.contains(&search) && lines.contains(&options),
-        "resolv.conf lacks the pod's searches or options:\n{resolv}"
-    );
+    env.expect_pod_dns(&client).await?;
 
     remove_pods(env, &[&server_pod, &client_pod]).await?;
     expect_clean(env, &net)

@@ -10,7 +10,6 @@ use crust_e2e::assertions::expect_code;
 use crust_e2e::cri::ContainerState;
 use crust_e2e::cri_log::{self, Stream};
 use crust_e2e::env::nanos_since_epoch;
-use crust_e2e::pod_config::{DNS_OPTIONS, DNS_SEARCHES, DNS_SERVERS};
 use crust_e2e::{Pod, TestEnv, run, wait};
 use tonic::Code;
 
@@ -44,27 +43,7 @@ async fn pod_files_and_network(env: &mut TestEnv) -> Result<()> {
         "/etc/hostname {etc_hostname:?}"
     );
 
-    let resolv = env.sh(&id, "cat /etc/resolv.conf").await?;
-    let lines: Vec<Vec<&str>> = resolv
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    for server in DNS_SERVERS {
-        ensure!(
-            lines.contains(&vec!["nameserver", server]),
-            "resolv.conf lacks nameserver {server}:\n{resolv}"
-        );
-    }
-    let search: Vec<&str> = ["search"].into_iter().chain(DNS_SEARCHES).collect();
-    ensure!(
-        lines.contains(&search),
-        "resolv.conf lacks `search {DNS_SEARCHES:?}`:\n{resolv}"
-    );
-    let options: Vec<&str> = ["options"].into_iter().chain(DNS_OPTIONS).collect();
-    ensure!(
-        lines.contains(&options),
-        "resolv.conf lacks `options {DNS_OPTIONS:?}`:\n{resolv}"
-    );
+    env.expect_pod_dns(&id).await?;
 
     let hosts = env.sh(&id, "cat /etc/hosts").await?;
     ensure!(
