@@ -1,9 +1,11 @@
 //! crustd: the crust CRI runtime daemon.
 
+mod check;
 mod config;
 mod convert;
 mod deadline;
 mod image_service;
+mod install;
 mod instrument;
 mod metrics;
 mod runtime_service;
@@ -45,6 +47,52 @@ enum Command {
         #[command(subcommand)]
         what: ConfigCommand,
     },
+    /// Check this node for what crust needs (run it before and after
+    /// install); exits non-zero when anything fails.
+    Check,
+    /// Install crust on a host running systemd: binaries, unit, config
+    /// (kept when present); restarts crust.service when something changed.
+    Install {
+        #[command(flatten)]
+        host: HostArgs,
+        /// Then point kubelet at crust's socket (backing up its files) and
+        /// restart kubelet; drain the node first.
+        #[arg(long, env = "CRUST_SWITCH_KUBELET")]
+        switch_kubelet: bool,
+    },
+    /// Remove what install added (images, state and edited configs stay);
+    /// refused while kubelet still uses crust.
+    Uninstall {
+        #[command(flatten)]
+        host: HostArgs,
+    },
+}
+
+/// Where the host is and where its kubelet keeps its settings.
+#[derive(Debug, clap::Args)]
+struct HostArgs {
+    /// The host's root directory (the DaemonSet mounts it at /host).
+    #[arg(long, default_value = "/")]
+    host_root: PathBuf,
+    /// kubelet's KubeletConfiguration file, on the host.
+    #[arg(long, default_value = "/var/lib/kubelet/config.yaml")]
+    kubelet_config: PathBuf,
+    /// kubeadm's kubelet flags file, on the host.
+    #[arg(long, default_value = "/var/lib/kubelet/kubeadm-flags.env")]
+    kubelet_flags: PathBuf,
+}
+
+impl HostArgs {
+    fn options(self, switch_kubelet: bool) -> install::Options {
+        install::Options {
+            host_root: self.host_root,
+            switch_kubelet,
+            kubelet: install::kubelet::KubeletFiles {
+                config: self.kubelet_config,
+                flags: self.kubelet_flags,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,12 +104,20 @@ enum ConfigCommand {
 fn main() -> Result<()> {
     crust_runtime::sys::process::return_large_frees();
     let cli = Cli::parse();
-    if let Some(Command::Config {
-        what: ConfigCommand::Default,
-    }) = cli.command
-    {
-        print!("{}", config::DEFAULT_CONFIG);
-        return Ok(());
+    match cli.command {
+        None => {}
+        Some(Command::Config {
+            what: ConfigCommand::Default,
+        }) => {
+            print!("{}", config::DEFAULT_CONFIG);
+            return Ok(());
+        }
+        Some(Command::Check) => std::process::exit(check::run(&cli.config)),
+        Some(Command::Install {
+            host,
+            switch_kubelet,
+        }) => return install::install(&host.options(switch_kubelet)),
+        Some(Command::Uninstall { host }) => return install::uninstall(&host.options(false)),
     }
     let mut cfg = config::Config::load(&cli.config)?;
     if let Some(s) = cli.socket {

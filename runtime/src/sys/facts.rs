@@ -164,7 +164,9 @@ pub fn mount_features(root: &Path) -> crate::host::MountFeatures {
     }
 }
 
-fn idmap_supported(root: &Path) -> anyhow::Result<()> {
+/// Whether the filesystem holding `root` can be idmapped, tried through a
+/// probe user namespace; the kernel's refusal if not.
+pub(crate) fn idmap_supported(root: &Path) -> anyhow::Result<()> {
     let one = crust_cni::userns::IdMapping {
         inside: 0,
         outside: PROBE_HOST_ID,
