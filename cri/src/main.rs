@@ -59,6 +59,10 @@ enum Command {
         /// restart kubelet; drain the node first.
         #[arg(long, env = "CRUST_SWITCH_KUBELET")]
         switch_kubelet: bool,
+        /// Then stay until SIGTERM: the DaemonSet's container, whose pod is
+        /// ready once crust is installed on its node.
+        #[arg(long)]
+        wait: bool,
     },
     /// Remove what install added (images, state and edited configs stay);
     /// refused while kubelet still uses crust.
@@ -116,7 +120,11 @@ fn main() -> Result<()> {
         Some(Command::Install {
             host,
             switch_kubelet,
-        }) => return install::install(&host.options(switch_kubelet)),
+            wait,
+        }) => {
+            install::install(&host.options(switch_kubelet))?;
+            return if wait { wait_for_stop() } else { Ok(()) };
+        }
         Some(Command::Uninstall { host }) => return install::uninstall(&host.options(false)),
     }
     let mut cfg = config::Config::load(&cli.config)?;
@@ -147,6 +155,24 @@ fn main() -> Result<()> {
     rt.shutdown_timeout(BLOCKING_DRAIN);
     crust_runtime::kill_running_helpers();
     served
+}
+
+/// Waits for SIGTERM or SIGINT (as a container's PID 1, which ignores
+/// signals it has no handler for).
+fn wait_for_stop() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("handling SIGTERM")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
+    })
 }
 
 /// How long crustd's exit waits for blocking work still under way.
