@@ -24,6 +24,7 @@ mod image_edge;
 mod image_formats;
 mod image_service;
 mod images;
+mod installer_image;
 mod kubelet;
 mod lifecycle;
 mod load;
