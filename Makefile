@@ -4,16 +4,22 @@
 #   make test   install what the tests need if missing, run unit and end-to-end tests
 #   make bench  measure crustd against containerd and bare runc (see test/src/bench)
 #   make conformance  critest, a standalone kubelet and crictl's streams (from ../shared/tools) against crustd
+#   make image  the installer image (crustd, crust-shim, their libraries, config, unit) as an OCI layout in target/image
+#   make image-push REGISTRY=host[:port][/path]  push it with skopeo as $(REGISTRY)/crust:<version>
 
 CARGO     ?= cargo
 PREFIX    ?= /usr/local
 RELEASE   := target/release
 DEBUG     := target/debug
+# The workspace version ([workspace.package] in Cargo.toml): the image's tag.
+VERSION   := $(shell sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
 
 # Debian packages: to build, to run, and to test.
 BUILD_PKGS := protobuf-compiler gcc
 RUN_PKGS   := runc containernetworking-plugins iptables
-TEST_PKGS  := docker-registry busybox-static apache2-utils openssl iputils-ping
+TEST_PKGS  := docker-registry busybox-static apache2-utils openssl iputils-ping skopeo
+# What `make image-push` pushes with.
+IMAGE_PKGS := skopeo
 # What `make conformance` needs besides the test packages: xz to unpack the
 # clients, the host's pgrep (procps) and ipcs (util-linux) for critest's images,
 # and util-linux's ipcmk, which critest runs on the host.
@@ -37,6 +43,16 @@ BENCH_N     ?= 30
 BENCH_PULLS ?= 15
 BENCH_BIG_PULLS ?= 5
 BENCH_JSON  ?= $(CURDIR)/target/crust-bench/report.json
+
+# make image: where the OCI layout goes and the repository name it is pushed
+# as ($(REGISTRY)/$(IMAGE_NAME):$(VERSION)); extra `skopeo copy` flags, e.g.
+# --dest-tls-verify=false for a plain-HTTP registry, or --dest-creds USER:PASS.
+# Entries carry mtime $SOURCE_DATE_EPOCH (0 when unset): the same binaries
+# give the same digest.
+IMAGE_DIR    ?= $(CURDIR)/target/image
+IMAGE_NAME   ?= crust
+REGISTRY     ?=
+SKOPEO_FLAGS ?=
 
 # Tests the end-to-end binary runs at once. They mostly wait on crustd, runc
 # and timers: on 2 cores 4 threads finish the suite in about 110 s with the
@@ -62,7 +78,7 @@ IMAGE_BUSYBOX := $(CONFORMANCE_DIR)/busybox/bin/busybox
 # (The AppArmor specs skip themselves on a host without AppArmor.)
 CRITEST_SKIP ?= public image with digest should be pulled and removed
 
-.PHONY: all build release run first-network test unit e2e bench lint install conformance soak fuzz deps-build deps-run deps-test deps-youki deps-bench deps-conformance youki-build-deps
+.PHONY: all build release run first-network test unit e2e bench lint install conformance soak fuzz image image-push require-registry deps-build deps-run deps-test deps-youki deps-bench deps-conformance deps-image youki-build-deps
 
 all: build
 
@@ -97,6 +113,9 @@ youki-build-deps:
 deps-conformance: deps-test
 	$(call apt_install,$(CONFORMANCE_PKGS))
 
+deps-image:
+	$(call apt_install,$(IMAGE_PKGS))
+
 # A failed install of the peer is not fatal: the report then says containerd was not run.
 deps-bench: deps-test
 	-$(call apt_install,$(BENCH_PKGS))
@@ -119,6 +138,21 @@ first-network:
 	else \
 		install -D -m 0644 manifests/cni/10-crust.conflist $(CNI_CONF_DIR)/10-crust.conflist && \
 		echo "no network config in $(CNI_CONF_DIR): installed manifests/cni/10-crust.conflist (bridge crust0, 10.85.0.0/16)"; \
+	fi
+
+# The installer image from the release binaries, written by crust-image (test/src/installer_image.rs)
+# as an OCI layout: no Docker needed. `skopeo inspect oci:$(IMAGE_DIR):$(VERSION)` shows it.
+image: release
+	$(CARGO) run -q -p crust-e2e --bin crust-image -- --bin-dir $(CURDIR)/$(RELEASE) --version $(VERSION) \
+		--manifests $(CURDIR)/manifests --out $(IMAGE_DIR)
+
+image-push: require-registry image deps-image
+	skopeo copy $(SKOPEO_FLAGS) oci:$(IMAGE_DIR):$(VERSION) docker://$(REGISTRY)/$(IMAGE_NAME):$(VERSION)
+
+require-registry:
+	@if [ -z "$(REGISTRY)" ]; then \
+		echo "make image-push: say where to push, e.g. make image-push REGISTRY=registry.example.com/team (pushes $(IMAGE_NAME):$(VERSION) there)" >&2; \
+		exit 1; \
 	fi
 
 unit: deps-build

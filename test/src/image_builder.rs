@@ -1,6 +1,7 @@
 //! Building OCI and Docker schema 2 images in memory: tar layers (gzip or
 //! plain), image configs, manifests and OCI indexes, each as a digest-named blob.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::Result;
@@ -28,6 +29,8 @@ pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// Modification time stamped on every tar entry, so images are reproducible.
 const MTIME: u64 = 1_700_000_000;
+/// The `created` time of images built without an [`ImageMeta`] (= [`MTIME`]).
+const CREATED: &str = "2023-11-14T22:13:20Z";
 
 /// Returns `sha256:<hex>` of `data`.
 pub fn sha256_digest(data: &[u8]) -> String {
@@ -64,6 +67,7 @@ impl Blob {
 /// Writes a layer tarball entry by entry (owner root, fixed mtime).
 pub struct LayerBuilder {
     tar: tar::Builder<Vec<u8>>,
+    mtime: u64,
 }
 
 impl Default for LayerBuilder {
@@ -75,35 +79,47 @@ impl Default for LayerBuilder {
 impl LayerBuilder {
     /// Starts an empty layer.
     pub fn new() -> Self {
+        Self::with_mtime(MTIME)
+    }
+
+    /// Starts an empty layer whose entries all carry modification time
+    /// `mtime` (seconds since the epoch).
+    pub fn with_mtime(mtime: u64) -> Self {
         Self {
             tar: tar::Builder::new(Vec::new()),
+            mtime,
         }
     }
 
     /// Adds a directory `path` (relative, e.g. `tmp`) with permission bits `mode`.
     pub fn dir(&mut self, path: &str, mode: u32) -> Result<&mut Self> {
-        let mut header = header(tar::EntryType::Directory, mode, 0);
+        let mut header = header(tar::EntryType::Directory, mode, 0, self.mtime);
         self.tar.append_data(&mut header, path, std::io::empty())?;
         Ok(self)
     }
 
     /// Adds a regular file `path` holding `contents`.
     pub fn file(&mut self, path: &str, mode: u32, contents: &[u8]) -> Result<&mut Self> {
-        let mut header = header(tar::EntryType::Regular, mode, contents.len() as u64);
+        let mut header = header(
+            tar::EntryType::Regular,
+            mode,
+            contents.len() as u64,
+            self.mtime,
+        );
         self.tar.append_data(&mut header, path, contents)?;
         Ok(self)
     }
 
     /// Adds a symbolic link `path` pointing to `target`.
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<&mut Self> {
-        let mut header = header(tar::EntryType::Symlink, 0o777, 0);
+        let mut header = header(tar::EntryType::Symlink, 0o777, 0, self.mtime);
         self.tar.append_link(&mut header, path, target)?;
         Ok(self)
     }
 
     /// Adds a hard link `path` to the file `target` (an earlier entry's path).
     pub fn hardlink(&mut self, path: &str, target: &str) -> Result<&mut Self> {
-        let mut header = header(tar::EntryType::Link, 0o755, 0);
+        let mut header = header(tar::EntryType::Link, 0o755, 0, self.mtime);
         self.tar.append_link(&mut header, path, target)?;
         Ok(self)
     }
@@ -131,14 +147,14 @@ impl LayerBuilder {
     }
 }
 
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(kind);
     header.set_mode(mode);
     header.set_size(size);
     header.set_uid(0);
     header.set_gid(0);
-    header.set_mtime(MTIME);
+    header.set_mtime(mtime);
     header
 }
 
@@ -163,20 +179,28 @@ pub struct Layer {
 }
 
 impl Layer {
-    /// Makes a layer from an uncompressed tarball.
+    /// Makes a layer from an uncompressed tarball (gzip at the fastest level).
     pub fn new(tar: Vec<u8>, compression: Compression) -> Result<Self> {
+        match compression {
+            Compression::None => Ok(Self {
+                diff_id: sha256_digest(&tar),
+                data: tar,
+                compression,
+            }),
+            Compression::Gzip => Self::gzip(tar, flate2::Compression::fast()),
+        }
+    }
+
+    /// Makes a gzip layer from an uncompressed tarball at compression
+    /// `level`. The gzip header has no name and mtime 0, so the same tar
+    /// always gives the same blob.
+    pub fn gzip(tar: Vec<u8>, level: flate2::Compression) -> Result<Self> {
         let diff_id = sha256_digest(&tar);
-        let data = match compression {
-            Compression::None => tar,
-            Compression::Gzip => {
-                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                gz.write_all(&tar)?;
-                gz.finish()?
-            }
-        };
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), level);
+        gz.write_all(&tar)?;
         Ok(Self {
-            data,
-            compression,
+            data: gz.finish()?,
+            compression: Compression::Gzip,
             diff_id,
         })
     }
@@ -252,6 +276,30 @@ pub struct RunConfig {
     pub user: Option<String>,
     /// `StopSignal` (e.g. `SIGQUIT`), if any.
     pub stop_signal: Option<String>,
+    /// `Labels`.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What an image says about its making: the config's `created` time and
+/// `history` entries, and the manifest's annotations.
+#[derive(Debug, Clone)]
+pub struct ImageMeta {
+    /// The config's `created` (and each history entry's), RFC 3339.
+    pub created: String,
+    /// Each history entry's `created_by`.
+    pub created_by: String,
+    /// The manifest's `annotations` (none when empty).
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for ImageMeta {
+    fn default() -> Self {
+        Self {
+            created: CREATED.into(),
+            created_by: "crust-e2e image builder".into(),
+            annotations: BTreeMap::new(),
+        }
+    }
 }
 
 /// A built image: manifest, config and layer blobs.
@@ -274,6 +322,18 @@ pub fn build_image(
     run: &RunConfig,
     layers: &[Layer],
 ) -> Image {
+    build_image_with(format, platform, run, layers, &ImageMeta::default())
+}
+
+/// Assembles an image of `layers` (bottom first) with the given config,
+/// creation time, history and manifest annotations.
+pub fn build_image_with(
+    format: ManifestFormat,
+    platform: Platform,
+    run: &RunConfig,
+    layers: &[Layer],
+    meta: &ImageMeta,
+) -> Image {
     let mut config = serde_json::Map::new();
     if !run.env.is_empty() {
         config.insert("Env".into(), json!(run.env));
@@ -293,14 +353,17 @@ pub fn build_image(
     if let Some(signal) = &run.stop_signal {
         config.insert("StopSignal".into(), json!(signal));
     }
+    if !run.labels.is_empty() {
+        config.insert("Labels".into(), json!(run.labels));
+    }
     let history: Vec<Value> = layers
         .iter()
-        .map(|_| json!({ "created": "2023-11-14T22:13:20Z", "created_by": "crust-e2e image builder" }))
+        .map(|_| json!({ "created": meta.created, "created_by": meta.created_by }))
         .collect();
     let config_json = json!({
         "architecture": platform.architecture,
         "os": platform.os,
-        "created": "2023-11-14T22:13:20Z",
+        "created": meta.created,
         "config": config,
         "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| &l.diff_id).collect::<Vec<_>>() },
         "history": history,
@@ -314,12 +377,15 @@ pub fn build_image(
         .iter()
         .map(|l| Blob::new(layer_media_type(format, l.compression), l.data.clone()))
         .collect();
-    let manifest_json = json!({
+    let mut manifest_json = json!({
         "schemaVersion": 2,
         "mediaType": manifest_type,
         "config": config.descriptor(),
         "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
     });
+    if !meta.annotations.is_empty() {
+        manifest_json["annotations"] = json!(meta.annotations);
+    }
     Image {
         manifest: Blob::new(manifest_type, manifest_json.to_string().into_bytes()),
         config,

@@ -40,6 +40,7 @@ pub mod fake_registry;
 pub mod filters;
 pub mod fixtures;
 pub mod image_builder;
+pub mod installer_image;
 pub mod mountinfo;
 pub mod network;
 pub mod pod_config;

@@ -25,6 +25,7 @@ mod image_formats;
 mod image_service;
 mod images;
 mod install;
+mod installer_image;
 mod kubelet;
 mod lifecycle;
 mod load;
