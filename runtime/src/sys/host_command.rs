@@ -7,44 +7,63 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-/// The PATH a command run in the host's mount namespace is looked up in.
+/// The directories a command run in the host's mount namespace is looked up in.
 const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The most output kept of one command.
 const MAX_OUTPUT: u64 = 1 << 20;
 
-/// The host's mount namespace, when this process is not in it.
+/// Where commands run: here, or in the mount namespace of the host's PID 1
+/// when this process is not in it.
 pub struct HostNamespace {
-    init_mounts: Option<OwnedFd>,
+    /// The process whose mount namespace commands enter.
+    pid: u32,
+    /// That namespace, when it is not ours.
+    mounts: Option<OwnedFd>,
+    /// Why the process's namespace could not be looked at, if it could not.
+    hidden: Option<String>,
 }
 
 impl HostNamespace {
-    /// Finds out whether this process shares PID 1's mount namespace; when
-    /// it does not, opens that namespace to run commands in.
+    /// The host's PID 1: entered when this process is in another mount
+    /// namespace (a container with the host's PID namespace).
     pub fn detect() -> Result<HostNamespace> {
-        let ours = std::fs::metadata("/proc/self/ns/mnt").context("reading /proc/self/ns/mnt")?;
-        let init = match std::fs::metadata("/proc/1/ns/mnt") {
-            Ok(m) => m,
-            // Not allowed to look at PID 1: run commands where we are.
-            Err(_) => return Ok(HostNamespace { init_mounts: None }),
-        };
-        if (ours.dev(), ours.ino()) == (init.dev(), init.ino()) {
-            return Ok(HostNamespace { init_mounts: None });
-        }
-        let ns = std::fs::File::open("/proc/1/ns/mnt").context("opening /proc/1/ns/mnt")?;
-        Ok(HostNamespace {
-            init_mounts: Some(ns.into()),
-        })
+        Self::of_process(1)
     }
 
-    /// True when commands run in PID 1's mount namespace rather than ours.
-    pub fn entered(&self) -> bool {
-        self.init_mounts.is_some()
+    /// The mount namespace of process `pid`, entered when it is not ours.
+    pub fn of_process(pid: u32) -> Result<HostNamespace> {
+        let path = format!("/proc/{pid}/ns/mnt");
+        let ours = std::fs::metadata("/proc/self/ns/mnt").context("reading /proc/self/ns/mnt")?;
+        let theirs = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            // Commands then run here; if they are not here either, the
+            // error says why the host's were not reached.
+            Err(e) => {
+                return Ok(HostNamespace {
+                    pid,
+                    mounts: None,
+                    hidden: Some(format!("{path}: {e}")),
+                });
+            }
+        };
+        let mounts = if (ours.dev(), ours.ino()) == (theirs.dev(), theirs.ino()) {
+            None
+        } else {
+            let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            Some(ns.into())
+        };
+        Ok(HostNamespace {
+            pid,
+            mounts,
+            hidden: None,
+        })
     }
 
     /// Runs `program` with `args` on the host, for at most `limit`: its exit
@@ -55,27 +74,94 @@ impl HostNamespace {
         args: &[&str],
         limit: Duration,
     ) -> Result<crust_child::Finished> {
-        let mut cmd = Command::new(program);
-        cmd.args(args);
-        if let Some(ns) = &self.init_mounts {
-            let fd = ns.as_raw_fd();
-            cmd.env("PATH", HOST_PATH);
-            // SAFETY: the closure runs in the forked child before exec and
-            // only makes async-signal-safe system calls (setns, chdir) on a
-            // descriptor the parent keeps open until the child has exec'd.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if libc::chdir(c"/".as_ptr()) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
+        let what = format!("running {program} {}", args.join(" "));
+        let Some(ns) = &self.mounts else {
+            return crust_child::run(Command::new(program).args(args), b"", limit, MAX_OUTPUT)
+                .with_context(|| match &self.hidden {
+                    Some(why) => format!(
+                        "{what} (the host's own could not be reached, {why}: a container \
+                         running this needs the host's PID namespace and privileges)"
+                    ),
+                    None => what.clone(),
                 });
-            }
+        };
+        // A bare name is looked up before the child enters the namespace:
+        // find it there, through the process's root.
+        let mut cmd = Command::new(self.binary(program)?);
+        cmd.args(args).env("PATH", HOST_PATH);
+        let fd = ns.as_raw_fd();
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes async-signal-safe system calls (setns, chdir) on a
+        // descriptor the parent keeps open until the child has exec'd.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::chdir(c"/".as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
-        crust_child::run(&mut cmd, b"", limit, MAX_OUTPUT)
-            .with_context(|| format!("running {program} {}", args.join(" ")))
+        crust_child::run(&mut cmd, b"", limit, MAX_OUTPUT).with_context(|| what.clone())
+    }
+
+    /// Where the namespace has `program`: the first of the usual binary
+    /// directories that holds it, seen through the process's root.
+    fn binary(&self, program: &str) -> Result<PathBuf> {
+        let root = PathBuf::from(format!("/proc/{}/root", self.pid));
+        HOST_PATH
+            .split(':')
+            .map(|dir| PathBuf::from(dir).join(program))
+            .find(|path| root.join(path.strip_prefix("/").unwrap_or(path)).is_file())
+            .with_context(|| format!("{program} is not installed on the host (in {HOST_PATH})"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root: a process in a mount namespace of its own, where a
+    /// tmpfs over /usr/local/sbin holds a program the test's namespace
+    /// does not have; run through that process's namespace, it is found
+    /// and runs there.
+    #[test]
+    fn commands_run_in_another_process_mount_namespace() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to make a mount namespace");
+            return;
+        }
+        let script = "mount -t tmpfs crust-test /usr/local/sbin && \
+            printf '#!/bin/sh\\necho inside $(pwd)\\n' > /usr/local/sbin/crust-host-probe && \
+            chmod 0755 /usr/local/sbin/crust-host-probe && echo ready && exec sleep 30";
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+            &mut line,
+        )
+        .expect("reading the holder");
+        assert_eq!(line.trim(), "ready");
+        assert!(!std::path::Path::new("/usr/local/sbin/crust-host-probe").exists());
+
+        let ns = HostNamespace::of_process(holder.id()).expect("the holder's namespace");
+        let out = ns.run("crust-host-probe", &[], Duration::from_secs(10));
+        let here = HostNamespace::of_process(std::process::id())
+            .expect("our namespace")
+            .run("crust-host-probe", &[], Duration::from_secs(10));
+        let _ = holder.kill();
+        let _ = holder.wait();
+        let out = out.expect("running the probe in the holder's namespace");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "inside /\n");
+        assert!(
+            here.is_err(),
+            "the probe exists only in the holder's namespace"
+        );
     }
 }

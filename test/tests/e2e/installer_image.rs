@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use crust_e2e::cri::ContainerState;
+use crust_e2e::cri::{ContainerState, Mount, NamespaceMode, NamespaceOption};
 use crust_e2e::image_builder::{
     OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, Platform, sha256_digest,
 };
 use crust_e2e::installer_image::{self, Inputs};
+use crust_e2e::pod_config::{sandbox_security_mut, security_mut};
 use crust_e2e::registry::{Registry, RegistryClient};
 use crust_e2e::{TestEnv, binaries, cri_log, requirements, run_with_timeout, unique, wait};
 use serde_json::Value;
@@ -107,7 +108,81 @@ async fn installer_image(env: &mut TestEnv) -> Result<()> {
     env.cri.remove_container(&id).await?;
     env.cri.stop_pod_sandbox(&pod.id).await?;
     env.cri.remove_pod_sandbox(&pod.id).await?;
+    install_from_the_image(env, &reference, &work.join("bin")).await?;
     env.assert_no_leaks()
+}
+
+/// The image's own command, as the DaemonSet runs it: a privileged pod in
+/// the host's PID namespace with a host root at `/host` that has systemd's
+/// marker, runc and a CNI plugin. The installer copies the image's binaries
+/// into that root, then runs `systemctl` in the mount namespace of the
+/// host's PID 1, since the image has none. No systemd runs here, so that
+/// step fails: either the host's systemctl says so, or (on this machine,
+/// whose PID 1 hides its namespaces even from root) the installer says it
+/// could not reach the host's. `host_command`'s own test shows a command
+/// run through another process's mount namespace.
+async fn install_from_the_image(env: &mut TestEnv, reference: &str, bins: &Path) -> Result<()> {
+    let host = env.daemon.paths().base.join("installer-host");
+    for dir in ["run/systemd/system", "usr/sbin", "opt/cni/bin"] {
+        std::fs::create_dir_all(host.join(dir))?;
+    }
+    for file in ["usr/sbin/runc", "opt/cni/bin/loopback"] {
+        std::fs::write(host.join(file), "#!/bin/sh\n")?;
+    }
+    let mut config = env.pod_config("installer")?;
+    let security = sandbox_security_mut(&mut config);
+    security.privileged = true;
+    security.namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Node as i32,
+        ..Default::default()
+    });
+    let pod = env.run_pod_with(config).await?;
+    let mut config = env.container_config(&pod, "install", reference)?;
+    let security = security_mut(&mut config);
+    security.privileged = true;
+    security.namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Node as i32,
+        ..Default::default()
+    });
+    config.mounts.push(Mount {
+        container_path: "/host".into(),
+        host_path: host.to_string_lossy().into_owned(),
+        ..Default::default()
+    });
+    let id = env.start_container(&pod, &config).await?;
+    let status = env
+        .wait_for_state(
+            &id,
+            ContainerState::ContainerExited,
+            Duration::from_secs(60),
+        )
+        .await?;
+    let log = std::fs::read_to_string(pod.log_file(&config)).unwrap_or_default();
+    for name in ["crustd", "crust-shim"] {
+        ensure!(
+            std::fs::read(host.join("usr/local/bin").join(name))?
+                == std::fs::read(bins.join(name))?,
+            "the host's /usr/local/bin/{name} is not the image's; log: {log}"
+        );
+    }
+    ensure!(
+        host.join("etc/systemd/system/crust.service").is_file()
+            && host.join("etc/crust/config.toml").is_file(),
+        "the unit and the config were not installed; log: {log}"
+    );
+    let host_refused = log.contains("systemctl daemon-reload failed")
+        && log.contains("System has not been booted with systemd");
+    let host_hidden = log.contains("running systemctl daemon-reload")
+        && log.contains("the host's own could not be reached, /proc/1/ns/mnt");
+    ensure!(
+        status.exit_code == 1 && (host_refused || host_hidden),
+        "the installer exited {} without saying why the host's systemctl failed: {log}",
+        status.exit_code
+    );
+    env.cri.remove_container(&id).await?;
+    env.cri.stop_pod_sandbox(&pod.id).await?;
+    env.cri.remove_pod_sandbox(&pod.id).await?;
+    Ok(())
 }
 
 /// Strips the binaries under test into `work/bin`, builds the image into
