@@ -86,6 +86,7 @@ pub fn run(config_path: &Path) -> i32 {
     };
     let mut findings = vec![config_line];
     findings.extend(kernel());
+    findings.extend(mount_features(&cfg.root));
     findings.push(cgroups());
     findings.extend(handlers(&cfg));
     findings.push(shim(&cfg));
@@ -228,7 +229,7 @@ fn cgroups() -> Finding {
 
 /// Each runtime handler's binary, probed as crustd probes it at start.
 fn handlers(cfg: &Config) -> Vec<Finding> {
-    let mut out = mount_features(&cfg.root);
+    let mut out = Vec::new();
     for spec in cfg.handlers() {
         let default = spec.name == cfg.runtime.default_runtime;
         let subject = format!("runtime {}", spec.name);

@@ -300,6 +300,7 @@ fn install_lifecycle() -> Result<()> {
         "a second install changed files:\n{out}"
     );
     ensure_calls(&host, &["is-active --quiet crust.service"])?;
+    wait_until_sigterm(&host)?;
 
     let shim = host.root.join("usr/local/bin/crust-shim");
     write(&shim, "an older crust-shim\n", 0o755)?;
@@ -510,6 +511,42 @@ async fn switch_kubelet(env: &mut TestEnv) -> Result<()> {
         "kubelet's config is not the original after uninstall"
     );
     Ok(())
+}
+
+/// `crustd install --wait`, the DaemonSet's container: it installs (here:
+/// finds nothing to change), stays, and exits 0 on SIGTERM.
+fn wait_until_sigterm(host: &Host) -> Result<()> {
+    let out = host.base.join("wait.out");
+    let mut child = Command::new(host.bin.join("crustd"))
+        .args(["install", "--wait", "--host-root"])
+        .arg(&host.root)
+        .env("PATH", format!("{}:/usr/bin:/bin", host.stubs.display()))
+        .stdout(std::fs::File::create(&out)?)
+        .spawn()?;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&out)?.contains("nothing to change") {
+        if let Some(status) = child.try_wait()? {
+            bail!("crustd install --wait exited ({status}) before installing");
+        }
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("crustd install --wait did not finish installing in 30s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    if let Some(status) = child.try_wait()? {
+        bail!("crustd install --wait did not stay: it exited ({status})");
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    let status = child.wait()?;
+    ensure!(
+        status.success(),
+        "crustd install --wait ended {status} on SIGTERM"
+    );
+    ensure_calls(host, &["is-active --quiet crust.service"])
 }
 
 /// Fails unless the stub recorded exactly `expected` since the last look.
