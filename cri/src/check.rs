@@ -345,6 +345,13 @@ fn socket(path: &Path) -> Finding {
             ),
         );
     }
+    socket_file(path, dir, mode)
+}
+
+/// The socket itself, in a directory (of `dir_mode`) fit for it.
+fn socket_file(path: &Path, dir: &Path, dir_mode: u32) -> Finding {
+    use Verdict::*;
+    let subject = "socket";
     match std::fs::metadata(path) {
         Result::Ok(m) if m.file_type().is_socket() => {
             let mode = m.permissions().mode() & 0o777;
@@ -374,7 +381,7 @@ fn socket(path: &Path) -> Finding {
             Ok,
             subject,
             format!(
-                "{} (mode {mode:04o}); {} is made when crustd starts",
+                "{} (mode {dir_mode:04o}); {} is made when crustd starts",
                 dir.display(),
                 path.display()
             ),
@@ -445,7 +452,15 @@ mod tests {
 
     #[test]
     fn a_socket_path_that_is_a_file_fails() {
-        let f = socket(Path::new("/proc/self/status"));
+        let dir = std::env::temp_dir().join(format!("crust-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("crust.sock");
+        std::fs::write(&file, b"").unwrap();
+        let f = socket_file(&file, &dir, 0o755);
+        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(f.verdict, Verdict::Fail, "{f}");
+        assert!(f.detail.contains("is not a socket"), "{f}");
+        let f = socket_file(&dir.join("absent.sock"), &dir, 0o755);
+        assert_eq!(f.verdict, Verdict::Ok, "{f}");
     }
 }

@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "crustd", version, about)]
 struct Cli {
     /// Configuration file; the embedded defaults apply when it does not exist.
-    #[arg(long, default_value = "/etc/crust/config.toml")]
+    #[arg(long, default_value = "/etc/crust/config.toml", global = true)]
     config: PathBuf,
     /// CRI socket path (overrides `socket`).
     #[arg(long)]
@@ -57,13 +57,12 @@ enum Command {
         host: HostArgs,
         /// Then point kubelet at crust's socket (backing up its files) and
         /// restart kubelet; drain the node first.
-        #[arg(long, env = "CRUST_SWITCH_KUBELET")]
+        #[arg(long, env = "CRUST_SWITCH_KUBELET", value_parser = clap::builder::BoolishValueParser::new())]
         switch_kubelet: bool,
-        /// Then stay until SIGTERM: the DaemonSet's container, whose pod is
-        /// ready once crust is installed on its node.
-        #[arg(long)]
-        wait: bool,
     },
+    /// Stay until SIGTERM: the installer DaemonSet's container, which runs
+    /// once its init container has installed crust.
+    Wait,
     /// Remove what install added (images, state and edited configs stay);
     /// refused while kubelet still uses crust.
     Uninstall {
@@ -120,11 +119,8 @@ fn main() -> Result<()> {
         Some(Command::Install {
             host,
             switch_kubelet,
-            wait,
-        }) => {
-            install::install(&host.options(switch_kubelet))?;
-            return if wait { wait_for_stop() } else { Ok(()) };
-        }
+        }) => return install::install(&host.options(switch_kubelet)),
+        Some(Command::Wait) => return wait_for_stop(),
         Some(Command::Uninstall { host }) => return install::uninstall(&host.options(false)),
     }
     let mut cfg = config::Config::load(&cli.config)?;
@@ -157,8 +153,8 @@ fn main() -> Result<()> {
     served
 }
 
-/// Waits for SIGTERM or SIGINT (as a container's PID 1, which ignores
-/// signals it has no handler for).
+/// Waits for SIGTERM or SIGINT, with handlers for both: as a container's
+/// PID 1 it would otherwise ignore them.
 fn wait_for_stop() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

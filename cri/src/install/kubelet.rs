@@ -7,7 +7,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -25,9 +24,6 @@ pub struct KubeletFiles {
 
 /// The suffix of the copy kept of each file before it is switched.
 pub const BACKUP_SUFFIX: &str = ".before-crust";
-
-/// How long the switch waits for crust's socket to answer.
-const SERVING_WAIT: Duration = Duration::from_secs(60);
 
 /// The config keys and flags that name kubelet's runtime and image service.
 const CONFIG_KEYS: [(&str, bool); 2] = [
@@ -62,17 +58,42 @@ pub fn switch(
             rewrites.push((path.clone(), text.clone(), new));
         }
     }
+    let after: Vec<(String, bool)> = found
+        .iter()
+        .map(|(path, text, is_config)| {
+            let text = rewrites
+                .iter()
+                .find(|(p, _, _)| p == path)
+                .map_or(text, |(_, _, new)| new);
+            (text.clone(), *is_config)
+        })
+        .collect();
+    if !after
+        .iter()
+        .any(|(text, is_config)| names(text, *is_config, endpoint))
+    {
+        bail!(
+            "kubelet's config file {} is missing and its flags file {} sets no              --container-runtime-endpoint: point kubelet at {endpoint} by hand, or name its              config file with --kubelet-config",
+            files.config.display(),
+            files.flags.display()
+        );
+    }
     if rewrites.is_empty() {
         println!("kubelet already uses crust ({endpoint}): left as it is");
         return Ok(());
     }
-    wait_serving(&host.path(socket))?;
+    super::wait_serving(&host.path(socket))?;
     for (path, old, new) in &rewrites {
         let mode = std::fs::metadata(path)
             .map(|m| m.permissions().mode() & 0o7777)
             .unwrap_or(0o644);
         let backup = backup_path(path);
-        files::write_atomically(&backup, old.as_bytes(), mode)?;
+        let is_config = *path == host.path(&files.config);
+        // A file that already names crust (only its image endpoint
+        // changes) is not what kubelet had before crust: keep an older copy.
+        if !(backup.exists() && names(old, is_config, endpoint)) {
+            files::write_atomically(&backup, old.as_bytes(), mode)?;
+        }
         files::write_atomically(path, new.as_bytes(), mode)?;
         println!(
             "pointed kubelet at {endpoint} in {} (the previous file is {})",
@@ -90,14 +111,25 @@ pub fn uses(host: &HostRoot, files: &KubeletFiles, endpoint: &str) -> bool {
     let Ok(found) = read_files(host, files) else {
         return false;
     };
-    found.iter().any(|(_, text, is_config)| {
-        if *is_config {
-            config_value(text, "containerRuntimeEndpoint")
-                .is_some_and(|v| same_endpoint(&v, endpoint))
-        } else {
-            flag_values(text, FLAGS[0]).any(|v| same_endpoint(v, endpoint))
-        }
-    })
+    found
+        .iter()
+        .any(|(_, text, is_config)| names(text, *is_config, endpoint))
+}
+
+/// Whether a config file's (or flags file's) `text` sets kubelet's runtime
+/// endpoint to `endpoint`.
+fn names(text: &str, is_config: bool, endpoint: &str) -> bool {
+    if !is_config {
+        return flag_values(text, FLAGS[0]).any(|v| same_endpoint(v, endpoint));
+    }
+    if text.trim_start().starts_with('{') {
+        return serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| {
+            v["containerRuntimeEndpoint"]
+                .as_str()
+                .is_some_and(|v| same_endpoint(v, endpoint))
+        });
+    }
+    config_value(text, "containerRuntimeEndpoint").is_some_and(|v| same_endpoint(&v, endpoint))
 }
 
 /// Where the copy of `path` from before the switch is kept.
@@ -129,25 +161,6 @@ fn read_files(host: &HostRoot, files: &KubeletFiles) -> Result<Vec<(PathBuf, Str
     Ok(found)
 }
 
-/// Waits until crust's socket accepts connections.
-fn wait_serving(socket: &Path) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            return Ok(());
-        }
-        if start.elapsed() > SERVING_WAIT {
-            bail!(
-                "crust is not serving on {} after {}s: kubelet was left on its current runtime \
-                 (see `journalctl -u crust` and `crustd check`)",
-                socket.display(),
-                SERVING_WAIT.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 /// A KubeletConfiguration (YAML or JSON) pointed at `endpoint`; None when it
 /// already is.
 pub fn point_config(text: &str, endpoint: &str) -> Result<Option<String>> {
@@ -163,6 +176,13 @@ pub fn point_config(text: &str, endpoint: &str) -> Result<Option<String>> {
         let wanted = format!("{key}: {endpoint}");
         let at = lines.iter().position(|l| top_level_value(l, key).is_some());
         let current = at.and_then(|i| top_level_value(&lines[i], key));
+        if let (Some(i), Some("")) = (at, current.as_deref())
+            && lines
+                .get(i + 1)
+                .is_some_and(|next| next.starts_with([' ', '\t', '-']))
+        {
+            bail!("{key}'s value is on the lines after it: set it to {endpoint} by hand");
+        }
         if !needs_pointing(current.as_deref(), endpoint, add_when_missing) {
             continue;
         }
@@ -177,6 +197,11 @@ pub fn point_config(text: &str, endpoint: &str) -> Result<Option<String>> {
     }
     let mut out = lines.join("\n");
     out.push('\n');
+    if config_value(&out, "kind").as_deref() != Some("KubeletConfiguration")
+        || !names(&out, true, endpoint)
+    {
+        bail!("the rewritten file would not point kubelet at {endpoint}: set it by hand");
+    }
     Ok(Some(out))
 }
 
@@ -257,8 +282,9 @@ fn flag_values<'a>(text: &'a str, flag: &'a str) -> impl Iterator<Item = &'a str
     })
 }
 
-/// Where the value of the next `flag=value` or `flag value` at or after
-/// `from` is; the value ends at whitespace or a quote.
+/// Where the value of the next `flag=value` or `flag value` (any run of
+/// blanks between) at or after `from` is; the value ends at whitespace or a
+/// quote.
 fn flag_value_span(text: &str, flag: &str, from: usize) -> Option<(usize, usize)> {
     let mut at = from;
     loop {
@@ -266,8 +292,14 @@ fn flag_value_span(text: &str, flag: &str, from: usize) -> Option<(usize, usize)
         let after = i + flag.len();
         let starts_word = i == 0 || matches!(text.as_bytes()[i - 1], b' ' | b'\t' | b'"' | b'\'');
         let sep = text.as_bytes().get(after).copied();
-        if starts_word && matches!(sep, Some(b'=') | Some(b' ')) {
-            let start = after + 1;
+        if starts_word && matches!(sep, Some(b'=') | Some(b' ') | Some(b'\t')) {
+            let start = match sep {
+                Some(b'=') => after + 1,
+                _ => {
+                    after + text[after..].len()
+                        - text[after..].trim_start_matches([' ', '\t']).len()
+                }
+            };
             let len = text[start..]
                 .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
                 .unwrap_or(text.len() - start);
@@ -334,6 +366,13 @@ kind: KubeletConfiguration
     }
 
     #[test]
+    fn a_value_on_its_own_line_is_refused() {
+        let text = "kind: KubeletConfiguration\ncontainerRuntimeEndpoint:\n  unix:///run/containerd/containerd.sock\n";
+        let err = point_config(text, CRUST).unwrap_err();
+        assert!(err.to_string().contains("by hand"), "{err}");
+    }
+
+    #[test]
     fn json_configurations_and_other_documents() {
         let json = r#"{"kind": "KubeletConfiguration", "containerRuntimeEndpoint": "/run/containerd/containerd.sock"}"#;
         let new = point_config(json, CRUST).unwrap().unwrap();
@@ -365,6 +404,14 @@ kind: KubeletConfiguration
             )
         );
         assert_eq!(point_flags("KUBELET_KUBEADM_ARGS=\"--v=2\"\n", CRUST), None);
+        assert_eq!(
+            point_flags(
+                "ARGS=\"--container-runtime-endpoint  \t/run/x.sock --v=2\"",
+                CRUST
+            )
+            .unwrap(),
+            format!("ARGS=\"--container-runtime-endpoint  \t{CRUST} --v=2\"")
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod kubelet;
 pub mod systemd;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -34,6 +35,9 @@ const CONFIG_PATH: &str = "/etc/crust/config.toml";
 const CRICTL_PATH: &str = "/etc/crictl.yaml";
 /// The systemd unit crustd runs under.
 pub const UNIT_TEXT: &str = include_str!("../../../manifests/crust.service");
+/// Present from the moment install writes files until crust.service has
+/// been restarted on them (in the host's /run, so a reboot clears it).
+const RESTART_PENDING: &str = "/run/crust.restart-pending";
 /// The binaries install copies, from beside the running crustd.
 const BINARIES: [&str; 2] = ["crustd", "crust-shim"];
 /// Where a host keeps the binaries a bare name in the config is found in.
@@ -76,6 +80,11 @@ pub fn install(opts: &Options) -> Result<()> {
     check_host(&host, &cfg)?;
     let sources = binaries()?;
 
+    // Until crust.service runs what is written below, a restart is owed: a
+    // run cut short after writing leaves this mark for the next one.
+    let pending = host.path(RESTART_PENDING);
+    let owed = pending.exists();
+    files::write_atomically(&pending, b"", 0o644)?;
     let mut changed = false;
     for (name, source) in &sources {
         let content =
@@ -97,19 +106,25 @@ pub fn install(opts: &Options) -> Result<()> {
     report(Path::new(CRICTL_PATH), crictl);
     changed |= unit.changed() || config.changed();
 
-    if unit.changed() {
+    if unit.changed() || owed {
         systemd.systemctl(&["daemon-reload"])?;
+    }
+    if unit.changed() || owed || !systemd.query(&["is-enabled", "--quiet", UNIT]) {
         systemd.systemctl(&["enable", UNIT])?;
     }
-    if changed {
+    let socket = host.path(&cfg.socket);
+    if changed || owed {
         systemd.systemctl(&["restart", UNIT])?;
+        wait_serving(&socket)?;
         println!("restarted {UNIT}: running containers carry on under their shims");
     } else if !systemd.query(&["is-active", "--quiet", UNIT]) {
         systemd.systemctl(&["start", UNIT])?;
+        wait_serving(&socket)?;
         println!("started {UNIT}");
     } else {
         println!("crust is installed and running: nothing to change");
     }
+    files::remove(&pending)?;
 
     if opts.switch_kubelet {
         kubelet::switch(
@@ -144,9 +159,16 @@ pub fn uninstall(opts: &Options) -> Result<()> {
             kubelet::BACKUP_SUFFIX
         );
     }
+    let pods = pod_records(&host, &cfg);
+    if pods > 0 {
+        bail!(
+            "crust still has {pods} pods; with crustd gone nothing could stop them. Remove \
+             them first (`crictl --runtime-endpoint {endpoint} rmp -fa`); nothing was removed"
+        );
+    }
     if host.path(UNIT_PATH).exists() {
         systemd.systemctl(&["disable", "--now", UNIT])?;
-        println!("stopped and disabled {UNIT}: containers still running keep running");
+        println!("stopped and disabled {UNIT}");
     }
     let mut removed_unit = false;
     for target in [UNIT_PATH]
@@ -162,6 +184,7 @@ pub fn uninstall(opts: &Options) -> Result<()> {
     if removed_unit {
         systemd.systemctl(&["daemon-reload"])?;
     }
+    files::remove(&host.path(RESTART_PENDING))?;
     remove_if_ours(
         &host.path(CONFIG_PATH),
         DEFAULT_CONFIG,
@@ -177,11 +200,47 @@ pub fn uninstall(opts: &Options) -> Result<()> {
     )?;
     let _ = std::fs::remove_dir(host.path("/etc/crust"));
     println!(
-        "left alone: {} and {} (images, containers and their state), other runtimes",
+        "left alone: {} and {} (images and state), other runtimes",
         cfg.root.display(),
         cfg.state.display()
     );
     Ok(())
+}
+
+/// How many pods crust keeps records of on the host.
+fn pod_records(host: &HostRoot, cfg: &Config) -> usize {
+    std::fs::read_dir(host.path(cfg.root.join("meta").join("sandboxes")))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// How long install waits for crust's socket to answer after a (re)start.
+const SERVING_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until crust's socket (`socket`, as seen from here) accepts
+/// connections: a crustd that cannot start on this host (a binary its
+/// libraries cannot run, a config it refuses) fails the install.
+pub fn wait_serving(socket: &Path) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Ok(());
+        }
+        if start.elapsed() > SERVING_WAIT {
+            bail!(
+                "crust is not serving on {} {}s after its start: see `journalctl -u crust` and \
+                 `crustd check` on the host",
+                socket.display(),
+                SERVING_WAIT.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Checks what crust needs of the host, before anything is written.

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use crust_runtime::sys::host_command::HostNamespace;
 
 use super::files::HostRoot;
@@ -16,13 +16,20 @@ const SYSTEMCTL_LIMIT: Duration = Duration::from_secs(120);
 /// The unit crustd runs as.
 pub const UNIT: &str = "crust.service";
 
-/// A host that runs systemd.
+/// Names a systemctl to run here instead of the host's. The end-to-end
+/// tests set it to a stub that records its calls, so that no test can
+/// reach a real systemd whatever namespace it runs in.
+const SYSTEMCTL_OVERRIDE: &str = "CRUST_INSTALL_SYSTEMCTL";
+
+/// A host that runs systemd, with a systemctl this process can run.
 pub struct Systemd {
     host: HostNamespace,
+    program: String,
 }
 
 impl Systemd {
-    /// The host's systemd; an error saying what to do on a host without it.
+    /// The host's systemd, checked before anything is written: the host
+    /// runs it, and its systemctl runs from here. An error says what to do.
     pub fn on(root: &HostRoot) -> Result<Systemd> {
         let marker = root.path("/run/systemd/system");
         if !marker.is_dir() {
@@ -34,14 +41,25 @@ impl Systemd {
                 marker.display()
             );
         }
-        Ok(Systemd {
-            host: HostNamespace::detect()?,
-        })
+        let systemd = match std::env::var(SYSTEMCTL_OVERRIDE) {
+            Ok(program) if !program.is_empty() => Systemd {
+                host: HostNamespace::here(),
+                program,
+            },
+            _ => Systemd {
+                host: HostNamespace::detect()?,
+                program: "systemctl".into(),
+            },
+        };
+        systemd
+            .systemctl(&["--version"])
+            .context("cannot run the host's systemctl; nothing was installed")?;
+        Ok(systemd)
     }
 
     /// Runs `systemctl args`; an error carrying systemctl's own when it fails.
     pub fn systemctl(&self, args: &[&str]) -> Result<()> {
-        let out = self.host.run("systemctl", args, SYSTEMCTL_LIMIT)?;
+        let out = self.host.run(&self.program, args, SYSTEMCTL_LIMIT)?;
         if !out.status.success() {
             bail!(
                 "systemctl {} failed ({}): {}",
@@ -56,7 +74,7 @@ impl Systemd {
     /// Whether `systemctl args` (a query such as `is-active`) succeeds.
     pub fn query(&self, args: &[&str]) -> bool {
         self.host
-            .run("systemctl", args, SYSTEMCTL_LIMIT)
+            .run(&self.program, args, SYSTEMCTL_LIMIT)
             .is_ok_and(|out| out.status.success())
     }
 }

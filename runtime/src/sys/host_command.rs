@@ -37,6 +37,15 @@ impl HostNamespace {
         Self::of_process(1)
     }
 
+    /// Commands run here, in this process's own mount namespace.
+    pub fn here() -> HostNamespace {
+        HostNamespace {
+            pid: std::process::id(),
+            mounts: None,
+            hidden: None,
+        }
+    }
+
     /// The mount namespace of process `pid`, entered when it is not ours.
     pub fn of_process(pid: u32) -> Result<HostNamespace> {
         let path = format!("/proc/{pid}/ns/mnt");
@@ -111,6 +120,12 @@ impl HostNamespace {
     /// directories that holds it, seen through the process's root.
     fn binary(&self, program: &str) -> Result<PathBuf> {
         let root = PathBuf::from(format!("/proc/{}/root", self.pid));
+        std::fs::read_dir(&root).with_context(|| {
+            format!(
+                "cannot look for {program} on the host: {} is not readable",
+                root.display()
+            )
+        })?;
         HOST_PATH
             .split(':')
             .map(|dir| PathBuf::from(dir).join(program))
@@ -129,8 +144,8 @@ mod tests {
     /// and runs there.
     #[test]
     fn commands_run_in_another_process_mount_namespace() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root to make a mount namespace");
+        if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/local/sbin").is_dir() {
+            eprintln!("skipped: needs root and /usr/local/sbin to make a mount namespace over");
             return;
         }
         let script = "mount -t tmpfs crust-test /usr/local/sbin && \

@@ -1,8 +1,8 @@
 //! Installing crust on a node: `crustd install` and `crustd uninstall` into a
-//! temporary host root, with a stub `systemctl` first on the PATH that
-//! records its calls (this machine has no systemd); the kubelet switch on
-//! kubeadm's sample files against a real crustd; `crustd check` on this
-//! machine and its fail cases.
+//! temporary host root whose crust socket leads to a real crustd, with a
+//! stub `systemctl` that records its calls (`CRUST_INSTALL_SYSTEMCTL`: no
+//! test can reach a real systemd); the kubelet switch on kubeadm's sample
+//! files; `crustd wait`; `crustd check` on this machine and its fail cases.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -28,6 +28,9 @@ const HOST_FILES: [(&str, &str); 3] = [
     ("opt/cni/bin/loopback", "#!/bin/sh\n"),
     ("var/lib/crust/content/keep", "an image blob\n"),
 ];
+
+/// The host's crust socket, a link to the test's crustd.
+const SOCKET: &str = "run/crust/crust.sock";
 
 /// kubeadm's KubeletConfiguration, as `kubeadm init` writes it.
 const KUBELET_CONFIG: &str = "\
@@ -103,21 +106,26 @@ impl Host {
         Ok(host)
     }
 
-    /// Runs `crustd <args> --host-root <root>` with the stub first on the PATH.
+    /// Runs `crustd <args> --host-root <root>` with the stub as systemctl.
     fn crustd(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
-        let path = format!(
-            "{}:{}",
-            self.stubs.display(),
-            requirements::child_path().to_string_lossy()
-        );
         Command::new(self.bin.join("crustd"))
             .args(args)
             .arg("--host-root")
             .arg(&self.root)
-            .env("PATH", path)
+            .env("PATH", requirements::child_path())
+            .env("CRUST_INSTALL_SYSTEMCTL", self.stubs.join("systemctl"))
             .envs(env.iter().copied())
             .output()
             .context("running crustd")
+    }
+
+    /// Makes the host's crust socket lead to `env`'s crustd, as if
+    /// crust.service had started: install waits for it after a (re)start.
+    fn serve_with(&self, env: &TestEnv) -> Result<()> {
+        let socket = self.root.join("run/crust/crust.sock");
+        std::fs::create_dir_all(socket.parent().context("parent")?)?;
+        std::os::unix::fs::symlink(&env.daemon.paths().socket, &socket)?;
+        Ok(())
     }
 
     /// Runs crustd and fails unless it succeeded; its stdout.
@@ -189,7 +197,7 @@ impl Host {
         Ok(self
             .files()?
             .into_iter()
-            .filter(|(p, _)| !HOST_FILES.iter().any(|(h, _)| h == p))
+            .filter(|(p, _)| !HOST_FILES.iter().any(|(h, _)| h == p) && p != SOCKET)
             .map(|(p, (_, _, mode, content))| (p, (mode, content)))
             .collect())
     }
@@ -263,20 +271,30 @@ fn check(test: &str, body: impl FnOnce() -> Result<()>) {
     }
 }
 
+/// The calls of a run that finds crust installed and running.
+const NOTHING_TO_DO: [&str; 3] = [
+    "--version",
+    "is-enabled --quiet crust.service",
+    "is-active --quiet crust.service",
+];
+
 #[test]
 fn install_is_idempotent_upgrades_and_uninstalls_cleanly() {
-    check(
-        "install::install_is_idempotent_upgrades_and_uninstalls_cleanly",
+    run(
+        "install_is_idempotent_upgrades_and_uninstalls_cleanly",
         install_lifecycle,
     );
 }
 
 /// A first install writes exactly the expected files and enables and
-/// restarts the unit; a second changes nothing; a changed binary (an
-/// upgrade) is replaced by rename and restarts crustd without reloading
-/// systemd; uninstall removes what install added and nothing else, twice.
-fn install_lifecycle() -> Result<()> {
+/// restarts the unit; a second changes nothing; a run cut short (its mark
+/// left) is finished by the next; a changed binary (an upgrade) is replaced
+/// by rename and restarts crustd without reloading systemd; uninstall is
+/// refused while crust has pods, then removes what install added and
+/// nothing else, twice.
+async fn install_lifecycle(env: &mut TestEnv) -> Result<()> {
     let host = Host::new("lifecycle")?;
+    host.serve_with(env)?;
     host.ok(&["install"], &[])?;
     ensure!(
         host.added()? == host.expected()?,
@@ -287,6 +305,7 @@ fn install_lifecycle() -> Result<()> {
     ensure_calls(
         &host,
         &[
+            "--version",
             "daemon-reload",
             "enable crust.service",
             "restart crust.service",
@@ -299,8 +318,23 @@ fn install_lifecycle() -> Result<()> {
         host.files()? == before,
         "a second install changed files:\n{out}"
     );
-    ensure_calls(&host, &["is-active --quiet crust.service"])?;
-    wait_until_sigterm(&host)?;
+    ensure_calls(&host, &NOTHING_TO_DO)?;
+
+    write(&host.root.join("run/crust.restart-pending"), "", 0o644)?;
+    host.ok(&["install"], &[])?;
+    ensure_calls(
+        &host,
+        &[
+            "--version",
+            "daemon-reload",
+            "enable crust.service",
+            "restart crust.service",
+        ],
+    )?;
+    ensure!(
+        !host.root.join("run/crust.restart-pending").exists(),
+        "the restart owed was made, but its mark is left"
+    );
 
     let shim = host.root.join("usr/local/bin/crust-shim");
     write(&shim, "an older crust-shim\n", 0o755)?;
@@ -318,17 +352,43 @@ fn install_lifecycle() -> Result<()> {
         std::fs::metadata(&shim)?.ino() != old_inode,
         "crust-shim was rewritten in place, under any shim still running it"
     );
-    ensure_calls(&host, &["restart crust.service"])?;
+    ensure_calls(
+        &host,
+        &[
+            "--version",
+            "is-enabled --quiet crust.service",
+            "restart crust.service",
+        ],
+    )?;
+
+    let record = host.root.join("var/lib/crust/meta/sandboxes/pod.json");
+    write(&record, "{}", 0o644)?;
+    let before = host.files()?;
+    let err = host.refused(&["uninstall"])?;
+    ensure!(
+        err.contains("crust still has 1 pods") && err.contains("nothing was removed"),
+        "uninstall with a pod: {err}"
+    );
+    ensure!(host.files()? == before, "a refused uninstall changed files");
+    ensure_calls(&host, &["--version"])?;
+    std::fs::remove_dir_all(host.root.join("var/lib/crust/meta"))?;
 
     host.ok(&["uninstall"], &[])?;
-    ensure_calls(&host, &["disable --now crust.service", "daemon-reload"])?;
+    ensure_calls(
+        &host,
+        &["--version", "disable --now crust.service", "daemon-reload"],
+    )?;
     ensure!(
         host.added()?.is_empty(),
         "uninstall left {:?}",
         host.added()?.keys().collect::<Vec<_>>()
     );
     let kept: BTreeSet<String> = host.files()?.into_keys().collect();
-    let own: BTreeSet<String> = HOST_FILES.iter().map(|(p, _)| p.to_string()).collect();
+    let own: BTreeSet<String> = HOST_FILES
+        .iter()
+        .map(|(p, _)| p.to_string())
+        .chain([SOCKET.to_string()])
+        .collect();
     ensure!(
         kept == own,
         "uninstall touched the host's own files: {kept:?}"
@@ -340,22 +400,23 @@ fn install_lifecycle() -> Result<()> {
     let before = host.files()?;
     host.ok(&["uninstall"], &[])?;
     ensure!(host.files()? == before, "a second uninstall changed files");
-    ensure_calls(&host, &[])?;
+    ensure_calls(&host, &["--version"])?;
     Ok(())
 }
 
 #[test]
 fn an_existing_config_is_kept_and_a_bad_one_refused() {
-    check(
-        "install::an_existing_config_is_kept_and_a_bad_one_refused",
+    run(
+        "an_existing_config_is_kept_and_a_bad_one_refused",
         existing_config,
     );
 }
 
 /// An operator's config survives install and uninstall; an invalid one makes
 /// install refuse before writing anything.
-fn existing_config() -> Result<()> {
+async fn existing_config(env: &mut TestEnv) -> Result<()> {
     let host = Host::new("config")?;
+    host.serve_with(env)?;
     let config = host.root.join("etc/crust/config.toml");
     write(&config, "socket = \"relative.sock\"\n", 0o644)?;
     let before = host.files()?;
@@ -366,7 +427,7 @@ fn existing_config() -> Result<()> {
         "refusal: {err}"
     );
     ensure!(host.files()? == before, "a refused install wrote files");
-    ensure_calls(&host, &[])?;
+    ensure_calls(&host, &["--version"])?;
 
     let mine = "log_level = \"debug\"\n";
     write(&config, mine, 0o600)?;
@@ -400,25 +461,41 @@ fn install_refuses_hosts_it_cannot_serve() {
     );
 }
 
-/// No systemd, no runc, no CNI plugins: each is refused with what to do, and
-/// nothing is written.
+/// No systemd, a systemctl that cannot run, no runc, no CNI plugins: each is
+/// refused with what to do, and nothing is written.
 fn refused_hosts() -> Result<()> {
-    let cases: [(&str, &str, &str); 3] = [
+    let cases: [(&str, &str, &str, &[&str]); 4] = [
         (
             "run/systemd/system",
             "the host does not run systemd",
             "no-systemd",
+            &[],
         ),
-        ("usr/sbin/runc", "apt-get install runc", "no-runc"),
+        (
+            "stubs/systemctl",
+            "cannot run the host's systemctl",
+            "no-systemctl",
+            &[],
+        ),
+        (
+            "usr/sbin/runc",
+            "apt-get install runc",
+            "no-runc",
+            &["--version"],
+        ),
         (
             "opt/cni/bin/loopback",
             "apt-get install containernetworking-plugins",
             "no-cni",
+            &["--version"],
         ),
     ];
-    for (missing, says, name) in cases {
+    for (missing, says, name, calls) in cases {
         let host = Host::new(name)?;
-        let path = host.root.join(missing);
+        let path = match missing.strip_prefix("stubs/") {
+            Some(stub) => host.stubs.join(stub),
+            None => host.root.join(missing),
+        };
         if path.is_dir() {
             std::fs::remove_dir(&path)?;
         } else {
@@ -434,7 +511,7 @@ fn refused_hosts() -> Result<()> {
             host.files()? == before,
             "without {missing}, files were written"
         );
-        ensure_calls(&host, &[])?;
+        ensure_calls(&host, calls)?;
     }
     Ok(())
 }
@@ -447,16 +524,13 @@ fn switching_kubelet_rewrites_its_files_once_with_a_backup() {
     );
 }
 
-/// With crust serving (a real crustd behind the host's socket path),
-/// `CRUST_SWITCH_KUBELET=true` points kubeadm's config and flags file at it,
-/// keeps the originals, and restarts kubelet; a second run (the installer
-/// pod, now on crust) changes nothing. Uninstall is refused until kubelet is
-/// pointed back.
+/// With crust serving, `CRUST_SWITCH_KUBELET=true` points kubeadm's config
+/// and flags file at it, keeps the originals, and restarts kubelet; a
+/// second run (the installer pod, now on crust) changes nothing. Uninstall
+/// is refused until kubelet is pointed back.
 async fn switch_kubelet(env: &mut TestEnv) -> Result<()> {
     let host = Host::new("kubelet")?;
-    let socket = host.root.join("run/crust/crust.sock");
-    std::fs::create_dir_all(socket.parent().context("parent")?)?;
-    std::os::unix::fs::symlink(&env.daemon.paths().socket, &socket)?;
+    host.serve_with(env)?;
     let config = host.root.join("var/lib/kubelet/config.yaml");
     let flags = host.root.join("var/lib/kubelet/kubeadm-flags.env");
     write(&config, KUBELET_CONFIG, 0o644)?;
@@ -497,7 +571,7 @@ async fn switch_kubelet(env: &mut TestEnv) -> Result<()> {
         "second run said:\n{out}"
     );
     ensure!(host.files()? == before, "the second switch changed files");
-    ensure_calls(&host, &["is-active --quiet crust.service"])?;
+    ensure_calls(&host, &NOTHING_TO_DO)?;
 
     let err = host.refused(&["uninstall"])?;
     ensure!(err.contains("kubelet still uses crust"), "uninstall: {err}");
@@ -513,40 +587,25 @@ async fn switch_kubelet(env: &mut TestEnv) -> Result<()> {
     Ok(())
 }
 
-/// `crustd install --wait`, the DaemonSet's container: it installs (here:
-/// finds nothing to change), stays, and exits 0 on SIGTERM.
-fn wait_until_sigterm(host: &Host) -> Result<()> {
-    let out = host.base.join("wait.out");
-    let mut child = Command::new(host.bin.join("crustd"))
-        .args(["install", "--wait", "--host-root"])
-        .arg(&host.root)
-        .env("PATH", format!("{}:/usr/bin:/bin", host.stubs.display()))
-        .stdout(std::fs::File::create(&out)?)
-        .spawn()?;
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
-    let start = std::time::Instant::now();
-    while !std::fs::read_to_string(&out)?.contains("nothing to change") {
-        if let Some(status) = child.try_wait()? {
-            bail!("crustd install --wait exited ({status}) before installing");
-        }
-        if start.elapsed() > std::time::Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("crustd install --wait did not finish installing in 30s");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(200));
+#[test]
+fn wait_stays_until_sigterm() {
+    check("install::wait_stays_until_sigterm", wait_until_sigterm);
+}
+
+/// `crustd wait`, the DaemonSet's container once its init container has
+/// installed crust: it stays, and exits 0 on SIGTERM.
+fn wait_until_sigterm() -> Result<()> {
+    let bins = binaries::locate()?;
+    let mut child = Command::new(&bins.crustd).arg("wait").spawn()?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
     if let Some(status) = child.try_wait()? {
-        bail!("crustd install --wait did not stay: it exited ({status})");
+        bail!("crustd wait did not stay: it exited ({status})");
     }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
     let status = child.wait()?;
-    ensure!(
-        status.success(),
-        "crustd install --wait ended {status} on SIGTERM"
-    );
-    ensure_calls(host, &["is-active --quiet crust.service"])
+    ensure!(status.success(), "crustd wait ended {status} on SIGTERM");
+    Ok(())
 }
 
 /// Fails unless the stub recorded exactly `expected` since the last look.
