@@ -22,6 +22,7 @@ pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod teardown;
+mod timing;
 
 pub use error::{Error, Result};
 pub use host::Host;

@@ -20,6 +20,7 @@ use crate::runtime::{Entry, Runtime, if_exists};
 use crate::sandbox::SandboxState;
 use crate::sandbox::config::NamespaceMode;
 use crate::sys::runc::RuncStatus;
+use crate::timing::Steps;
 use crate::{Error, Result, ids, teardown};
 
 /// ListContainers filter; empty fields match everything.
@@ -165,6 +166,7 @@ impl Runtime {
     /// it, pushing on `undo` how to take away each thing made.
     fn build_container(&self, m: &Making<'_>, undo: &mut Cleanup) -> Result<Container> {
         let (id, sb, cfg, image) = (m.id, m.sandbox, m.config, m.image);
+        let mut steps = Steps::new("create", id);
         let bundle = self.bundle_dir(id);
         fs::DirBuilder::new()
             .mode(0o711)
@@ -186,8 +188,10 @@ impl Runtime {
                 .with_context(|| format!("creating {}", d.display()))?;
         }
 
+        steps.done("dirs");
         undo.push(Step::ReleaseImage(id.to_string()));
         self.images.hold(id, image)?;
+        steps.done("image lease");
 
         let rootfs = bundle.join("rootfs");
         fs::create_dir(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
@@ -207,6 +211,7 @@ impl Runtime {
             }
         }
         undo.push(Step::Unmount(rootfs.clone()));
+        steps.done("overlay");
 
         let user = user::resolve(&rootfs, &cfg.security, &image.config.user)?;
         let image_name = display_image_name(cfg, image);
@@ -233,6 +238,7 @@ impl Runtime {
             .unwrap_or_default();
         let spec_json = serde_json::to_vec_pretty(&oci).context("encoding config.json")?;
         fs::write(bundle.join("config.json"), spec_json).context("writing config.json")?;
+        steps.done("spec");
 
         if let Some(parent) = m.log_path.and_then(Path::parent) {
             let made: Vec<PathBuf> = parent
@@ -277,6 +283,7 @@ impl Runtime {
                 CreateError::Shim(e) => Error::Internal(e.context("starting crust-shim")),
             })?;
         self.detach_prepared(staged.values());
+        steps.done("shim + runc create");
 
         let stop_signal = parse_signal(&image.config.stop_signal).unwrap_or(libc::SIGTERM);
         let image_ref = image
@@ -313,6 +320,7 @@ impl Runtime {
             leftover: false,
         };
         self.container_records.save(id, &container)?;
+        steps.done("record");
         Ok(container)
     }
 
@@ -350,11 +358,13 @@ impl Runtime {
                     state_word(c.state)
                 )));
             }
+            let mut steps = Steps::new("start", &c.id);
             let started_at = rt.host.clock.now_ns();
             if let Err(e) = rt.oci_runtime(&c)?.start(&c.id) {
                 rt.refresh_container(&entry);
                 return Err(Error::Internal(e.context("starting the container")));
             }
+            steps.done("runc start");
             {
                 let mut rec = entry.rec();
                 if rec.state == ContainerState::Created {
@@ -364,6 +374,7 @@ impl Runtime {
                 rec.finished_at = rec.finished_at.max(started_at);
                 rt.container_records.save(&rec.id, &rec)?;
             }
+            steps.done("record");
             tracing::info!(id = %c.id, "container started");
             rt.publish_event(&c.id, &c.sandbox_id, EventKind::Started);
             // An exit that came before the record said running is recorded
@@ -405,11 +416,17 @@ impl Runtime {
         {
             return Ok(());
         }
+        let mut steps = Steps::new("remove", &c.id);
         self.oci_delete(&c.handler, &c.id)?;
+        steps.done("runc delete");
         teardown::remove_tree(self.host.mounts.as_ref(), &c.bundle)?;
+        steps.done("bundle");
         crate::fsutil::remove_dir_all_if_exists(&self.layer_dir(&c.id))?;
+        steps.done("writable layer");
         self.images.release(&c.id)?;
+        steps.done("image lease");
         self.container_records.delete(&c.id)?;
+        steps.done("record");
         let name = self.container_reserved_name(&c);
         self.containers
             .write()
