@@ -23,6 +23,7 @@ pub mod store;
 pub mod sys;
 pub mod teardown;
 mod timing;
+mod trash;
 
 pub use error::{Error, Result};
 pub use host::Host;

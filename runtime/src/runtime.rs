@@ -2,7 +2,7 @@
 //! reservations, the metadata store, the image store and restart recovery.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use anyhow::Context;
@@ -142,7 +142,14 @@ pub struct Runtime {
     pub(crate) exit_watch: Arc<crate::container::exit_watch::ExitWatch>,
     /// What bounds ExecSync's memory.
     pub(crate) exec_limits: crate::container::ExecLimits,
+    /// Exited containers settled in the background.
+    pub(crate) settler: crate::container::settle::Settler,
+    /// Where removed containers' directories go to be deleted.
+    pub(crate) trash: crate::trash::Trash,
 }
+
+/// The trash directory's name in the state and the root directories.
+const TRASH: &str = "trash";
 
 impl Runtime {
     /// Opens the runtime on its directories and recovers the state a previous crustd
@@ -160,6 +167,10 @@ impl Runtime {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let images = Arc::new(ImageStore::open(&opts.root, opts.images.clone())?);
+        let trash = crate::trash::Trash::start(
+            &[opts.state.join(TRASH), opts.root.join(TRASH)],
+            host.mounts.clone(),
+        )?;
         let pod_cidr = match std::fs::read_to_string(opts.root.join(POD_CIDR_FILE)) {
             Ok(text) => text.trim().to_string(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -200,10 +211,14 @@ impl Runtime {
             events: crate::events::Events::default(),
             exit_watch: Arc::new(crate::container::exit_watch::ExitWatch::new()),
             exec_limits: Default::default(),
+            settler: crate::container::settle::Settler::new(),
+            trash,
         });
         rt.recover()?;
         rt.start_exit_watcher()
             .context("starting the container exit watcher")?;
+        rt.start_settler()
+            .context("starting the exited-container settler")?;
         Ok(rt)
     }
 
@@ -342,6 +357,16 @@ impl Runtime {
     /// The OCI bundle of container `id` (config.json, rootfs, shim files).
     pub(crate) fn bundle_dir(&self, id: &str) -> PathBuf {
         self.opts.state.join("containers").join(id)
+    }
+
+    /// The trash directory on the filesystem of `dir` (the state or the
+    /// root directory's).
+    pub(crate) fn trash_bin(&self, dir: &Path) -> PathBuf {
+        if dir.starts_with(&self.opts.state) {
+            self.opts.state.join(TRASH)
+        } else {
+            self.opts.root.join(TRASH)
+        }
     }
 
     /// The writable layer (upper and work directories) of container `id`.

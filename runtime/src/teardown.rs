@@ -13,6 +13,13 @@ pub fn remove_tree(mounts: &dyn Mounts, path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
+    unmount_under(mounts, path)?;
+    fsutil::remove_dir_all_if_exists(path)
+}
+
+/// Unmounts everything mounted under `path`; an error when something stays
+/// mounted there.
+pub fn unmount_under(mounts: &dyn Mounts, path: &Path) -> Result<()> {
     for m in mounts.mounts_under(path)? {
         mounts.unmount(&m)?;
     }
@@ -27,5 +34,5 @@ pub fn remove_tree(mounts: &dyn Mounts, path: &Path) -> Result<()> {
                 .join(", ")
         );
     }
-    fsutil::remove_dir_all_if_exists(path)
+    Ok(())
 }

@@ -21,7 +21,7 @@ use crate::sandbox::SandboxState;
 use crate::sandbox::config::NamespaceMode;
 use crate::sys::runc::RuncStatus;
 use crate::timing::Steps;
-use crate::{Error, Result, ids, teardown};
+use crate::{Error, Result, ids};
 
 /// ListContainers filter; empty fields match everything.
 #[derive(Clone, Debug, Default)]
@@ -417,12 +417,12 @@ impl Runtime {
             return Ok(());
         }
         let mut steps = Steps::new("remove", &c.id);
-        self.oci_delete(&c.handler, &c.id)?;
-        steps.done("runc delete");
-        teardown::remove_tree(self.host.mounts.as_ref(), &c.bundle)?;
-        steps.done("bundle");
-        crate::fsutil::remove_dir_all_if_exists(&self.layer_dir(&c.id))?;
-        steps.done("writable layer");
+        self.settle(&c)?;
+        steps.done("settle");
+        self.trash.discard(&c.bundle, &self.trash_bin(&c.bundle))?;
+        let layer = self.layer_dir(&c.id);
+        self.trash.discard(&layer, &self.trash_bin(&layer))?;
+        steps.done("directories");
         self.images.release(&c.id)?;
         steps.done("image lease");
         self.container_records.delete(&c.id)?;
@@ -589,6 +589,7 @@ impl Runtime {
         .to_string();
         c.message = message;
         self.persist(c);
+        self.exited(&c.id);
         tracing::info!(id = %c.id, exit_code = code, "container exited");
         c.state
     }

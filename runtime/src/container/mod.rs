@@ -6,6 +6,7 @@ pub mod config;
 mod exec;
 pub(crate) mod exit_watch;
 mod lifecycle;
+pub(crate) mod settle;
 pub mod spec;
 mod staging;
 mod stop;

@@ -9,7 +9,7 @@ use crust_e2e::assertions::{digest_hex, expect_code, expect_full_id, expect_supe
 use crust_e2e::cri::{ContainerFilter, ContainerState, PodSandboxState};
 use crust_e2e::fixtures::IMAGE_PATH;
 use crust_e2e::pod_config::env_var;
-use crust_e2e::{TestEnv, filters, run, unique};
+use crust_e2e::{TestEnv, filters, mountinfo, run, unique, wait};
 use tonic::Code;
 
 #[test]
@@ -577,6 +577,86 @@ async fn exits_on_its_own(env: &mut TestEnv) -> Result<()> {
         left.is_empty(),
         "RemovePodSandbox left its containers: {left:?}"
     );
+    env.assert_no_leaks()
+}
+
+#[test]
+fn exited_containers_are_settled_early_and_removed_through_the_trash() {
+    run(
+        "exited_containers_are_settled_early_and_removed_through_the_trash",
+        settled_and_trashed,
+    );
+}
+
+/// A container that exits on its own is deleted from runc and its rootfs
+/// unmounted in the background, before any RemoveContainer, while its
+/// status keeps its exit; RemoveContainer then moves its bundle and
+/// writable layer into the trash, which empties itself, and a crustd
+/// restart empties what a previous one left there.
+async fn settled_and_trashed(env: &mut TestEnv) -> Result<()> {
+    env.pull(&env.images.busybox.reference).await?;
+    let pod = env.run_pod("settled").await?;
+    let id = env
+        .start_container(&pod, &env.shell_container(&pod, "three", "exit 3")?)
+        .await?;
+    env.wait_for_state(
+        &id,
+        ContainerState::ContainerExited,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let paths = env.daemon.paths().clone();
+    let runc_state = paths.state.join("runc").join(&id);
+    let bundle = paths.state.join("containers").join(&id);
+    let rootfs = bundle.join("rootfs");
+    wait::until(
+        "runc's state and the rootfs mount of the exited container to go",
+        Duration::from_secs(10),
+        || async {
+            let mounted = mountinfo::read()?.iter().any(|m| m.mount_point == rootfs);
+            Ok((!runc_state.exists() && !mounted).then_some(()))
+        },
+    )
+    .await?;
+    let status = env.cri.container_status(&id).await?;
+    ensure!(
+        status.state == ContainerState::ContainerExited as i32 && status.exit_code == 3,
+        "after settling, the status is {status:?}"
+    );
+
+    env.cri.remove_container(&id).await?;
+    let layer = paths.root.join("containers").join(&id);
+    ensure!(
+        !bundle.exists() && !layer.exists(),
+        "RemoveContainer left the bundle or the writable layer"
+    );
+    let trash = [paths.state.join("trash"), paths.root.join("trash")];
+    let empty = |dirs: &[std::path::PathBuf]| -> Result<bool> {
+        for dir in dirs {
+            if std::fs::read_dir(dir)?.next().is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    wait::until("the trash to empty", Duration::from_secs(10), || async {
+        Ok(empty(&trash)?.then_some(()))
+    })
+    .await?;
+
+    let left = trash[1].join("left-by-a-crash.1234");
+    std::fs::create_dir_all(left.join("upper/etc"))?;
+    std::fs::write(left.join("upper/etc/file"), "x")?;
+    env.restart_daemon().await?;
+    wait::until(
+        "the restarted crustd to empty the trash",
+        Duration::from_secs(10),
+        || async { Ok(empty(&trash)?.then_some(())) },
+    )
+    .await?;
+
+    env.cri.stop_pod_sandbox(&pod.id).await?;
+    env.cri.remove_pod_sandbox(&pod.id).await?;
     env.assert_no_leaks()
 }
 
