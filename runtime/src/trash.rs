@@ -35,10 +35,9 @@ impl Trash {
                 );
             }
         }
-        let worker_mounts = mounts.clone();
         std::thread::Builder::new()
             .name("crust-trash".into())
-            .spawn(move || empty(&work, worker_mounts.as_ref()))
+            .spawn(move || empty(&work))
             .context("starting the trash thread")?;
         Ok(Trash { queue, mounts })
     }
@@ -71,10 +70,19 @@ impl Trash {
     }
 }
 
-/// Deletes what arrives on `work` until the runtime is gone.
-fn empty(work: &Receiver<PathBuf>, mounts: &dyn Mounts) {
+/// Deletes what arrives on `work` until the runtime is gone. Removal
+/// unmounted the directories before they were moved here; a mount found
+/// under one anyway (the kernel's own view, not the runtime's host seam,
+/// since this is no lifecycle step) keeps it for the next start.
+fn empty(work: &Receiver<PathBuf>) {
     for path in work {
-        if let Err(e) = crate::teardown::remove_tree(mounts, &path) {
+        let deleted = crate::sys::mount::mounts_under(&path).and_then(|left| {
+            if !left.is_empty() {
+                anyhow::bail!("{} mounts are still under it", left.len());
+            }
+            crate::fsutil::remove_dir_all_if_exists(&path)
+        });
+        if let Err(e) = deleted {
             tracing::warn!(path = %path.display(), error = format!("{e:#}"), "cannot empty the trash; it is tried again at the next start");
         }
     }

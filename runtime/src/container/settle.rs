@@ -1,7 +1,9 @@
-//! Settling exited containers in the background. Once a container's exit
-//! is recorded (with its OOM verdict, read from its cgroup first), a worker
-//! thread deletes it from its OCI runtime (`runc delete`: its state and its
-//! cgroups) and unmounts its rootfs, under the container's lifecycle lock.
+//! Settling exited containers: deleting them from their OCI runtime (`runc
+//! delete`: its state and its cgroups) and unmounting their rootfs, under
+//! the container's lifecycle lock. StopContainer settles the container it
+//! stopped before it returns; a container that exits by itself is settled
+//! by a worker thread once its exit (with its OOM verdict, read from its
+//! cgroup first) is recorded, unless a lifecycle call holds it then.
 //! RemoveContainer then has only directories and records left to take away;
 //! it settles a container itself when the worker has not (a crustd restart
 //! forgets what was settled, and settling twice is harmless).
@@ -11,7 +13,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::{Container, ContainerState};
-use crate::runtime::Runtime;
+use crate::runtime::{Entry, Runtime};
 
 /// The queue of exited containers and the ids of those already settled.
 pub(crate) struct Settler {
@@ -83,17 +85,29 @@ impl Runtime {
         else {
             return;
         };
-        let _guard = entry.lock_lifecycle();
-        let c = entry.snapshot();
+        // A lifecycle call holding the container settles it itself (a stop)
+        // or leaves it to its removal, which does.
+        let Some(_guard) = entry.try_lock_lifecycle() else {
+            return;
+        };
         let known = self
             .containers
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(id);
-        if !known || c.state != ContainerState::Exited || c.leftover {
-            return;
+        if known {
+            self.settle_exited(&entry);
         }
-        if self.settler.settled().contains(id) {
+    }
+
+    /// Settles the container of `entry` if it has exited and is not settled
+    /// yet, under its lifecycle lock (which the caller holds). StopContainer
+    /// calls it once the container has exited, as containerd deletes the
+    /// task in its stop; a failure is left to RemoveContainer.
+    pub(crate) fn settle_exited(&self, entry: &Entry<Container>) {
+        let c = entry.snapshot();
+        if c.state != ContainerState::Exited || c.leftover || self.settler.settled().contains(&c.id)
+        {
             return;
         }
         match self
@@ -101,10 +115,10 @@ impl Runtime {
             .and_then(|()| crate::teardown::unmount_under(self.host.mounts.as_ref(), &c.bundle))
         {
             Ok(()) => {
-                self.settler.settled().insert(id.to_string());
+                self.settler.settled().insert(c.id);
             }
             Err(e) => {
-                tracing::debug!(%id, error = format!("{e:#}"), "settling the exited container is left to its removal");
+                tracing::debug!(id = %c.id, error = format!("{e:#}"), "settling the exited container is left to its removal");
             }
         }
     }

@@ -114,7 +114,13 @@ impl Runtime {
                 // Owned by the work from here: dropped with it if the client
                 // leaves before the lock is had, after the stop otherwise.
                 let claim = StopClaim(entry.clone());
-                return self.locked(entry, move |rt| rt.stop_locked(&claim.0)).await;
+                return self
+                    .locked(entry, move |rt| {
+                        rt.stop_locked(&claim.0)?;
+                        rt.settle_exited(&claim.0);
+                        Ok(())
+                    })
+                    .await;
             }
             let limit = wait_limit(deadline);
             loop {
@@ -142,7 +148,9 @@ impl Runtime {
             if claim_stop(entry, deadline) {
                 let _claim = StopClaim(entry);
                 let _guard = entry.lock_lifecycle();
-                return self.stop_locked(entry);
+                self.stop_locked(entry)?;
+                self.settle_exited(entry);
+                return Ok(());
             }
             let limit = wait_limit(deadline);
             let bundle = entry.rec().bundle.clone();

@@ -218,7 +218,9 @@ impl Floor {
         let bundles = self.bundles.as_ref().context("bundles not prepared")?;
         while let Some(id) = self.containers.first().cloned() {
             let started = Instant::now();
-            bundles.kill_wait_delete(&id)?;
+            bundles.kill_wait(&id)?;
+            let stopped = started.elapsed();
+            bundles.delete(&id)?;
             let container = started.elapsed();
             self.containers.remove(0);
             let started = Instant::now();
@@ -234,6 +236,10 @@ impl Floor {
             let ip_deleted = started.elapsed();
             if let Some(result) = result.as_mut() {
                 result.samples(m::STOP_REMOVE_CONTAINER).push(container);
+                result.samples(m::STOP_CONTAINER).push(stopped);
+                result
+                    .samples(m::REMOVE_CONTAINER)
+                    .push(container - stopped);
                 result.samples(m::STOP_REMOVE_POD).push(pod);
                 result.samples(m::IP_NETNS_DEL).push(ip_deleted);
             }

@@ -55,6 +55,10 @@ pub const START: &str = "start_container";
 pub const CREATE_START: &str = "create_start_container";
 /// StopContainer(timeout 0) + RemoveContainer.
 pub const STOP_REMOVE_CONTAINER: &str = "stop_remove_container";
+/// StopContainer(timeout 0) alone.
+pub const STOP_CONTAINER: &str = "stop_container";
+/// RemoveContainer alone, right after its StopContainer.
+pub const REMOVE_CONTAINER: &str = "remove_container";
 /// StopPodSandbox + RemovePodSandbox.
 pub const STOP_REMOVE_POD: &str = "stop_remove_pod_sandbox";
 /// Floor only: `ip netns add` + `ip -n <ns> link set lo up`.
@@ -109,6 +113,14 @@ pub const PER_POD_PSS: &str = "per_pod_pss";
 pub const LIST_CONTAINER_STATS: &str = "list_container_stats";
 /// ListPodSandboxStats with the N workload pods running.
 pub const LIST_POD_STATS: &str = "list_pod_sandbox_stats";
+/// ListContainers (no filter) with the N workload containers running.
+pub const LIST_CONTAINERS: &str = "list_containers";
+/// ListPodSandbox (no filter) with the N workload pods running.
+pub const LIST_PODS: &str = "list_pod_sandbox";
+/// ContainerStatus of one of the N running containers.
+pub const CONTAINER_STATUS: &str = "container_status";
+/// PodSandboxStatus of one of the N running pods.
+pub const POD_STATUS: &str = "pod_sandbox_status";
 
 /// Every metric, in report order.
 pub const ALL: &[MetricDef] = &[
@@ -117,6 +129,8 @@ pub const ALL: &[MetricDef] = &[
     latency(CREATE, "  CreateContainer"),
     latency(START, "  StartContainer"),
     latency(STOP_REMOVE_CONTAINER, "StopContainer(0)+RemoveContainer"),
+    latency(STOP_CONTAINER, "  StopContainer(0)"),
+    latency(REMOVE_CONTAINER, "  RemoveContainer"),
     latency(STOP_REMOVE_POD, "StopPodSandbox+RemovePodSandbox"),
     latency(EXEC_SYNC, "ExecSync true"),
     latency(EXEC_STREAMED, "Exec true, streamed (SPDY, to exit status)"),
@@ -125,6 +139,10 @@ pub const ALL: &[MetricDef] = &[
         "ListContainerStats, N containers running",
     ),
     latency(LIST_POD_STATS, "ListPodSandboxStats, N pods running"),
+    latency(LIST_CONTAINERS, "ListContainers, N containers running"),
+    latency(LIST_PODS, "ListPodSandbox, N pods running"),
+    latency(CONTAINER_STATUS, "ContainerStatus, N containers running"),
+    latency(POD_STATUS, "PodSandboxStatus, N pods running"),
     latency(PULL_BUSYBOX, "PullImage busybox, cold (1 layer)"),
     latency(PULL_LAYERED, "PullImage layered, cold (3 layers)"),
     latency(PULL_BIG_COLD, "PullImage big, cold (5 layers, 100 MiB)"),

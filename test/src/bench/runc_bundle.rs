@@ -96,10 +96,9 @@ impl RuncBundles {
         self.runc(&["start", id])
     }
 
-    /// What a shim does to stop and remove a container: `runc kill KILL`,
-    /// wait for the init process to exit (the benchmark is its subreaper), then
-    /// `runc delete`.
-    pub fn kill_wait_delete(&self, id: &str) -> Result<()> {
+    /// What a shim does to stop a container: `runc kill KILL`, then wait
+    /// for the init process to exit (the benchmark is its subreaper).
+    pub fn kill_wait(&self, id: &str) -> Result<()> {
         let pid_file = self.dir.join("bundles").join(id).join("init.pid");
         let pid: i32 = std::fs::read_to_string(&pid_file)
             .with_context(|| format!("reading {}", pid_file.display()))?
@@ -107,7 +106,11 @@ impl RuncBundles {
             .parse()
             .context("parsing init.pid")?;
         self.runc(&["kill", id, "KILL"])?;
-        reap(pid)?;
+        reap(pid)
+    }
+
+    /// `runc delete` of a container that has exited.
+    pub fn delete(&self, id: &str) -> Result<()> {
         self.runc(&["delete", id])
     }
 

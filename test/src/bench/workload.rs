@@ -99,6 +99,7 @@ pub async fn run(
         exec_latency(target, &pod.container_id, result).await?;
     }
     stats_latency(target, running.len(), result).await?;
+    listing_latency(target, &running, result).await?;
 
     for pod in &running {
         stop_pod(target, pod, Some(&mut *result)).await?;
@@ -312,6 +313,38 @@ async fn stats_latency(target: &CriTarget, running: usize, result: &mut RunResul
     .await
 }
 
+/// What kubelet asks every second in steady state, with the workload
+/// running: ListContainers, ListPodSandbox (each covering the `running`
+/// pods), and the status of one container and one pod.
+async fn listing_latency(
+    target: &CriTarget,
+    running: &[RunningPod],
+    result: &mut RunResult,
+) -> Result<()> {
+    let Some(one) = running.first() else {
+        return Ok(());
+    };
+    let cri = &target.cri;
+    timed_listing(m::LIST_CONTAINERS, running.len(), result, || async {
+        Ok(cri.list_containers(None).await?.len())
+    })
+    .await?;
+    timed_listing(m::LIST_PODS, running.len(), result, || async {
+        Ok(cri.list_pod_sandbox(None).await?.len())
+    })
+    .await?;
+    timed_listing(m::CONTAINER_STATUS, 1, result, || async {
+        cri.container_status(&one.container_id).await?;
+        Ok(1)
+    })
+    .await?;
+    timed_listing(m::POD_STATUS, 1, result, || async {
+        cri.pod_sandbox_status(&one.sandbox_id).await?;
+        Ok(1)
+    })
+    .await
+}
+
 /// Times [`STATS_CALLS`] calls of `list` (after one unrecorded) into `key`,
 /// each of which must list at least `running` items.
 async fn timed_listing<F, Fut>(
@@ -392,6 +425,7 @@ async fn stop_pod(
         .stop_container(&pod.container_id, 0)
         .await
         .context("StopContainer")?;
+    let stopped = started.elapsed();
     target
         .cri
         .remove_container(&pod.container_id)
@@ -412,6 +446,10 @@ async fn stop_pod(
     let sandbox = started.elapsed();
     if let Some(result) = result {
         result.samples(m::STOP_REMOVE_CONTAINER).push(container);
+        result.samples(m::STOP_CONTAINER).push(stopped);
+        result
+            .samples(m::REMOVE_CONTAINER)
+            .push(container - stopped);
         result.samples(m::STOP_REMOVE_POD).push(sandbox);
     }
     Ok(())
