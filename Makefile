@@ -2,7 +2,7 @@
 #
 #   make run    install runc and the CNI plugins if missing, build, run crustd
 #   make test   install what the tests need if missing, run unit and end-to-end tests
-#   make bench  measure crustd against containerd and bare runc (see test/src/bench)
+#   make bench  measure crustd against containerd and bare runc (see test/src/bench), write BENCHMARKS.md
 #   make conformance  critest, a standalone kubelet and crictl's streams (from ../shared/tools) against crustd
 #   make image  the installer image (crustd, crust-shim, their libraries, config, unit) as an OCI layout in target/image
 #   make image-push REGISTRY=host[:port][/path]  push it with skopeo as $(REGISTRY)/crust:<version>
@@ -43,6 +43,8 @@ BENCH_N     ?= 30
 BENCH_PULLS ?= 15
 BENCH_BIG_PULLS ?= 5
 BENCH_JSON  ?= $(CURDIR)/target/crust-bench/report.json
+# The report the repository keeps: targets, every figure, machine, date, command.
+BENCH_MARKDOWN ?= $(CURDIR)/BENCHMARKS.md
 
 # make image: where the OCI layout goes and the repository name it is pushed
 # as ($(REGISTRY)/$(IMAGE_NAME):$(VERSION)); extra `skopeo copy` flags, e.g.
@@ -168,7 +170,8 @@ test: deps-test build
 bench: deps-bench release
 	$(CARGO) build --release -p crust-e2e --bin crust-bench
 	CRUST_BIN_DIR=$(CURDIR)/$(RELEASE) CRUST_BENCH_N=$(BENCH_N) CRUST_BENCH_PULLS=$(BENCH_PULLS) \
-		CRUST_BENCH_BIG_PULLS=$(BENCH_BIG_PULLS) CRUST_BENCH_JSON=$(BENCH_JSON) $(RELEASE)/crust-bench
+		CRUST_BENCH_BIG_PULLS=$(BENCH_BIG_PULLS) CRUST_BENCH_JSON=$(BENCH_JSON) \
+		CRUST_BENCH_MARKDOWN=$(BENCH_MARKDOWN) $(RELEASE)/crust-bench
 
 # Each target for FUZZ_SECONDS from the seeds in fuzz/corpus (new inputs go
 # to fuzz/work, crashes to fuzz/artifacts); needs nightly and cargo-fuzz.

@@ -17,6 +17,7 @@ pub mod containerd_config;
 pub mod crust;
 pub mod floor;
 pub mod machine;
+pub mod markdown;
 pub mod memory;
 pub mod metrics;
 pub mod namespaces;

@@ -2,7 +2,7 @@
 //!
 //! `crust-bench [--n N] [--pulls N] [--big-pulls N] [--json PATH] [--no-containerd]`,
 //! or `CRUST_BENCH_N`, `CRUST_BENCH_PULLS`, `CRUST_BENCH_BIG_PULLS`,
-//! `CRUST_BENCH_JSON`, `CRUST_BENCH_NO_CONTAINERD=1`. Flags win over the
+//! `CRUST_BENCH_JSON`, `CRUST_BENCH_NO_CONTAINERD=1`, `CRUST_BENCH_MARKDOWN`. Flags win over the
 //! environment.
 
 use std::path::PathBuf;
@@ -31,6 +31,8 @@ pub struct Options {
     pub json: PathBuf,
     /// Whether to run containerd as the peer.
     pub containerd: bool,
+    /// Where `BENCHMARKS.md` goes, if anywhere (`CRUST_BENCH_MARKDOWN`).
+    pub markdown: Option<PathBuf>,
 }
 
 impl Options {
@@ -44,6 +46,7 @@ impl Options {
                 .map(PathBuf::from)
                 .unwrap_or_else(default_json_path),
             containerd: std::env::var_os("CRUST_BENCH_NO_CONTAINERD").is_none(),
+            markdown: std::env::var_os("CRUST_BENCH_MARKDOWN").map(PathBuf::from),
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {

@@ -47,6 +47,12 @@ impl Report {
         self.results.iter().find(|r| r.name == name)
     }
 
+    /// Column `name`'s p50 (or p99) of latency `key` in ms, or its memory
+    /// figure `key` in KiB; None when that column has no such figure.
+    pub fn figure(&self, name: &str, key: &str, p99: bool) -> Option<f64> {
+        self.value(name, key, p99)
+    }
+
     fn value(&self, name: &str, key: &str, p99: bool) -> Option<f64> {
         let result = self.column(name).filter(|r| r.has_figures())?;
         if p99 {

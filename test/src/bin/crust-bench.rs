@@ -54,6 +54,20 @@ fn main() -> ExitCode {
         Ok(()) => println!("JSON report: {}", options.json.display()),
         Err(e) => eprintln!("crust-bench: {e:#}"),
     }
+    if let Some(path) = &options.markdown {
+        let command = format!(
+            "make bench BENCH_N={} BENCH_PULLS={} BENCH_BIG_PULLS={}",
+            options.n, options.pulls, options.big_pulls
+        );
+        let date = jiff::Timestamp::now()
+            .strftime("%Y-%m-%d %H:%M UTC")
+            .to_string();
+        let text = crust_e2e::bench::markdown::render(&report, &command, &date);
+        match std::fs::write(path, text) {
+            Ok(()) => println!("Markdown report: {}", path.display()),
+            Err(e) => eprintln!("crust-bench: writing {}: {e}", path.display()),
+        }
+    }
     let broken = report
         .results
         .iter()
