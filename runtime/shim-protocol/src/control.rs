@@ -8,21 +8,35 @@ pub enum Request {
     Ping,
     /// Reopen the container's CRI log file (after kubelet rotated it).
     ReopenLog,
+    /// Send this signal to the container's init. The shim holds a pidfd of
+    /// it, so the signal cannot reach another process that reused its pid,
+    /// and it saves crustd a `runc kill`. An init that has exited is not an
+    /// error.
+    Signal(i32),
 }
 
 impl Request {
     /// The request line, newline included.
-    pub fn encode(self) -> &'static str {
+    pub fn encode(self) -> String {
         match self {
-            Request::Ping => "ping\n",
-            Request::ReopenLog => "reopen-log\n",
+            Request::Ping => "ping\n".into(),
+            Request::ReopenLog => "reopen-log\n".into(),
+            Request::Signal(sig) => format!("signal {sig}\n"),
         }
     }
 
     /// Reads a request line (surrounding whitespace ignored); `None` for
     /// one this version does not know.
     pub fn decode(line: &str) -> Option<Request> {
-        match line.trim() {
+        let line = line.trim();
+        if let Some(sig) = line.strip_prefix("signal ") {
+            return sig
+                .parse()
+                .ok()
+                .filter(|s| (1..=64).contains(s))
+                .map(Request::Signal);
+        }
+        match line {
             "ping" => Some(Request::Ping),
             "reopen-log" => Some(Request::ReopenLog),
             _ => None,
@@ -57,9 +71,12 @@ mod tests {
 
     #[test]
     fn requests_and_answers_round_trip() {
-        for r in [Request::Ping, Request::ReopenLog] {
-            assert_eq!(Request::decode(r.encode()), Some(r));
+        for r in [Request::Ping, Request::ReopenLog, Request::Signal(15)] {
+            assert_eq!(Request::decode(&r.encode()), Some(r));
         }
+        assert_eq!(Request::decode("signal 0"), None);
+        assert_eq!(Request::decode("signal 65"), None);
+        assert_eq!(Request::decode("signal x"), None);
         assert_eq!(Request::decode("reopen-log\r\n"), Some(Request::ReopenLog));
         assert_eq!(Request::decode("bogus"), None);
         assert_eq!(decode_answer(&encode_answer(&Ok(()))), Ok(()));

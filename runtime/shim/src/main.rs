@@ -317,7 +317,12 @@ fn launch(args: &Args) -> Result<Supervisor, String> {
     let sock = Path::new(SHIM_SOCK);
     remove_if_exists(sock).map_err(|e| format!("removing stale {SHIM_SOCK}: {e}"))?;
     let listener = UnixListener::bind(sock).map_err(|e| format!("binding {SHIM_SOCK}: {e}"))?;
-    control::spawn(listener, sink.clone()).map_err(|e| format!("starting control thread: {e}"))?;
+    control::spawn(
+        listener,
+        sink.clone(),
+        control::Init::open(created.init_pid),
+    )
+    .map_err(|e| format!("starting control thread: {e}"))?;
     let attach_sock = Path::new(ATTACH_SOCK);
     remove_if_exists(attach_sock).map_err(|e| format!("removing stale {ATTACH_SOCK}: {e}"))?;
     let listener =

@@ -203,7 +203,17 @@ impl Runtime {
         )))
     }
 
+    /// Signals the container's init through its shim, which holds a pidfd
+    /// of it (no `runc kill` to fork); through the OCI runtime when the
+    /// shim cannot (one from before shims took signals, or one gone).
     fn signal(&self, c: &Container, signal: i32) -> Result<()> {
+        let request = crust_shim_protocol::control::Request::Signal(signal);
+        match self.host.shim.control(&c.bundle, request) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::debug!(id = %c.id, error = format!("{e:#}"), "signalling through the OCI runtime");
+            }
+        }
         self.oci_runtime(c)?
             .kill(&c.id, signal)
             .map(|_| ())

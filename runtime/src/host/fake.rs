@@ -237,6 +237,26 @@ impl FakeRunc {
     }
 }
 
+/// The init of the container in `bundle` dies of `signal`: its shim
+/// records the exit and ends. False when it had stopped already.
+fn kill_init(w: &mut World, bundle: &Path, signal: i32) -> Result<bool> {
+    let Some(c) = w.runc.values_mut().find(|c| c.bundle == bundle) else {
+        return Ok(false);
+    };
+    if c.status == RuncStatus::Stopped {
+        return Ok(false);
+    }
+    c.status = RuncStatus::Stopped;
+    w.now += 1;
+    let record = ExitRecord {
+        exit_code: 128 + signal,
+        exited_at: w.now,
+    };
+    crust_shim_protocol::files::write_atomic(&bundle.join(EXIT_FILE), record.encode().as_bytes())?;
+    w.shims.retain(|_, b| b != bundle);
+    Ok(true)
+}
+
 /// `id` in the world's runc table when `handler` made it.
 fn own<'w>(w: &'w mut World, handler: &str, id: &str) -> Option<&'w mut RuncContainer> {
     w.runc.get_mut(id).filter(|c| c.handler == handler)
@@ -262,23 +282,8 @@ impl Runc for FakeRunc {
         let Some(c) = own(&mut w, &self.handler, id) else {
             return Ok(false);
         };
-        if c.status == RuncStatus::Stopped {
-            return Ok(false);
-        }
-        c.status = RuncStatus::Stopped;
         let bundle = c.bundle.clone();
-        // The init dies of the signal; its shim records the exit and ends.
-        w.now += 1;
-        let record = ExitRecord {
-            exit_code: 128 + signal,
-            exited_at: w.now,
-        };
-        crust_shim_protocol::files::write_atomic(
-            &bundle.join(EXIT_FILE),
-            record.encode().as_bytes(),
-        )?;
-        w.shims.retain(|_, b| *b != bundle);
-        Ok(true)
+        kill_init(&mut w, &bundle, signal)
     }
 
     fn delete(&self, id: &str) -> Result<()> {
@@ -415,10 +420,13 @@ impl Shim for FakeHost {
         self.world().shims.contains_key(&pid)
     }
 
-    fn control(&self, bundle: &Path, _request: control::Request) -> Result<()> {
+    fn control(&self, bundle: &Path, request: control::Request) -> Result<()> {
         self.call("shim.control")?;
         if !self.world().shims.values().any(|b| b == bundle) {
             bail!("no shim runs in {}", bundle.display());
+        }
+        if let control::Request::Signal(signal) = request {
+            kill_init(&mut self.world(), bundle, signal)?;
         }
         Ok(())
     }
