@@ -3,7 +3,7 @@
 //! the container's lifecycle lock. StopContainer settles the container it
 //! stopped before it returns; a container that exits by itself is settled
 //! by a worker thread once its exit (with its OOM verdict, read from its
-//! cgroup first) is recorded, unless a lifecycle call holds it then.
+//! cgroup first) is recorded.
 //! RemoveContainer then has only directories and records left to take away;
 //! it settles a container itself when the worker has not (a crustd restart
 //! forgets what was settled, and settling twice is harmless).
@@ -17,7 +17,7 @@ use crate::runtime::{Entry, Runtime};
 
 /// The queue of exited containers and the ids of those already settled.
 pub(crate) struct Settler {
-    queue: Mutex<Sender<String>>,
+    queue: Sender<String>,
     work: Mutex<Option<Receiver<String>>>,
     settled: Mutex<HashSet<String>>,
 }
@@ -27,7 +27,7 @@ impl Settler {
     pub(crate) fn new() -> Settler {
         let (queue, work) = channel();
         Settler {
-            queue: Mutex::new(queue),
+            queue,
             work: Mutex::new(Some(work)),
             settled: Mutex::new(HashSet::new()),
         }
@@ -59,8 +59,7 @@ impl Runtime {
 
     /// Queues container `id`, whose exit was just recorded, to be settled.
     pub(crate) fn exited(&self, id: &str) {
-        let queue = self.settler.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = queue.send(id.to_string());
+        let _ = self.settler.queue.send(id.to_string());
     }
 
     /// Takes container `c` out of its OCI runtime and unmounts what is
@@ -85,11 +84,10 @@ impl Runtime {
         else {
             return;
         };
-        // A lifecycle call holding the container settles it itself (a stop)
-        // or leaves it to its removal, which does.
-        let Some(_guard) = entry.try_lock_lifecycle() else {
-            return;
-        };
+        // Queued while the exit was recorded, under the lock: wait for it.
+        // A stop that holds it settles the container itself, and the check
+        // below then finds nothing left to do.
+        let _guard = entry.lock_lifecycle();
         let known = self
             .containers
             .read()
