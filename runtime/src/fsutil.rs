@@ -2,15 +2,21 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::Context;
 
 /// Writes `data` to `path` so that after a crash the file holds either the old
 /// or the new content, never a torn mix: temp file, fsync, rename, fsync of the
-/// directory.
+/// directory. The file is readable by its owner alone.
 pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    write_atomic_mode(path, data, 0o600)
+}
+
+/// [`write_atomic`] with the file's permission bits `mode`, whatever the
+/// umask (an installed binary, a config others read).
+pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
@@ -27,9 +33,11 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> anyhow::Result<()> {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
         f.write_all(data)
             .with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()

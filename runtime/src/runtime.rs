@@ -151,6 +151,12 @@ pub struct Runtime {
 /// The trash directory's name in the state and the root directories.
 const TRASH: &str = "trash";
 
+/// Where the runtime keeps one record per pod sandbox under its root
+/// directory `root` (the installer counts them to know crust still has pods).
+pub fn sandbox_records_dir(root: &Path) -> PathBuf {
+    root.join("meta").join("sandboxes")
+}
+
 impl Runtime {
     /// Opens the runtime on its directories and recovers the state a previous crustd
     /// left: every object is loaded, exits that happened meanwhile are picked up,
@@ -194,7 +200,7 @@ impl Runtime {
         let stats =
             crate::stats::StatsState::new(opts.root.join("containers"), host.cgroups.clone());
         let rt = Arc::new(Runtime {
-            sandbox_records: RecordDir::open(opts.root.join("meta").join("sandboxes"))?,
+            sandbox_records: RecordDir::open(sandbox_records_dir(&opts.root))?,
             container_records: RecordDir::open(opts.root.join("meta").join("containers"))?,
             opts,
             host,

@@ -3,8 +3,7 @@
 //! atomically (temp file, fsync, rename), so a running crustd or shim keeps
 //! its old binary and a crash leaves the old file or the new one.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -71,38 +70,14 @@ pub fn put_if_absent(path: &Path, content: &[u8], mode: u32) -> Result<Outcome> 
     Ok(Outcome::Created)
 }
 
-/// Writes `content` to a temp file beside `path`, syncs it and renames it
-/// over `path`, making the parent directories first.
+/// Writes `content` to `path` atomically with `mode`, making the parent
+/// directories first.
 pub fn write_atomically(path: &Path, content: &[u8], mode: u32) -> Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.crust-install-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(content)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.with_context(|| format!("writing {}", path.display()))
+    crust_runtime::fsutil::write_atomic_mode(path, content, mode)
 }
 
 /// Removes `path`; false when there was nothing to remove.

@@ -40,15 +40,6 @@ pub const UNIT_TEXT: &str = include_str!("../../../manifests/crust.service");
 const RESTART_PENDING: &str = "/run/crust.restart-pending";
 /// The binaries install copies, from beside the running crustd.
 const BINARIES: [&str; 2] = ["crustd", "crust-shim"];
-/// Where a host keeps the binaries a bare name in the config is found in.
-const HOST_PATH: [&str; 6] = [
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
 
 /// What `crustd install` and `crustd uninstall` are asked to do.
 #[derive(Clone, Debug)]
@@ -209,7 +200,7 @@ pub fn uninstall(opts: &Options) -> Result<()> {
 
 /// How many pods crust keeps records of on the host.
 fn pod_records(host: &HostRoot, cfg: &Config) -> usize {
-    std::fs::read_dir(host.path(cfg.root.join("meta").join("sandboxes")))
+    std::fs::read_dir(host.path(crust_runtime::runtime::sandbox_records_dir(&cfg.root)))
         .map(|entries| {
             entries
                 .flatten()
@@ -246,7 +237,7 @@ pub fn wait_serving(socket: &Path) -> Result<()> {
 /// Checks what crust needs of the host, before anything is written.
 fn check_host(host: &HostRoot, cfg: &Config) -> Result<()> {
     for (name, handler) in &cfg.runtimes {
-        if host_binary(host, &handler.binary).is_some() {
+        if host_has(host, &handler.binary) {
             continue;
         }
         if *name == cfg.runtime.default_runtime {
@@ -278,16 +269,13 @@ fn check_host(host: &HostRoot, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Where the host has `binary` (a path, or a name looked up in the host's
-/// usual binary directories).
-fn host_binary(host: &HostRoot, binary: &str) -> Option<PathBuf> {
+/// Whether the host has `binary` (a path, or a name looked up in the
+/// host's usual binary directories).
+fn host_has(host: &HostRoot, binary: &str) -> bool {
     if binary.contains('/') {
-        return Some(host.path(binary)).filter(|p| p.is_file());
+        return host.path(binary).is_file();
     }
-    HOST_PATH
-        .iter()
-        .map(|dir| host.path(Path::new(dir).join(binary)))
-        .find(|p| p.is_file())
+    crust_runtime::sys::host_command::find_program(&host.path("/"), binary).is_some()
 }
 
 /// crustd and crust-shim beside the running crustd.

@@ -7,14 +7,32 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-/// The directories a command run in the host's mount namespace is looked up in.
-const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The directories a host keeps its programs in, in the order a command
+/// run in the host's mount namespace is looked up in them.
+pub const HOST_BIN_DIRS: [&str; 6] = [
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// Where the filesystem seen at `root` (a host root, a process's
+/// `/proc/<pid>/root`) has `program` in one of [`HOST_BIN_DIRS`]: the path
+/// the host itself knows it by.
+pub fn find_program(root: &Path, program: &str) -> Option<PathBuf> {
+    HOST_BIN_DIRS
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| root.join(path.strip_prefix("/").unwrap_or(path)).is_file())
+}
 
 /// The most output kept of one command.
 const MAX_OUTPUT: u64 = 1 << 20;
@@ -97,7 +115,7 @@ impl HostNamespace {
         // A bare name is looked up before the child enters the namespace:
         // find it there, through the process's root.
         let mut cmd = Command::new(self.binary(program)?);
-        cmd.args(args).env("PATH", HOST_PATH);
+        cmd.args(args).env("PATH", HOST_BIN_DIRS.join(":"));
         let fd = ns.as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and only
         // makes async-signal-safe system calls (setns, chdir) on a
@@ -126,11 +144,12 @@ impl HostNamespace {
                 root.display()
             )
         })?;
-        HOST_PATH
-            .split(':')
-            .map(|dir| PathBuf::from(dir).join(program))
-            .find(|path| root.join(path.strip_prefix("/").unwrap_or(path)).is_file())
-            .with_context(|| format!("{program} is not installed on the host (in {HOST_PATH})"))
+        find_program(&root, program).with_context(|| {
+            format!(
+                "{program} is not installed on the host (in {})",
+                HOST_BIN_DIRS.join(":")
+            )
+        })
     }
 }
 
@@ -144,7 +163,7 @@ mod tests {
     /// and runs there.
     #[test]
     fn commands_run_in_another_process_mount_namespace() {
-        if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/local/sbin").is_dir() {
+        if !nix::unistd::geteuid().is_root() || !Path::new("/usr/local/sbin").is_dir() {
             eprintln!("skipped: needs root and /usr/local/sbin to make a mount namespace over");
             return;
         }
@@ -163,7 +182,7 @@ mod tests {
         )
         .expect("reading the holder");
         assert_eq!(line.trim(), "ready");
-        assert!(!std::path::Path::new("/usr/local/sbin/crust-host-probe").exists());
+        assert!(!Path::new("/usr/local/sbin/crust-host-probe").exists());
 
         let ns = HostNamespace::of_process(holder.id()).expect("the holder's namespace");
         let out = ns.run("crust-host-probe", &[], Duration::from_secs(10));

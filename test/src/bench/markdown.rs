@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::metrics::{self, Kind};
-use super::report::{CONTAINERD, CRUST, FLOOR, Report};
+use super::report::{CONTAINERD, CRUST, FLOOR, Report, number};
 
 /// The RPCs of one pod's whole lifecycle, summed (p50s) for the lifecycle
 /// targets.
@@ -99,7 +99,7 @@ fn targets(report: &Report) -> Vec<Target> {
 }
 
 fn cell(value: Option<f64>) -> String {
-    value.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+    number(value, 1.0)
 }
 
 /// The whole file: `command` reproduces it, `date` is when it ran.

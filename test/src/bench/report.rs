@@ -273,7 +273,8 @@ impl Report {
     }
 }
 
-fn number(value: Option<f64>, divisor: f64) -> String {
+/// `value / divisor` with two decimals, or `-` when there is none.
+pub fn number(value: Option<f64>, divisor: f64) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{:.2}", v / divisor))
 }
 
